@@ -1,0 +1,85 @@
+"""``create_app(config)``: routes, the error middleware, cleanup_ctx. No logic."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from router import handlers
+from router.config import Config
+from router.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    SpillwayError,
+)
+from router.gateway import Gateway
+from router.keys import GATEWAY
+from router.metrics import Metrics
+
+log = logging.getLogger("spillway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/openai/v1/chat/completions")
+MODEL_PATHS = ("/v1/models", "/models", "/openai/v1/models")
+
+
+def error_response(exc: SpillwayError) -> web.Response:
+    return web.Response(
+        body=exc.body(), status=exc.status, headers=exc.headers, content_type="application/json"
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as OpenAI's envelope; a bug leaves as a plain 500."""
+    try:
+        return await handler(request)
+    except SpillwayError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            err: SpillwayError = NotFound(
+                f"Unknown path {request.path!r}.", code="unknown_url", type="invalid_request_error"
+            )
+        elif exc.status == 405:
+            err = MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+            if exc.headers.get("Allow"):
+                err.headers["Allow"] = exc.headers["Allow"]
+        elif exc.status == 413:
+            err = PayloadTooLarge("The request body is over the size limit.")
+        elif exc.status < 400:
+            raise
+        else:
+            err = SpillwayError(exc.reason, code=None, type="invalid_request_error")
+            err.status = exc.status
+        return error_response(err)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(SpillwayError("The gateway failed to handle the request."))
+
+
+def create_app(cfg: Config, *, metrics: Metrics | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=cfg.server.max_body_bytes
+    )
+    gateway = Gateway(cfg, metrics)
+    app[GATEWAY] = gateway
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await gateway.start()
+        yield
+        await gateway.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    for path in CHAT_PATHS:
+        app.router.add_post(path, handlers.chat_completions)
+    for path in MODEL_PATHS:
+        app.router.add_get(path, handlers.list_models)
+    app.router.add_get("/v1/quota", handlers.quota)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+    return app

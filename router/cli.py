@@ -1,0 +1,208 @@
+"""The ``spillway`` command: serve | check | simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from router import __version__, logs
+from router.app import create_app
+from router.config import Config, ConfigError, SimulateSettings, load_config
+from router.keys import GATEWAY
+from router.simserver import create_sim_app
+
+DEMO_KEY_ENV = "SPILLWAY_DEMO_KEY"
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+
+
+def _config_path(arg: str | None) -> str | None:
+    return arg or os.environ.get("SPILLWAY_CONFIG") or None
+
+
+def _banner(cfg: Config, host: str, port: int, default: bool) -> str:
+    shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
+    url = f"http://{shown}:{port}"
+    lines = [f"spillway {__version__} listening on http://{host}:{port}"]
+    if default:
+        key = os.environ.get(DEMO_KEY_ENV, "sk-spillway-demo")
+        lines += [
+            "  config: built-in default (simulated model 'demo', in-process quotas)",
+            f"  demo key: {key}",
+            "  try it:",
+            f"    curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            "-H 'Content-Type: application/json' "
+            "-d '{\"model\": \"demo\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'",
+        ]
+    return "\n".join(lines)
+
+
+async def _serve(cfg: Config, host: str, port: int, reuse_port: bool, banner: bool,
+                 default: bool) -> None:  # fmt: skip
+    app = create_app(cfg)
+    s = cfg.server
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handler_cancellation=True,
+        keepalive_timeout=s.keepalive_timeout_seconds,
+        max_line_size=s.max_header_bytes,
+        max_field_size=s.max_header_bytes,
+        max_headers=s.max_headers,
+        shutdown_timeout=s.shutdown_grace_seconds,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
+    await site.start()
+    server = site._server  # the bound port, when 0 was asked
+    bound = port
+    if server is not None and getattr(server, "sockets", None):
+        bound = server.sockets[0].getsockname()[1]
+    if banner:
+        print(_banner(cfg, host, bound, default), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        app[GATEWAY].draining.set()
+        await runner.cleanup()
+
+
+def _run_workers(n: int, target: Sequence[object]) -> int:
+    """Fork ``n`` workers sharing the port (SO_REUSEPORT); wait; forward signals."""
+    children: list[int] = []
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os.environ["SPILLWAY_WORKER"] = str(i)
+            code = 0
+            try:
+                fn, args = target[0], target[1]
+                assert callable(fn) and isinstance(args, tuple)
+                fn(*args, i == 0)
+            except BaseException:  # noqa: BLE001 - a worker must never return into the parent
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    status = 0
+    for pid in children:
+        _, code = os.waitpid(pid, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
+
+
+def _serve_one(cfg: Config, host: str, port: int, reuse: bool, default: bool, banner: bool) -> None:
+    _install_uvloop()
+    asyncio.run(_serve(cfg, host, port, reuse, banner, default))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 2
+    logs.setup(cfg.logging.level, cfg.logging.format)
+    host = args.host or cfg.listen.host
+    port = cfg.listen.port if args.port is None else args.port
+    if args.workers > 1:
+        if port == 0:
+            print("--workers needs a fixed --port", file=sys.stderr)
+            return 2
+        return _run_workers(args.workers, (_serve_one, (cfg, host, port, True, path is None)))
+    _serve_one(cfg, host, port, False, path is None, True)
+    return 0
+
+
+def _print_problems(exc: ConfigError) -> None:
+    print(f"{exc.source}: invalid config", file=sys.stderr)
+    for line in exc.problems:
+        print(f"  {line}", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 1
+    print(
+        f"{args.file}: ok ({len(cfg.backends)} backends, {len(cfg.pools)} pools, "
+        f"{len(cfg.models)} models, {len(cfg.teams)} teams, {len(cfg.keys)} keys)"
+    )
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    knobs = SimulateSettings(
+        ttft_ms=args.ttft_ms, tokens_per_second=args.tokens_per_second,
+        failure_rate=args.failure_rate, failure_status=args.failure_status, seed=args.seed,
+    )  # fmt: skip
+    _install_uvloop()
+    app = create_sim_app(knobs, args.model or None)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    print(f"spillway simulate listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
+    web.run_app(app, sock=sock, access_log=None, print=None)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spillway", description="OpenAI-compatible LLM gateway.")
+    p.add_argument("--version", action="version", version=f"spillway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--config", help="YAML config (default: $SPILLWAY_CONFIG, else built-in)")
+    s.add_argument("--host", help="listen address (overrides listen.host)")
+    s.add_argument("--port", type=int, help="listen port (overrides listen.port; 0: any)")
+    s.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    s.set_defaults(fn=cmd_serve)
+
+    c = sub.add_parser("check", help="validate a config file")
+    c.add_argument("file")
+    c.set_defaults(fn=cmd_check)
+
+    m = sub.add_parser("simulate", help="run the simulated model as an OpenAI-compatible server")
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--port", type=int, default=8000)
+    m.add_argument("--model", action="append", help="model name to list (repeatable)")
+    m.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
+    m.add_argument("--tokens-per-second", type=float, default=0.0, help="0: as fast as possible")
+    m.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests failed")
+    m.add_argument("--failure-status", type=int, default=503)
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(fn=cmd_simulate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.fn(args)
+    return code

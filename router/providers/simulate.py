@@ -1,0 +1,310 @@
+"""The simulated model: deterministic, in-process, no GPU and no network.
+
+It honours ``max_tokens``/``max_completion_tokens``, ``stop`` (and
+``include_stop_str_in_output``), ``n``, ``stream`` with
+``stream_options.include_usage``, and tool calls: given tools (and a
+``tool_choice`` other than ``none``) and a conversation that does not end in a
+tool result, it calls the named or first function with arguments built from
+the function's JSON schema. Knobs (per backend, or ``spillway simulate``):
+time to first token, tokens per second, failure rate and failure status.
+
+The same generator serves the standalone OpenAI-compatible server in
+:mod:`router.simserver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from router.config import Backend, SimulateSettings
+from router.contract import ChatCompletionRequest, FunctionTool, NamedToolChoice, TextPart
+from router.errors import UpstreamStatus
+from router.providers.base import Call, Opened, Usage
+from router.streaming import DONE, event
+
+_WORDS = (
+    "the river runs past the dam and over the spillway while engineers watch gauges "
+    "rise and fall as the night shift logs every reading twice before dawn brings "
+    "calm water light rain and a quiet hum from the turbines below the old stone wall"
+).split()
+
+
+@dataclass(slots=True)
+class SimChoice:
+    tokens: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+    def completion_tokens(self) -> int:
+        if self.tool_calls:
+            return sum(max(1, len(tc["function"]["arguments"]) // 4) for tc in self.tool_calls)
+        return len(self.tokens)
+
+
+@dataclass(slots=True)
+class Generation:
+    id: str
+    created: int
+    prompt_tokens: int
+    choices: list[SimChoice]
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens() for c in self.choices)
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+def _texts(req: ChatCompletionRequest) -> list[str]:
+    out: list[str] = []
+    for msg in req.messages:
+        content = getattr(msg, "content", None)
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out.extend(p.text for p in content if isinstance(p, TextPart))
+    return out
+
+
+def count_prompt_tokens(req: ChatCompletionRequest) -> int:
+    """Whitespace-separated words plus three per message (a chat template)."""
+    return sum(len(t.split()) for t in _texts(req)) + 3 * len(req.messages)
+
+
+def _schema_value(schema: Any, name: str) -> Any:
+    if not isinstance(schema, dict):
+        return name
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        required = schema.get("required") or list(props)
+        return {k: _schema_value(props.get(k), k) for k in required}
+    return {
+        "integer": 1, "number": 1.5, "boolean": True, "array": [], "null": None,
+    }.get(kind, f"{name}-value")  # fmt: skip
+
+
+def _tool_calls(req: ChatCompletionRequest, digest: bytes) -> list[dict[str, Any]]:
+    functions = [t.function for t in req.tools or () if isinstance(t, FunctionTool)]
+    if not functions or req.tool_choice == "none" or req.messages[-1].role == "tool":
+        return []
+    chosen = functions[0]
+    if isinstance(req.tool_choice, NamedToolChoice):
+        chosen = next(f for f in functions if f.name == req.tool_choice.function.name)
+    args = _schema_value(chosen.parameters or {"type": "object"}, chosen.name)
+    return [
+        {
+            "id": "call_" + digest[:12].hex(),
+            "type": "function",
+            "function": {"name": chosen.name, "arguments": orjson.dumps(args).decode()},
+        }
+    ]
+
+
+def generate(req: ChatCompletionRequest, default_max_tokens: int = 256) -> Generation:
+    """The deterministic answer to ``req`` (same request, same answer)."""
+    seed_text = "\x1f".join(_texts(req)) + f"\x1f{req.seed}"
+    digest = hashlib.sha256(seed_text.encode()).digest()
+    limit = req.output_limit() or default_max_tokens
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
+    choices: list[SimChoice] = []
+    for index in range(req.n or 1):
+        calls = _tool_calls(req, digest)
+        if calls:
+            choices.append(SimChoice(tool_calls=calls, finish_reason="tool_calls"))
+            continue
+        rng = random.Random(digest + bytes([index]))
+        natural = 12 + rng.randrange(36)
+        choice = SimChoice()
+        text = ""
+        for i in range(min(natural, limit)):
+            word = _WORDS[rng.randrange(len(_WORDS))]
+            token = (word if i == 0 else " " + word) + ("." if i == natural - 1 else "")
+            hit = _first_stop(text + token, stops)
+            if hit is not None:
+                end = hit[0] + (len(hit[1]) if req.include_stop_str_in_output else 0)
+                rest = (text + token)[len(text) : end]
+                if rest:
+                    choice.tokens.append(rest)
+                choice.finish_reason = "stop"
+                break
+            choice.tokens.append(token)
+            text += token
+        else:
+            choice.finish_reason = "length" if natural > limit else "stop"
+        choices.append(choice)
+    return Generation(
+        id="chatcmpl-sim" + digest[:10].hex(),
+        created=int(time.time()),
+        prompt_tokens=count_prompt_tokens(req),
+        choices=choices,
+    )
+
+
+def _first_stop(text: str, stops: list[str]) -> tuple[int, str] | None:
+    best: tuple[int, str] | None = None
+    for s in stops:
+        i = text.find(s)
+        if i >= 0 and (best is None or i < best[0]):
+            best = (i, s)
+    return best
+
+
+def completion_body(gen: Generation, model: str) -> bytes:
+    choices = []
+    for i, c in enumerate(gen.choices):
+        message: dict[str, Any] = {"role": "assistant", "content": c.text or None}
+        if c.tool_calls:
+            message["tool_calls"] = c.tool_calls
+        choices.append(
+            {"index": i, "message": message, "logprobs": None, "finish_reason": c.finish_reason}
+        )
+    return orjson.dumps(
+        {
+            "id": gen.id,
+            "object": "chat.completion",
+            "created": gen.created,
+            "model": model,
+            "choices": choices,
+            "usage": gen.usage(),
+        }
+    )
+
+
+async def stream_events(
+    gen: Generation, model: str, include_usage: bool, knobs: SimulateSettings
+) -> AsyncIterator[bytes]:
+    """The answer as OpenAI SSE events, paced by the knobs."""
+    base = {"id": gen.id, "object": "chat.completion.chunk", "created": gen.created, "model": model}
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return event(
+            {**base, "choices": [
+                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            ]}
+        )  # fmt: skip
+
+    gap = 1.0 / knobs.tokens_per_second if knobs.tokens_per_second > 0 else 0.0
+    for i, _ in enumerate(gen.choices):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    if knobs.ttft_ms > 0:
+        await asyncio.sleep(knobs.ttft_ms / 1000)
+    for i, c in enumerate(gen.choices):
+        for k, tc in enumerate(c.tool_calls):
+            yield chunk(i, {"tool_calls": [{"index": k, "id": tc["id"], "type": "function",
+                                            "function": {"name": tc["function"]["name"],
+                                                         "arguments": ""}}]})  # fmt: skip
+            args = tc["function"]["arguments"]
+            for start in range(0, len(args), 8):
+                yield chunk(
+                    i, {"tool_calls": [{"index": k, "function": {"arguments": args[start:start + 8]}}]}
+                )
+        for j, token in enumerate(c.tokens):
+            if gap and j:
+                await asyncio.sleep(gap)
+            yield chunk(i, {"content": token})
+        yield chunk(i, {}, c.finish_reason)
+    if include_usage:
+        yield event({**base, "choices": [], "usage": gen.usage()})
+    yield DONE
+
+
+class _SimOpened:
+    __slots__ = ("_call", "_gen", "_knobs")
+
+    def __init__(self, call: Call, gen: Generation, knobs: SimulateSettings) -> None:
+        self._call, self._gen, self._knobs = call, gen, knobs
+
+    @property
+    def is_stream(self) -> bool:
+        return self._call.stream
+
+    async def read(self) -> bytes:
+        k = self._knobs
+        delay = k.ttft_ms / 1000
+        if k.tokens_per_second > 0:
+            delay += self._gen.completion_tokens / k.tokens_per_second
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return completion_body(self._gen, self._call.client_model)
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return stream_events(self._gen, self._call.client_model, self._call.wants_usage, self._knobs)
+
+    def close(self) -> None:
+        return None
+
+
+class SimulateBackend:
+    provider = "simulate"
+
+    def __init__(self, name: str, cfg: Backend) -> None:
+        self.name = name
+        self.cfg = cfg
+        self._rng = random.Random(cfg.simulate.seed)
+
+    def should_fail(self) -> bool:
+        rate = self.cfg.simulate.failure_rate
+        return rate > 0 and self._rng.random() < rate
+
+    def adapter(self, call: Call) -> SimulateAdapter:
+        return SimulateAdapter(self, call)
+
+
+class SimulateAdapter:
+    __slots__ = ("_backend", "_call", "_gen", "usage")
+
+    def __init__(self, backend: SimulateBackend, call: Call) -> None:
+        self._backend, self._call = backend, call
+        self._gen: Generation | None = None
+        self.usage: Usage | None = None
+
+    async def open(self) -> Opened:
+        be, call = self._backend, self._call
+        if be.should_fail():
+            status = be.cfg.simulate.failure_status
+            raise UpstreamStatus(status, f"Simulated failure of backend {be.name!r} (HTTP {status}).")
+        req = call.request
+        if call.max_tokens is not None:
+            req = req.model_copy(update={"max_tokens": call.max_tokens, "max_completion_tokens": None})
+        self._gen = generate(req, call.default_max_tokens)
+        return _SimOpened(call, self._gen, be.cfg.simulate)
+
+    def _usage(self) -> Usage:
+        assert self._gen is not None
+        return Usage(self._gen.prompt_tokens, self._gen.completion_tokens)
+
+    def transform_body(self, body: bytes) -> bytes:
+        self.usage = self._usage()
+        return body
+
+    def transform_chunk(self, data: bytes) -> bytes:
+        return data
+
+    def finish_stream(self) -> bytes:
+        self.usage = self._usage()
+        return b""
+
+    def stream_usage_so_far(self) -> Usage | None:
+        return self._usage() if self._gen is not None else None

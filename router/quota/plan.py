@@ -1,0 +1,216 @@
+"""What a request is checked against: the checks of a (key, pool) pair.
+
+A :class:`Check` is one counter with one limit: a rate limit of the key or
+team, a concurrency slot set, or one amount of a budget (team, key, pool).
+The amount a request reserves on a check is ``base + per_out * out`` where
+``out`` is the output-token cap, so a store can clamp ``out`` to what the
+tightest budget has left.
+
+Keys carry a Redis Cluster hash tag: everything of a team (its keys included)
+shares ``{team:<name>}``; a pool's own budget lives under ``{pool:<name>}``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from router.config import Budget, Config, Limits, Pool, Price
+
+Kind = Literal["r", "c", "b"]  # rate counter, concurrency slots, budget
+NANO_PER_USD = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    kind: Kind
+    key: str  # base key; the store appends the window's bucket
+    tag: str  # hash tag: checks of one tag can go in one script on a Cluster
+    window: str  # minute | hour | day | month ('' for concurrency)
+    limit: float
+    unit: Literal["requests", "tokens", "usd", "slots"]
+    scope: Literal["key", "team", "pool"]
+    owner: str  # key id, team or pool name
+    name: str  # the config name: requests_per_minute, usd_per_month, ...
+    pools: tuple[str, ...] | None = None  # the budget's pool scope
+    in_price: float = 0.0  # nano-USD per prompt token (usd budgets)
+    out_price: float = 0.0  # nano-USD per output token
+
+    @property
+    def pool_specific(self) -> bool:
+        """A pool budget or a team/key budget scoped to pools: another pool may fit."""
+        return self.scope == "pool" or self.pools is not None
+
+    def describe(self) -> str:
+        scope = f" (pools: {', '.join(self.pools)})" if self.pools else ""
+        return f"{self.scope} {self.owner!r} {self.name}{scope}"
+
+    def amounts(self, prompt: int, n: int) -> tuple[float, float]:
+        """(base, per_out): what a request reserves is base + per_out * out."""
+        if self.kind == "c":
+            return 1.0, 0.0
+        if self.unit == "requests":
+            return 1.0, 0.0
+        if self.unit == "usd":
+            return prompt * self.in_price, n * self.out_price
+        return float(prompt), float(n)
+
+    def charge(self, prompt: int, completion: int) -> int:
+        """What actual usage costs on this check (settlement)."""
+        if self.kind == "c":
+            return 0
+        if self.unit == "requests":
+            return 1
+        if self.unit == "usd":
+            return math.ceil(prompt * self.in_price + completion * self.out_price)
+        return prompt + completion
+
+    def display(self, amount: float) -> float:
+        """Stored units -> the config's units (nano-USD -> USD)."""
+        return amount / NANO_PER_USD if self.unit == "usd" else amount
+
+
+def bucket_start(window: str, now: float) -> datetime:
+    t = datetime.fromtimestamp(now, UTC)
+    if window == "minute":
+        return t.replace(second=0, microsecond=0)
+    if window == "hour":
+        return t.replace(minute=0, second=0, microsecond=0)
+    if window == "day":
+        return t.replace(hour=0, minute=0, second=0, microsecond=0)
+    return t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def bucket_id(window: str, now: float) -> int:
+    """The same bucket numbers as the Lua scripts."""
+    if window == "minute":
+        return int(now // 60)
+    if window == "hour":
+        return int(now // 3600)
+    if window == "day":
+        return int(now // 86400)
+    t = datetime.fromtimestamp(now, UTC)
+    return t.year * 12 + t.month - 1
+
+
+def reset_at(window: str, now: float) -> float:
+    """Epoch seconds when the window holding ``now`` ends."""
+    if window == "minute":
+        return (now // 60 + 1) * 60
+    if window == "hour":
+        return (now // 3600 + 1) * 3600
+    if window == "day":
+        return (now // 86400 + 1) * 86400
+    start = bucket_start("month", now)
+    nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
+        month=start.month + 1
+    )
+    return nxt.timestamp()
+
+
+def _slug(pools: list[str] | None) -> str:
+    return "all" if not pools else "+".join(sorted(pools))
+
+
+class Planner:
+    """Builds, and caches, the checks for each (key, pool) of one config."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+        self._prefix = cfg.redis.key_prefix
+        self._cache: dict[tuple[str, str], tuple[Check, ...]] = {}
+        self._keys = {k.id: k for k in cfg.keys}
+
+    def checks(self, key_id: str, pool: str) -> tuple[Check, ...]:
+        hit = self._cache.get((key_id, pool))
+        if hit is None:
+            hit = self._cache[(key_id, pool)] = tuple(self._build(key_id, pool))
+        return hit
+
+    def identity_checks(self, key_id: str) -> tuple[Check, ...]:
+        """Rate limits, slots and unscoped budgets of a key and its team (no pool)."""
+        return tuple(c for c in self._build(key_id, None))
+
+    def scoped_pools(self, key_id: str) -> list[str]:
+        """Pools whose checks differ from the key's identity checks."""
+        key = self._keys[key_id]
+        team = self._cfg.teams[key.team]
+        pools = [p for p, pc in self._cfg.pools.items() if pc.budget is not None]
+        for b in [*team.budgets, *key.budgets]:
+            pools += b.pools or []
+        return list(dict.fromkeys(pools))
+
+    def _build(self, key_id: str, pool: str | None) -> list[Check]:
+        key = self._keys[key_id]
+        team = self._cfg.teams[key.team]
+        tag = f"{{team:{key.team}}}"
+        base = f"{self._prefix}:{tag}"
+        out: list[Check] = []
+        out += _limits(team.limits, tag, f"{base}:team", "team", key.team)
+        if key.limits is not None:
+            out += _limits(key.limits, tag, f"{base}:key:{key_id}", "key", key_id)
+        price = self._cfg.pools[pool].price if pool is not None else None
+        for budget in team.budgets:
+            if pool is None or budget.pools is None or pool in budget.pools:
+                out += _budget(budget, tag, f"{base}:team:b", "team", key.team, price)
+        for budget in key.budgets:
+            if pool is None or budget.pools is None or pool in budget.pools:
+                out += _budget(budget, tag, f"{base}:key:{key_id}:b", "key", key_id, price)
+        if pool is not None:
+            pool_cfg: Pool = self._cfg.pools[pool]
+            if pool_cfg.budget is not None:
+                ptag = f"{{pool:{pool}}}"
+                out += _budget(
+                    pool_cfg.budget, ptag, f"{self._prefix}:{ptag}:b", "pool", pool, price
+                )
+        return out
+
+    def pool_budget_checks(self, pool: str) -> tuple[Check, ...]:
+        cfg = self._cfg.pools[pool]
+        if cfg.budget is None:
+            return ()
+        ptag = f"{{pool:{pool}}}"
+        return tuple(_budget(cfg.budget, ptag, f"{self._prefix}:{ptag}:b", "pool", pool, cfg.price))
+
+
+def _limits(limits: Limits, tag: str, base: str, scope: Literal["key", "team"], owner: str) -> list[Check]:
+    out = []
+    if limits.requests_per_minute:
+        out.append(Check("r", f"{base}:rpm", tag, "minute", limits.requests_per_minute,
+                         "requests", scope, owner, "requests_per_minute"))  # fmt: skip
+    if limits.tokens_per_minute:
+        out.append(Check("r", f"{base}:tpm", tag, "minute", limits.tokens_per_minute,
+                         "tokens", scope, owner, "tokens_per_minute"))  # fmt: skip
+    if limits.concurrent:
+        out.append(Check("c", f"{base}:conc", tag, "", limits.concurrent,
+                         "slots", scope, owner, "concurrent"))  # fmt: skip
+    return out
+
+
+def _budget(
+    budget: Budget,
+    tag: str,
+    base: str,
+    scope: Literal["key", "team", "pool"],
+    owner: str,
+    price: Price | None,
+) -> list[Check]:
+    out = []
+    scope_slug = _slug(budget.pools)
+    pools = tuple(budget.pools) if budget.pools else None
+    for unit, window, amount in budget.amounts():
+        if unit == "usd":
+            p = price or Price()
+            out.append(Check(
+                "b", f"{base}:usd:{window}:{scope_slug}", tag, window, amount * NANO_PER_USD,
+                "usd", scope, owner, f"usd_per_{window}", pools,
+                in_price=p.input_per_mtok * 1000, out_price=p.output_per_mtok * 1000,
+            ))  # fmt: skip
+        else:
+            out.append(Check(
+                "b", f"{base}:tokens:{window}:{scope_slug}", tag, window, amount,
+                "tokens", scope, owner, f"tokens_per_{window}", pools,
+            ))  # fmt: skip
+    return out

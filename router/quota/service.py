@@ -1,0 +1,230 @@
+"""Quota decisions for the proxy: admit a request on a pool, settle it after.
+
+Turns a store's :class:`Reply` into a :class:`Ticket` (with OpenAI's
+``x-ratelimit-*`` headers), a :class:`router.errors.RateLimited`, or a
+:class:`BudgetShort` that lets the proxy try the next pool. When Redis cannot
+answer, ``redis.on_error: allow`` decides in-process (logged at most every
+ten seconds, counted in a metric); ``deny`` answers 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from router.config import Config
+from router.errors import QuotaExceeded, RateLimited, ServiceUnavailable
+from router.metrics import Metrics
+from router.quota.base import ADMITTED, RATE_LIMITED, Reply, Store, StoreUnavailable
+from router.quota.memory_store import MemoryStore
+from router.quota.plan import Check, Planner, reset_at
+
+log = logging.getLogger("spillway.quota")
+
+
+@dataclass(slots=True, eq=False)
+class Ticket:
+    rid: str
+    checks: tuple[Check, ...]
+    store: Store
+    out: int  # output tokens granted
+    clamped: bool
+    prompt: int  # the prompt bound reserved
+    headers: dict[str, str] = field(default_factory=dict)
+    settled: bool = False
+
+
+class BudgetShort(Exception):
+    """A budget cannot cover the request on this pool."""
+
+    def __init__(self, check: Check, used: float, now: float, fit: int) -> None:
+        super().__init__(check.describe())
+        self.check = check
+        self.used = used
+        self.now = now
+        self.fit = fit
+
+    def to_error(self) -> QuotaExceeded:
+        c = self.check
+        reset = datetime.fromtimestamp(reset_at(c.window, self.now), UTC)
+        if c.unit == "usd":
+            amount = f"${c.display(self.used):,.2f} of ${c.display(c.limit):,.2f}"
+        else:
+            amount = f"{int(self.used):,} of {int(c.limit):,} tokens"
+        return QuotaExceeded(
+            f"Budget exhausted: {c.describe()} has used {amount} this {c.window}; "
+            f"it resets at {reset:%Y-%m-%dT%H:%M:%SZ}.",
+            headers={"x-spillway-budget-reset": f"{reset:%Y-%m-%dT%H:%M:%SZ}"},
+        )
+
+
+def go_duration(seconds: float) -> str:
+    """OpenAI's reset format: ``250ms``, ``12s``, ``6m0s``, ``1h2m3s``."""
+    if seconds < 1:
+        return f"{max(0, int(seconds * 1000))}ms"
+    s = math.ceil(seconds)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{h}h{m}m{sec}s"
+    if m:
+        return f"{m}m{sec}s"
+    return f"{sec}s"
+
+
+def _rate_headers(checks: Sequence[Check], reply: Reply) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if not reply.used:
+        return headers
+    best: dict[str, tuple[float, Check]] = {}
+    for c, used in zip(checks, reply.used, strict=True):
+        if c.kind != "r":
+            continue
+        left = c.limit - used
+        if c.unit not in best or left < best[c.unit][0]:
+            best[c.unit] = (left, c)
+    for unit, (left, c) in best.items():
+        headers[f"x-ratelimit-limit-{unit}"] = str(int(c.limit))
+        headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, int(left)))
+        headers[f"x-ratelimit-reset-{unit}"] = go_duration(reset_at(c.window, reply.now) - reply.now)
+    return headers
+
+
+class Quota:
+    def __init__(
+        self,
+        cfg: Config,
+        primary: Store | None,
+        fallback: MemoryStore,
+        metrics: Metrics,
+    ) -> None:
+        self.planner = Planner(cfg)
+        self.primary: Store = primary if primary is not None else fallback
+        self.fallback = fallback
+        self.deny_on_error = cfg.redis.on_error == "deny"
+        self.lease = cfg.quota.lease_seconds
+        self.clamp = cfg.quota.on_budget_short == "clamp"
+        self.metrics = metrics
+        self._warned_at = 0.0
+
+    def checks(self, key_id: str, pool: str) -> tuple[Check, ...]:
+        return self.planner.checks(key_id, pool)
+
+    async def admit(
+        self, *, key_id: str, team: str, pool: str, rid: str, prompt: int, out: int, n: int,
+        clamp: bool,
+    ) -> Ticket:
+        """Reserve for one attempt on ``pool``. Raises RateLimited or BudgetShort."""
+        checks = self.planner.checks(key_id, pool)
+        if not checks:
+            return Ticket(rid, checks, self.primary, out, False, prompt)
+        store = self.primary
+        min_out = 1 if clamp and self.clamp else 0
+        try:
+            reply = await store.admit(rid, checks, prompt, out, n, min_out, self.lease)
+        except StoreUnavailable as exc:
+            store = self._degraded(exc)
+            reply = await store.admit(rid, checks, prompt, out, n, min_out, self.lease)
+        if reply.code == ADMITTED:
+            return Ticket(
+                rid, checks, store, reply.out, reply.out < out, prompt,
+                _rate_headers(checks, reply),
+            )  # fmt: skip
+        check = checks[reply.failed]
+        used = reply.used[reply.failed] if reply.used else 0.0
+        if reply.code == RATE_LIMITED:
+            self.metrics.child(self.metrics.rejections, team, "rate", check.name).inc()
+            raise self._rate_error(check, used, reply, checks)
+        raise BudgetShort(check, used, reply.now, reply.out)
+
+    def budget_rejected(self, team: str, short: BudgetShort) -> QuotaExceeded:
+        self.metrics.child(self.metrics.rejections, team, "budget", short.check.name).inc()
+        return short.to_error()
+
+    def _degraded(self, exc: StoreUnavailable) -> Store:
+        self.metrics.child(self.metrics.redis_errors, "admit").inc()
+        now = time.monotonic()
+        if now - self._warned_at > 10:
+            self._warned_at = now
+            log.warning(
+                "redis unavailable (%s); %s", exc,
+                "refusing requests (on_error: deny)" if self.deny_on_error
+                else "deciding quotas in-process (on_error: allow)",
+            )  # fmt: skip
+        if self.deny_on_error:
+            raise ServiceUnavailable(
+                "Quota service unavailable; the request was not admitted. Try again shortly.",
+                headers={"Retry-After": "1"},
+            )
+        self.metrics.quota_degraded.inc()
+        return self.fallback
+
+    def _rate_error(
+        self, check: Check, used: float, reply: Reply, checks: Sequence[Check]
+    ) -> RateLimited:
+        headers = _rate_headers(checks, reply)
+        if check.kind == "c":
+            wait = 1.0
+            msg = (
+                f"Too many concurrent requests for {check.scope} {check.owner!r}: "
+                f"limit {int(check.limit)} in flight. Retry when one finishes."
+            )
+            etype = "requests"
+        else:
+            wait = reset_at(check.window, reply.now) - reply.now
+            etype = check.unit
+            msg = (
+                f"Rate limit reached for {check.scope} {check.owner!r} on {check.name}: "
+                f"limit {int(check.limit)}, used {int(used)}. "
+                f"Try again in {go_duration(wait)}."
+            )
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return RateLimited(msg, type=etype, headers=headers)
+
+    def settle(self, ticket: Ticket, prompt: int, completion: int, *, refund: bool = False) -> None:
+        """Charge actual usage (``refund``: the attempt is undone, request count too)."""
+        if ticket.settled or not ticket.checks:
+            ticket.settled = True
+            return
+        ticket.settled = True
+        actual = [0 if refund else c.charge(prompt, completion) for c in ticket.checks]
+        try:
+            ticket.store.settle(ticket.rid, ticket.checks, actual, self.lease)
+        except StoreUnavailable as exc:  # pragma: no cover - stores queue, never raise
+            log.error("settlement of %s failed: %s", ticket.rid, exc)
+
+    async def status(self, key_id: str) -> dict[str, Any]:
+        """The caller's limits and budgets with what is used and left (GET /v1/quota)."""
+        checks = list(self.planner.identity_checks(key_id))
+        seen = {c.key for c in checks}
+        for pool in self.planner.scoped_pools(key_id):
+            for c in self.planner.checks(key_id, pool):
+                if c.key not in seen:
+                    seen.add(c.key)
+                    checks.append(c)
+        try:
+            now, used = await self.primary.status(checks)
+        except StoreUnavailable:
+            now, used = await self.fallback.status(checks)
+        limits, budgets = [], []
+        for c, u in zip(checks, used, strict=True):
+            entry: dict[str, Any] = {
+                "scope": c.scope, "owner": c.owner, "name": c.name, "unit": c.unit,
+                "limit": c.display(c.limit), "used": c.display(u),
+                "remaining": max(0.0, c.display(c.limit - u)),
+            }  # fmt: skip
+            if c.window:
+                entry["window"] = c.window
+                entry["resets_at"] = datetime.fromtimestamp(
+                    reset_at(c.window, now), UTC
+                ).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if c.pools is not None:
+                entry["pools"] = list(c.pools)
+            (budgets if c.kind == "b" else limits).append(entry)
+        return {"object": "quota", "limits": limits, "budgets": budgets}
+

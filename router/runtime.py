@@ -1,0 +1,65 @@
+"""Everything built from one config, swapped whole on reload.
+
+A :class:`Runtime` is immutable once built; a request takes the current one
+when it starts and keeps it to the end, so a reload never changes a request
+in flight. Backend live state (in-flight counts, health) is carried over by
+backend name so a reload does not forget who is down.
+"""
+
+from __future__ import annotations
+
+from router.auth import Authenticator
+from router.config import Config
+from router.metrics import Metrics
+from router.providers import ProviderBackend, build_backend
+from router.quota import Quota
+from router.quota.base import Store
+from router.quota.memory_store import MemoryStore
+from router.routing.balance import Balancer
+from router.routing.health import BackendState
+from router.routing.rules import Rules
+from router.upstream import Upstream
+
+
+class Runtime:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        upstream: Upstream,
+        metrics: Metrics,
+        store: Store | None,
+        memory: MemoryStore,
+        states: dict[str, BackendState] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.auth = Authenticator(cfg)
+        self.rules = Rules(cfg)
+        self.quota = Quota(cfg, store, memory, metrics)
+        old = states or {}
+        self.states: dict[str, BackendState] = {}
+        for name, b in cfg.backends.items():
+            state = old.get(name) or BackendState(name)
+            state.max_concurrency = b.max_concurrency
+            self.states[name] = state
+        self.backends: dict[str, ProviderBackend] = {
+            name: build_backend(name, b, upstream) for name, b in cfg.backends.items()
+        }
+        self.balancers = {
+            name: Balancer(name, pool, self.states) for name, pool in cfg.pools.items()
+        }
+        self.route_headers = cfg.server.route_headers
+
+
+class RuntimeHolder:
+    """The current :class:`Runtime`; ``swap`` replaces it atomically."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+
+    def swap(self, runtime: Runtime) -> Runtime:
+        old, self.current = self.current, runtime
+        return old

@@ -1,0 +1,98 @@
+"""SSE framing on bytes.
+
+The relay works per received buffer, not per event: it holds back a partial
+line, swaps the model name with one ``bytes.replace`` and looks for the usage
+event with one regex search. JSON is parsed only for the usage event.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+DONE = b"data: [DONE]\n\n"
+_USAGE = re.compile(rb'"usage":\s*\{')
+
+
+def event(obj: Any) -> bytes:
+    """One ``data: {json}`` SSE event."""
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def error_event(envelope: dict[str, Any]) -> bytes:
+    """An in-band error (OpenAI's error object), then ``[DONE]``."""
+    return event(envelope) + DONE
+
+
+class SSERelay:
+    """Rewrites an OpenAI-format SSE byte stream buffer by buffer.
+
+    * ``model`` values are swapped from the backend's name to the client's;
+    * the usage chunk is read, and dropped unless the client asked for it;
+    * data events are counted (a fallback when no usage arrives).
+    """
+
+    __slots__ = ("_from", "_keep_usage", "_tail", "_to", "events", "usage")
+
+    def __init__(self, backend_model: str, client_model: str, keep_usage: bool) -> None:
+        if backend_model != client_model:
+            self._from: bytes | None = b'"model":' + orjson.dumps(backend_model)
+            self._to = b'"model":' + orjson.dumps(client_model)
+        else:
+            self._from = None
+            self._to = b""
+        self._keep_usage = keep_usage
+        self._tail = b""
+        self.events = 0
+        self.usage: dict[str, Any] | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._tail + data if self._tail else data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            self._tail = buf
+            return b""
+        if cut == len(buf) - 1:
+            head, self._tail = buf, b""
+        else:
+            head, self._tail = buf[: cut + 1], buf[cut + 1 :]
+        return self._process(head)
+
+    def flush(self) -> bytes:
+        tail, self._tail = self._tail, b""
+        return self._process(tail) if tail else b""
+
+    def _process(self, head: bytes) -> bytes:
+        if self._from is not None:
+            head = head.replace(self._from, self._to)
+        self.events += head.count(b"data:")
+        match = _USAGE.search(head)
+        if match is None:
+            return head
+        return self._take_usage(head, match.start())
+
+    def _take_usage(self, head: bytes, pos: int) -> bytes:
+        # with continuous usage every event carries usage: the last one counts
+        while True:
+            start = head.rfind(b"data:", 0, pos)
+            end = head.find(b"\n", pos)
+            if end < 0:
+                end = len(head)
+            try:
+                doc = orjson.loads(head[start + 5 : end])
+            except orjson.JSONDecodeError:
+                doc = None
+            if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
+                self.usage = doc["usage"]
+                if not self._keep_usage and not doc.get("choices"):
+                    cut_end = end + 1
+                    if head[cut_end : cut_end + 1] == b"\n":
+                        cut_end += 1
+                    head = head[:start] + head[cut_end:]
+                    end = start - 1
+            nxt = _USAGE.search(head, end + 1)
+            if nxt is None:
+                return head
+            pos = nxt.start()

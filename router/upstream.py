@@ -1,0 +1,149 @@
+"""The only owner of the outbound ``aiohttp.ClientSession``.
+
+One session per process with keep-alive pools. Upstream calls never follow
+redirects (a redirect must not carry credentials anywhere), never ask for a
+compressed body (usage is read on the bytes) and are bounded by the backend's
+timeouts: connect, time to first byte (response headers), idle between reads
+and total.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from router.config import Timeouts
+from router.errors import UpstreamError, UpstreamTimeout, status_error
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Timeouts of one backend, pre-built once."""
+
+    client_timeout: aiohttp.ClientTimeout
+    first_byte: float
+
+    @classmethod
+    def from_config(cls, t: Timeouts) -> Limits:
+        return cls(
+            aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.idle),
+            t.first_byte,
+        )
+
+
+class HTTPOpened:
+    """A 2xx upstream response, to be read whole or relayed as it arrives."""
+
+    __slots__ = ("_resp",)
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+
+    @property
+    def is_stream(self) -> bool:
+        return self._resp.content_type == "text/event-stream"
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except TimeoutError:
+            raise UpstreamTimeout("The upstream stopped sending its answer (timeout).") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"The upstream connection failed: {type(exc).__name__}.") from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._resp.content
+        try:
+            while True:
+                data = await content.readany()
+                if not data:
+                    return
+                yield data
+        except TimeoutError:
+            raise UpstreamTimeout("The upstream went idle mid-stream (timeout).") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"The upstream stream broke: {type(exc).__name__}.") from None
+
+    def close(self) -> None:
+        # close(), not release(): an unfinished body must not go back to the pool
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:
+            self._resp.close()
+
+
+class Upstream:
+    """Sends requests to backends. Create inside the running event loop."""
+
+    def __init__(self, *, limit_per_host: int = 0) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=limit_per_host,
+                keepalive_timeout=30,
+                enable_cleanup_closed=True,
+            ),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def post(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        limits: Limits,
+        *,
+        backend: str,
+        params: Mapping[str, str] | None = None,
+    ) -> HTTPOpened:
+        """POST and wait for a 2xx status line; raise an UpstreamError otherwise."""
+        try:
+            async with asyncio.timeout(limits.first_byte):
+                resp = await self.session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    params=params,
+                    allow_redirects=False,
+                    timeout=limits.client_timeout,
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(f"Backend {backend!r} did not answer in time.") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"Backend {backend!r} is unreachable ({type(exc).__name__})."
+            ) from None
+        if resp.status < 300:
+            return HTTPOpened(resp)
+        try:
+            text = await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            text = b""
+        finally:
+            resp.close()
+        if 300 <= resp.status < 400:
+            raise UpstreamError(
+                f"Backend {backend!r} answered a redirect (HTTP {resp.status}); "
+                "redirects are not followed."
+            )
+        raise status_error(
+            resp.status, text, retry_after=_retry_after(resp.headers), backend=f"backend {backend!r}"
+        )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
