@@ -61,6 +61,21 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(SpillwayError("The gateway failed to handle the request."))
 
 
+def make_runner(app: web.Application, cfg: Config) -> web.AppRunner:
+    """An AppRunner with the server limits of ``cfg`` (header sizes, keep-alive)."""
+    s = cfg.server
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handler_cancellation=True,  # a client that disconnects cancels its upstream call
+        keepalive_timeout=s.keepalive_timeout_seconds,  # also cuts off trickled headers
+        max_line_size=s.max_header_bytes,
+        max_field_size=s.max_header_bytes,
+        max_headers=s.max_headers,
+        shutdown_timeout=s.shutdown_grace_seconds,
+    )
+
+
 def create_app(cfg: Config, *, metrics: Metrics | None = None) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware], client_max_size=cfg.server.max_body_bytes

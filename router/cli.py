@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from router import __version__, logs
-from router.app import create_app
+from router.app import create_app, make_runner
 from router.config import Config, ConfigError, SimulateSettings, load_config
 from router.keys import GATEWAY
 from router.simserver import create_sim_app
@@ -53,17 +53,7 @@ def _banner(cfg: Config, host: str, port: int, default: bool) -> str:
 async def _serve(cfg: Config, host: str, port: int, reuse_port: bool, banner: bool,
                  default: bool) -> None:  # fmt: skip
     app = create_app(cfg)
-    s = cfg.server
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handler_cancellation=True,
-        keepalive_timeout=s.keepalive_timeout_seconds,
-        max_line_size=s.max_header_bytes,
-        max_field_size=s.max_header_bytes,
-        max_headers=s.max_headers,
-        shutdown_timeout=s.shutdown_grace_seconds,
-    )
+    runner = make_runner(app, cfg)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
