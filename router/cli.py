@@ -57,10 +57,10 @@ async def _serve(cfg: Config, host: str, port: int, reuse_port: bool, banner: bo
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
-    server = site._server  # the bound port, when 0 was asked
     bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
+    for sock in getattr(site._server, "sockets", None) or ():  # the port, when 0 was asked
+        bound = sock.getsockname()[1]
+        break
     if banner:
         print(_banner(cfg, host, bound, default), flush=True)
     stop = asyncio.Event()

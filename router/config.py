@@ -305,14 +305,17 @@ def _cross_check(cfg: Config) -> list[str]:
                 problems.append(f"models.{name}.aliases: {alias!r} is already a model or alias")
             seen_names[alias] = name
         for r, route in enumerate(entry.routes):
-            for p, pool in enumerate(route.pools):
-                if pool not in cfg.pools:
-                    problems.append(f"models.{name}.routes[{r}].pools[{p}]: undefined pool {pool!r}")
+            for p, pool_name in enumerate(route.pools):
+                if pool_name not in cfg.pools:
+                    problems.append(
+                        f"models.{name}.routes[{r}].pools[{p}]: undefined pool {pool_name!r}"
+                    )
             if route.when and route.when.teams:
-                for t, team in enumerate(route.when.teams):
-                    if team not in cfg.teams:
+                for t, team_name in enumerate(route.when.teams):
+                    if team_name not in cfg.teams:
                         problems.append(
-                            f"models.{name}.routes[{r}].when.teams[{t}]: undefined team {team!r}"
+                            f"models.{name}.routes[{r}].when.teams[{t}]: "
+                            f"undefined team {team_name!r}"
                         )
             if route.when and route.when.headers:
                 for h, pattern in route.when.headers.items():

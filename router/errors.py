@@ -133,7 +133,7 @@ class UpstreamError(SpillwayError):
 
     status = 502
     type = "api_error"
-    code = "upstream_error"
+    code: str | None = "upstream_error"
     retryable = True
 
 

@@ -93,17 +93,17 @@ def request_id(request: web.Request) -> str:
     return "req_" + os.urandom(12).hex()
 
 
-async def read_body(request: web.Request, max_bytes: int, timeout: float) -> bytes:
+async def read_body(request: web.Request, max_bytes: int, deadline: float) -> bytes:
     length = request.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {max_bytes}.")
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(deadline):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"Request body is over the limit of {max_bytes} bytes.") from None
     except TimeoutError:
-        raise RequestTimeout(f"The request body did not arrive within {timeout:g}s.") from None
+        raise RequestTimeout(f"The request body did not arrive within {deadline:g}s.") from None
 
 
 def parse_request(raw: bytes) -> ChatCompletionRequest:

@@ -96,6 +96,7 @@ def _schema_value(schema: Any, name: str) -> Any:
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
+    kind = str(kind)
     if kind == "object":
         props = schema.get("properties") or {}
         required = schema.get("required") or list(props)

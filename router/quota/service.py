@@ -211,7 +211,8 @@ class Quota:
             now, used = await self.primary.status(checks)
         except StoreUnavailable:
             now, used = await self.fallback.status(checks)
-        limits, budgets = [], []
+        limits: list[dict[str, Any]] = []
+        budgets: list[dict[str, Any]] = []
         for c, u in zip(checks, used, strict=True):
             entry: dict[str, Any] = {
                 "scope": c.scope, "owner": c.owner, "name": c.name, "unit": c.unit,
