@@ -56,7 +56,11 @@ async def _serve(cfg: Config, host: str, port: int, reuse_port: bool, banner: bo
     runner = make_runner(app, cfg)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
     bound = port
     for sock in getattr(site._server, "sockets", None) or ():  # the port, when 0 was asked
         bound = sock.getsockname()[1]

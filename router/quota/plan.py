@@ -67,9 +67,9 @@ class Check:
             return math.ceil(prompt * self.in_price + completion * self.out_price)
         return prompt + completion
 
-    def display(self, amount: float) -> float:
-        """Stored units -> the config's units (nano-USD -> USD)."""
-        return amount / NANO_PER_USD if self.unit == "usd" else amount
+    def display(self, amount: float) -> float | int:
+        """Stored units -> the config's units (nano-USD -> USD; counts as integers)."""
+        return amount / NANO_PER_USD if self.unit == "usd" else int(amount)
 
 
 def bucket_start(window: str, now: float) -> datetime:

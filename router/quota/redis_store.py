@@ -281,7 +281,10 @@ class RedisStore:
             if not self._tasks:
                 break
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.client.aclose()
+        if self._cluster:
+            await self.client.aclose()
+        else:
+            await self.client.aclose(close_connection_pool=True)
 
 
 def _parse(raw: Any, n: int) -> Reply:

@@ -217,7 +217,7 @@ class Quota:
             entry: dict[str, Any] = {
                 "scope": c.scope, "owner": c.owner, "name": c.name, "unit": c.unit,
                 "limit": c.display(c.limit), "used": c.display(u),
-                "remaining": max(0.0, c.display(c.limit - u)),
+                "remaining": max(0, c.display(c.limit - u)),
             }  # fmt: skip
             if c.window:
                 entry["window"] = c.window
