@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import asyncio
 import socket
 import time
 import urllib.error
@@ -26,3 +29,12 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
             if time.monotonic() > end:
                 raise TimeoutError(f"{url} did not come up") from None
             time.sleep(0.05)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 2.0) -> None:
+    """Poll an async predicate until it holds (settlements are queued off the response)."""
+    end = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
