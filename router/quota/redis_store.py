@@ -58,7 +58,6 @@ class RedisStore:
         common: dict[str, Any] = {
             "socket_timeout": settings.socket_timeout_seconds,
             "socket_connect_timeout": settings.connect_timeout_seconds,
-            "retry_on_timeout": False,
             "decode_responses": False,
         }
         self.client: Any
@@ -184,17 +183,32 @@ class RedisStore:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _execute(self, batch: list[_Item]) -> list[Any]:
+        """Send a batch: one pipeline, or on a Cluster one call per item in parallel
+        (a Cluster pipeline cannot carry EVALSHA)."""
+        async with asyncio.timeout(self._timeout):
+            if self._cluster:
+                return list(
+                    await asyncio.gather(
+                        *(self.client.evalsha(s.sha, len(k), *k, *a) for s, k, a, _, _ in batch),
+                        return_exceptions=True,
+                    )
+                )
+            pipe = self.client.pipeline(transaction=False)
+            for script, keys, args, _, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
     async def _send(self, batch: list[_Item], reloaded: bool = False) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for script, keys, args, _, _ in batch:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
         try:
-            async with asyncio.timeout(self._timeout):
-                results = await pipe.execute(raise_on_error=False)
+            results = await self._execute(batch)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(batch, exc)
             return
-        missing = [item for item, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
+        except BaseException as exc:  # never leave a waiter hanging
+            self._failed(batch, exc)
+            raise
+        missing = [i for i, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
         if missing and not reloaded:
             try:
                 await self._load_scripts()

@@ -52,13 +52,14 @@ class BudgetShort(Exception):
     def to_error(self) -> QuotaExceeded:
         c = self.check
         reset = datetime.fromtimestamp(reset_at(c.window, self.now), UTC)
+        left = max(0.0, c.limit - self.used)
         if c.unit == "usd":
-            amount = f"${c.display(self.used):,.2f} of ${c.display(c.limit):,.2f}"
+            amount = f"${c.display(left):,.2f} of ${c.display(c.limit):,.2f} left"
         else:
-            amount = f"{int(self.used):,} of {int(c.limit):,} tokens"
+            amount = f"{int(left):,} of {int(c.limit):,} tokens left"
         return QuotaExceeded(
-            f"Budget exhausted: {c.describe()} has used {amount} this {c.window}; "
-            f"it resets at {reset:%Y-%m-%dT%H:%M:%SZ}.",
+            f"Budget exhausted: {c.describe()} has {amount} this {c.window}, "
+            f"less than this request may use; it resets at {reset:%Y-%m-%dT%H:%M:%SZ}.",
             headers={"x-spillway-budget-reset": f"{reset:%Y-%m-%dT%H:%M:%SZ}"},
         )
 

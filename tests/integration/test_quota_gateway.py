@@ -128,7 +128,8 @@ async def test_budget_429_names_the_budget(
         assert isinstance(body, dict)
         assert body["type"] == "insufficient_quota" and body["code"] == "insufficient_quota"
         assert "team 't' tokens_per_day" in body["message"]
-        assert " of 200 tokens" in body["message"] and "resets at" in body["message"]
+        assert " of 200 tokens left this day" in body["message"]
+        assert "resets at" in body["message"]
         assert _used(await gw.gateway.runtime.quota.status("k"), "tokens_per_day") <= 200
     finally:
         await gw.stop()

@@ -13,11 +13,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import redis
 
-from tests.support.net import free_port
+from tests.support.net import free_cluster_port, free_port
 
 
 def redis_binary() -> str:
@@ -45,8 +45,11 @@ def _wait_ping(port: int, timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def redis_process(*extra: str) -> Iterator[tuple[int, subprocess.Popen[bytes], str]]:
-    port = free_port()
+def redis_process(
+    *extra: str, port: int | None = None
+) -> Iterator[tuple[int, subprocess.Popen[bytes], str]]:
+    """A redis-server of our own (on ``port``, else a free one), stopped at exit."""
+    port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="spillway-redis-")
     proc = subprocess.Popen(
         [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -102,13 +105,14 @@ def redis_cluster(nodes: int = 3) -> Iterator[list[int]]:
 
 @contextmanager
 def _stack(n: int) -> Iterator[list[int]]:
-    from contextlib import ExitStack
-
     with ExitStack() as stack:
         ports = []
         for _ in range(n):
             port, _proc, _dir = stack.enter_context(
-                redis_process("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-            )
+                redis_process(
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    port=free_cluster_port(),
+                )
+            )  # fmt: skip
             ports.append(port)
         yield ports
