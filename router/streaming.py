@@ -1,7 +1,7 @@
 """SSE framing on bytes.
 
 The relay works per received buffer, not per event: it holds back a partial
-line, swaps the model name with one ``bytes.replace`` and looks for the usage
+event, swaps the model name with one ``bytes.replace`` and looks for the usage
 event with one regex search. JSON is parsed only for the usage event.
 """
 
@@ -50,14 +50,18 @@ class SSERelay:
 
     def feed(self, data: bytes) -> bytes:
         buf = self._tail + data if self._tail else data
-        cut = buf.rfind(b"\n")
+        cut = buf.rfind(b"\n\n")  # relay whole events only
         if cut < 0:
-            self._tail = buf
-            return b""
-        if cut == len(buf) - 1:
+            cut = buf.rfind(b"\r\n\r\n")
+            if cut < 0:
+                self._tail = buf
+                return b""
+            cut += 2
+        cut += 2
+        if cut == len(buf):
             head, self._tail = buf, b""
         else:
-            head, self._tail = buf[: cut + 1], buf[cut + 1 :]
+            head, self._tail = buf[:cut], buf[cut:]
         return self._process(head)
 
     def flush(self) -> bytes:

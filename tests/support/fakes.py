@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from tests.support.net import free_port
 
@@ -23,7 +24,7 @@ from tests.support.net import free_port
 @dataclass
 class Seen:
     path: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: dict[str, Any]
     raw: bytes
     query: dict[str, str]
@@ -93,7 +94,9 @@ class FakeOpenAI:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = orjson.loads(raw)
-        self.seen.append(Seen(request.path, dict(request.headers), body, raw, dict(request.query)))
+        self.seen.append(
+            Seen(request.path, CIMultiDict(request.headers), body, raw, dict(request.query))
+        )
         b = self.behaviour
         if b.redirect_to:
             raise web.HTTPFound(b.redirect_to)

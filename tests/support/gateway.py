@@ -21,7 +21,7 @@ from tests.support.net import free_port, wait_http
 
 
 def make_config(doc: dict[str, Any] | str) -> Config:
-    text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
+    text = doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False)
     return parse_config(text, "test config", env={})
 
 
@@ -58,7 +58,7 @@ class GatewayProcess:
 
     def __init__(self, doc: dict[str, Any] | str, *, workers: int = 1,
                  env: dict[str, str] | None = None) -> None:  # fmt: skip
-        text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
+        text = doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False)
         fd, self.config_path = tempfile.mkstemp(suffix=".yaml", prefix="spillway-test-")
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -1,0 +1,131 @@
+"""Config loading: YAML paths in every message, typos, references, ${ENV}."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from router.config import ConfigError, load_config, parse_config
+
+GOOD = """
+backends:
+  gpu: {provider: openai, url: "http://10.0.0.11:8000/v1", max_concurrency: 64}
+  openai: {provider: openai, url: "https://api.openai.com/v1", api_key: "${OPENAI_API_KEY}"}
+  demo: {provider: simulate}
+pools:
+  llama-local:
+    strategy: weighted
+    members:
+      - {backend: gpu, model: meta-llama/Llama-3.1-8B-Instruct, weight: 2}
+      - {backend: demo, model: sim}
+    budget: {tokens_per_day: 50000000}
+  gpt-hosted:
+    members: [{backend: openai, model: gpt-4o-mini}]
+    price: {input_per_mtok: 0.15, output_per_mtok: 0.60}
+    budget: {usd_per_month: 5000}
+models:
+  chat:
+    aliases: [gpt-4o-mini]
+    routes:
+      - when: {teams: [research], prompt_tokens_over: 32000}
+        pools: [gpt-hosted]
+      - pools: [llama-local, gpt-hosted]
+teams:
+  research:
+    models: [chat]
+    limits: {requests_per_minute: 600, tokens_per_minute: 400000, concurrent: 32}
+    budgets:
+      - {tokens_per_day: 2000000}
+      - {usd_per_month: 500, pools: [gpt-hosted]}
+keys:
+  - {id: ci-bot, team: research, sha256: "%s"}
+  - {id: alice, team: research, key: "${ALICE_KEY:-sk-alice-default}", limits: {requests_per_minute: 60}}
+""" % hashlib.sha256(b"sk-ci-bot-secret").hexdigest()  # noqa: UP031
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "t.yaml", env if env is not None else {"OPENAI_API_KEY": "x"})
+    return err.value.problems
+
+
+def test_design_example_loads() -> None:
+    cfg = parse_config(GOOD, "t.yaml", {"OPENAI_API_KEY": "sk-openai"})
+    assert cfg.backends["openai"].api_key is not None
+    assert cfg.backends["openai"].api_key.get_secret_value() == "sk-openai"
+    assert "sk-openai" not in repr(cfg)  # secrets don't print
+    alice = cfg.keys[1]
+    assert alice.key is not None and alice.key.get_secret_value() == "sk-alice-default"
+    assert cfg.pools["gpt-hosted"].budget is not None
+    assert cfg.pools["gpt-hosted"].budget.amounts() == [("usd", "month", 5000.0)]
+
+
+def test_missing_env_var_names_it() -> None:
+    found = problems(GOOD, env={})
+    assert found == ["backends.openai.api_key: environment variable OPENAI_API_KEY is not set"]
+
+
+def test_unknown_key_is_a_typo() -> None:
+    found = problems(GOOD.replace("strategy: weighted", "stratgy: weighted"))
+    assert found == ["pools.llama-local.stratgy: unknown key (typo?)"]
+
+
+def test_undefined_references_name_their_path() -> None:
+    text = (
+        GOOD.replace("{backend: demo, model: sim}", "{backend: nope, model: sim}")
+        .replace("pools: [llama-local, gpt-hosted]", "pools: [llama-local, gpt-hostd]")
+        .replace("teams: [research]", "teams: [reserch]")
+        .replace("id: alice, team: research", "id: alice, team: nobody")
+        .replace("models: [chat]", "models: [chta]")
+        .replace("pools: [gpt-hosted]}", "pools: [gtp]}")
+    )
+    found = problems(text)
+    assert "pools.llama-local.members[1].backend: undefined backend 'nope'" in found
+    assert "models.chat.routes[1].pools[1]: undefined pool 'gpt-hostd'" in found
+    assert "models.chat.routes[0].when.teams[0]: undefined team 'reserch'" in found
+    assert "keys[1].team: undefined team 'nobody'" in found
+    assert "teams.research.models[0]: undefined model 'chta'" in found
+    assert "teams.research.budgets[1].pools[0]: undefined pool 'gtp'" in found
+
+
+def test_value_errors_name_their_path() -> None:
+    found = problems(GOOD.replace("weight: 2", "weight: -1").replace("max_concurrency: 64", "max_concurrency: many"))
+    assert any(p.startswith("pools.llama-local.members[0].weight:") for p in found)
+    assert any(p.startswith("backends.gpu.max_concurrency:") for p in found)
+
+
+def test_key_needs_one_secret_and_duplicates_are_errors() -> None:
+    text = GOOD.replace('key: "${ALICE_KEY:-sk-alice-default}"', 'sha256: "%s"' % hashlib.sha256(b"sk-ci-bot-secret").hexdigest())  # noqa: UP031
+    assert "keys[1]: the same secret is already used by another key" in problems(text)
+    text = GOOD.replace("{id: alice,", "{id: ci-bot,")
+    assert "keys[1].id: duplicate key id 'ci-bot'" in problems(text)
+
+
+def test_budget_needs_an_amount_and_provider_urls() -> None:
+    found = problems(GOOD.replace("budget: {tokens_per_day: 50000000}", "budget: {}"))
+    assert found == ["pools.llama-local.budget: a budget needs at least one of tokens_per_* or usd_per_*"]
+    found = problems(GOOD.replace('gpu: {provider: openai, url: "http://10.0.0.11:8000/v1",', "gpu: {provider: openai,"))
+    assert found == ["backends.gpu: provider 'openai' needs url"]
+
+
+def test_env_default_and_dollar_escape() -> None:
+    text = GOOD.replace('model: gpt-4o-mini}]', 'model: "${MODEL:-gpt-4o}$$"}]')
+    cfg = parse_config(text, "t.yaml", {"OPENAI_API_KEY": "x"})
+    assert cfg.pools["gpt-hosted"].members[0].model == "gpt-4o$"
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    assert problems("backends: [")[0].startswith("invalid YAML")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "absent.yaml")
+    assert "cannot read" in err.value.problems[0]
+
+
+def test_packaged_default_and_repo_copy_load() -> None:
+    cfg = load_config(None, env={})
+    assert cfg.backends["sim"].provider == "simulate"
+    assert cfg.redis.url == ""
+    repo = Path(__file__).parents[2] / "config" / "spillway.yaml"
+    assert load_config(repo, env={}) == cfg
