@@ -7,9 +7,11 @@ response. A script missing after a restart or failover is reloaded and the
 call resent; both scripts are idempotent per request id, so a resend after a
 timeout is applied once.
 
-On a Cluster, the checks of one hash tag (a team, a pool) run in one script;
-a request touching two tags runs two scripts in the same pipeline, and a
-refusal on one gives back what the other reserved.
+Standalone Redis is spoken to by :mod:`router.quota.resp` with commands packed
+from per-plan templates (only the request's numbers are encoded per call). On a
+Cluster (redis-py), the checks of one hash tag (a team, a pool) run in one
+script; a request touching two tags runs two scripts, and a refusal on one
+gives back what the other reserved.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from router.config import RedisSettings
 from router.quota.base import ADMITTED, Reply, StoreUnavailable
 from router.quota.plan import Check
+from router.quota.resp import ReplyError, RedisUnavailable, RespClient, bulk, command
 
 log = logging.getLogger("spillway.quota")
 
@@ -48,38 +50,88 @@ class _Script:
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
 
-_Item = tuple[_Script, list[str], list[Any], "asyncio.Future[Any] | None", int]
+def _num(x: float) -> bytes:
+    return b"%d" % x if x == int(x) else repr(x).encode()
+
+
+class _Item:
+    """One queued script call: packed for standalone, as arguments for a Cluster."""
+
+    __slots__ = ("args", "attempts", "future", "keys", "packed", "script")
+
+    def __init__(
+        self, script: _Script, keys: list[str], args: list[Any], packed: bytes | None,
+        future: asyncio.Future[Any] | None, attempts: int = 0,
+    ) -> None:  # fmt: skip
+        self.script, self.keys, self.args, self.packed = script, keys, args, packed
+        self.future, self.attempts = future, attempts
+
+    def pack(self) -> bytes:
+        if self.packed is None:
+            self.packed = command("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+        return self.packed
+
+
+class _AdmitTemplate:
+    """The constant bytes of one plan's admission command, packed once."""
+
+    __slots__ = ("checks", "parts", "record_prefix")
+
+    def __init__(self, sha: str, record_prefix: str, pending: str, checks: Sequence[Check],
+                 lease: int) -> None:  # fmt: skip
+        n = len(checks)
+        nkeys = 2 + n
+        self.checks = checks
+        self.record_prefix = record_prefix
+        head = b"*%d\r\n" % (3 + nkeys + 5 + 5 * n) + bulk(b"EVALSHA") + bulk(sha.encode())
+        head += bulk(b"%d" % nkeys)
+        keys = bulk(pending.encode()) + b"".join(bulk(c.key.encode()) for c in checks)
+        # [head] record [keys] rid [lease] out min_out [n, kind, window, limit] base per ...
+        self.parts = [head, keys, bulk(b"%d" % lease), bulk(b"%d" % n)]
+        self.parts += [
+            bulk(c.kind.encode()) + bulk(c.window.encode()) + bulk(_num(c.limit)) for c in checks
+        ]
+
+    def pack(self, rid: str, prompt: int, out: int, n: int, min_out: int) -> bytes:
+        p = self.parts
+        rid_b = rid.encode()
+        buf = [p[0], bulk(self.record_prefix.encode() + rid_b), p[1], bulk(rid_b), p[2],
+               bulk(b"%d" % out), bulk(b"%d" % min_out), p[3]]  # fmt: skip
+        for i, c in enumerate(self.checks):
+            base, per = c.amounts(prompt, n)
+            buf.append(p[4 + i])
+            buf.append(bulk(_num(base)))
+            buf.append(bulk(_num(per)))
+        return b"".join(buf)
 
 
 class RedisStore:
     def __init__(self, settings: RedisSettings) -> None:
-        self._settings = settings
         self._prefix = settings.key_prefix
-        common: dict[str, Any] = {
-            "socket_timeout": settings.socket_timeout_seconds,
-            "socket_connect_timeout": settings.connect_timeout_seconds,
-            "decode_responses": False,
-        }
-        self.client: Any
-        if settings.cluster:
-            self.client = RedisCluster.from_url(settings.url, **common)
-        else:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                settings.url,
-                max_connections=settings.max_connections,
-                timeout=settings.socket_timeout_seconds,
-                **common,
-            )
-            self.client = aioredis.Redis(connection_pool=pool)
         self._cluster = settings.cluster
+        self._timeout = settings.socket_timeout_seconds
+        self._resp: RespClient | None = None
+        self._rc: Any = None
+        if settings.cluster:
+            self._rc = RedisCluster.from_url(
+                settings.url,
+                socket_timeout=settings.socket_timeout_seconds,
+                socket_connect_timeout=settings.connect_timeout_seconds,
+            )
+        else:
+            self._resp = RespClient(
+                settings.url,
+                timeout=settings.socket_timeout_seconds,
+                connect_timeout=settings.connect_timeout_seconds,
+            )
         self._admit = _Script("admit.lua")
         self._settle = _Script("settle.lua")
         self._status = _Script("status.lua")
+        self._templates: dict[tuple[int, str, int], _AdmitTemplate] = {}
         self._queue: list[_Item] = []
         self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._handle_soon = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timeout = settings.socket_timeout_seconds * 2
 
     # ------------------------------------------------------------------ groups
     def _groups(self, checks: Sequence[Check]) -> list[tuple[str, list[int]]]:
@@ -93,15 +145,36 @@ class RedisStore:
     def _record_keys(self, tag: str, rid: str) -> list[str]:
         return [f"{self._prefix}:{tag}:rec:{rid}", f"{self._prefix}:{tag}:pending"]
 
+    def _template(self, checks: Sequence[Check], lease: int) -> _AdmitTemplate:
+        key = (id(checks), checks[0].tag, lease)
+        t = self._templates.get(key)
+        if t is None or t.checks is not checks:
+            tag = checks[0].tag
+            t = self._templates[key] = _AdmitTemplate(
+                self._admit.sha, f"{self._prefix}:{tag}:rec:", f"{self._prefix}:{tag}:pending",
+                checks, lease,
+            )  # fmt: skip
+        return t
+
     # ---------------------------------------------------------------- admission
     async def admit(
         self, rid: str, checks: Sequence[Check], prompt: int, out: int, n: int,
         min_out: int, lease: int,
-    ) -> Reply:
+    ) -> Reply:  # fmt: skip
         if not checks:
             return Reply(ADMITTED, out, -1, 0.0, ())
-        groups = self._groups(checks)
         loop = asyncio.get_running_loop()
+        if not self._cluster:
+            fut: asyncio.Future[Any] = loop.create_future()
+            packed = self._template(checks, lease).pack(rid, prompt, out, n, min_out)
+            self._queue.append(_Item(self._admit, [], [], packed, fut))
+            self._schedule(soon=True)
+            try:
+                return _parse(await fut)
+            except asyncio.CancelledError:
+                fut.add_done_callback(self._release_on_cancel(rid, checks[0].tag, len(checks), lease))
+                raise
+        groups = self._groups(checks)
         futures = []
         for tag, idx in groups:
             keys = self._record_keys(tag, rid) + [checks[i].key for i in idx]
@@ -109,10 +182,10 @@ class RedisStore:
             for i in idx:
                 c = checks[i]
                 base, per = c.amounts(prompt, n)
-                args += [c.kind, c.window, repr(c.limit), repr(base), repr(per)]
-            fut: asyncio.Future[Any] = loop.create_future()
-            self._queue.append((self._admit, keys, args, fut, 0))
-            futures.append(fut)
+                args += [c.kind, c.window, _num(c.limit), _num(base), _num(per)]
+            f: asyncio.Future[Any] = loop.create_future()
+            self._queue.append(_Item(self._admit, keys, args, None, f))
+            futures.append(f)
         self._schedule(soon=True)
         try:
             raw = [await f for f in futures]
@@ -120,11 +193,11 @@ class RedisStore:
             for (tag, idx), f in zip(groups, futures, strict=True):
                 f.add_done_callback(self._release_on_cancel(rid, tag, len(idx), lease))
             raise
-        if len(groups) == 1:
-            return _parse(raw[0], len(checks))
         return self._merge(rid, groups, raw, len(checks), lease)
 
     def _release_on_cancel(self, rid: str, tag: str, n: int, lease: int) -> Any:
+        """The waiter went away: give back what its admission reserved, if it did."""
+
         def done(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:
                 return
@@ -136,7 +209,7 @@ class RedisStore:
     def _merge(
         self, rid: str, groups: list[tuple[str, list[int]]], raw: list[Any], n: int, lease: int
     ) -> Reply:
-        replies = [_parse(r, len(idx)) for r, (_, idx) in zip(raw, groups, strict=True)]
+        replies = [_parse(r) for r in raw]
         used: list[float] = [0.0] * n
         for reply, (_, idx) in zip(replies, groups, strict=True):
             for j, i in enumerate(idx):
@@ -160,7 +233,7 @@ class RedisStore:
 
     def _enqueue_settle(self, tag: str, rid: str, actual: list[int], lease: int) -> None:
         keys = self._record_keys(tag, rid)
-        self._queue.append((self._settle, keys, [rid, lease, *actual], None, 0))
+        self._queue.append(_Item(self._settle, keys, [rid, lease, *actual], None, None))
         self._schedule(soon=False)
 
     # ----------------------------------------------------------------- batching
@@ -184,77 +257,99 @@ class RedisStore:
             task.add_done_callback(self._tasks.discard)
 
     async def _execute(self, batch: list[_Item]) -> list[Any]:
-        """Send a batch: one pipeline, or on a Cluster one call per item in parallel
+        """One pipeline on standalone Redis; on a Cluster one call per item in parallel
         (a Cluster pipeline cannot carry EVALSHA)."""
-        async with asyncio.timeout(self._timeout):
-            if self._cluster:
-                return list(
-                    await asyncio.gather(
-                        *(self.client.evalsha(s.sha, len(k), *k, *a) for s, k, a, _, _ in batch),
-                        return_exceptions=True,
-                    )
+        if self._resp is not None:
+            return await self._resp.execute([item.pack() for item in batch])
+        async with asyncio.timeout(self._timeout * 2):
+            return list(
+                await asyncio.gather(
+                    *(self._rc.evalsha(i.script.sha, len(i.keys), *i.keys, *i.args) for i in batch),
+                    return_exceptions=True,
                 )
-            pipe = self.client.pipeline(transaction=False)
-            for script, keys, args, _, _ in batch:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
+            )
 
     async def _send(self, batch: list[_Item], reloaded: bool = False) -> None:
         try:
             results = await self._execute(batch)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisUnavailable, RedisError, OSError, TimeoutError) as exc:
             self._failed(batch, exc)
             return
-        except BaseException as exc:  # never leave a waiter hanging
+        except Exception as exc:  # a bug: log it, and never leave a waiter hanging
+            log.exception("redis batch failed")
             self._failed(batch, exc)
-            raise
-        missing = [i for i, r in zip(batch, results, strict=True) if isinstance(r, NoScriptError)]
+            return
+        missing = [i for i, r in zip(batch, results, strict=True) if _noscript(r)]
         if missing and not reloaded:
             try:
                 await self._load_scripts()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisUnavailable, RedisError, OSError, TimeoutError) as exc:
                 self._failed(missing, exc)
             else:
                 await self._send(missing, reloaded=True)
         errors: list[_Item] = []
         first_error: BaseException | None = None
         for item, result in zip(batch, results, strict=True):
-            if isinstance(result, NoScriptError) and not reloaded:
+            if _noscript(result) and not reloaded:
                 continue
-            fut = item[3]
             if isinstance(result, Exception):
                 errors.append(item)
                 first_error = first_error or result
-            elif fut is not None and not fut.done():
-                fut.set_result(result)
+            elif item.future is not None and not item.future.done():
+                item.future.set_result(result)
         if errors and first_error is not None:
             log.error("redis script failed: %s", first_error)
             self._failed(errors, first_error)
 
     def _failed(self, batch: list[_Item], exc: BaseException) -> None:
         retry: list[_Item] = []
-        for script, keys, args, fut, attempts in batch:
-            if fut is not None:
-                if not fut.done():
-                    fut.set_exception(StoreUnavailable(f"redis: {type(exc).__name__}: {exc}"))
-            elif attempts + 1 < SETTLE_ATTEMPTS:
-                retry.append((script, keys, args, None, attempts + 1))
+        for item in batch:
+            if item.future is not None:
+                if not item.future.done():
+                    item.future.set_exception(StoreUnavailable(f"redis: {exc}"))
+            elif item.attempts + 1 < SETTLE_ATTEMPTS:
+                item.attempts += 1
+                retry.append(item)
             else:
                 log.error("giving up a settlement after %d attempts: %s", SETTLE_ATTEMPTS, exc)
         if retry:
-            loop = asyncio.get_running_loop()
 
             def requeue() -> None:
                 self._queue.extend(retry)
                 self._schedule(soon=False)
 
-            loop.call_later(0.05 * 2 ** retry[0][4], requeue)
+            asyncio.get_running_loop().call_later(0.05 * 2 ** retry[0].attempts, requeue)
 
     async def _load_scripts(self) -> None:
-        for script in (self._admit, self._settle, self._status):
-            await self.client.script_load(script.text)
+        scripts = (self._admit, self._settle, self._status)
+        if self._resp is not None:
+            replies = await self._resp.execute([command("SCRIPT", "LOAD", s.text) for s in scripts])
+            for reply in replies:
+                if isinstance(reply, ReplyError):
+                    raise RedisUnavailable(f"SCRIPT LOAD failed: {reply}")
+            return
+        for script in scripts:
+            await self._rc.script_load(script.text)
 
     # ------------------------------------------------------------------- other
+    async def _call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        item = _Item(script, keys, args, None, None)
+        for attempt in range(2):
+            try:
+                result = (await self._execute([item]))[0]
+            except (RedisUnavailable, RedisError, OSError, TimeoutError) as exc:
+                raise StoreUnavailable(str(exc)) from None
+            if _noscript(result) and attempt == 0:
+                try:
+                    await self._load_scripts()
+                except (RedisUnavailable, RedisError, OSError, TimeoutError) as exc:
+                    raise StoreUnavailable(str(exc)) from None
+                continue
+            if isinstance(result, Exception):
+                raise StoreUnavailable(str(result))
+            return result
+        raise StoreUnavailable("script could not be loaded")
+
     async def status(self, checks: Sequence[Check]) -> tuple[float, list[float]]:
         if not checks:
             return 0.0, []
@@ -265,15 +360,7 @@ class RedisStore:
             args: list[Any] = [len(idx)]
             for i in idx:
                 args += [checks[i].kind, checks[i].window]
-            try:
-                async with asyncio.timeout(self._timeout):
-                    try:
-                        raw = await self.client.evalsha(self._status.sha, len(keys), *keys, *args)
-                    except NoScriptError:
-                        await self._load_scripts()
-                        raw = await self.client.evalsha(self._status.sha, len(keys), *keys, *args)
-            except (RedisError, OSError, TimeoutError) as exc:
-                raise StoreUnavailable(str(exc)) from None
+            raw = await self._call(self._status, keys, args)
             now = float(raw[0])
             for j, i in enumerate(idx):
                 used[i] = float(raw[1 + j])
@@ -281,9 +368,11 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            async with asyncio.timeout(self._timeout):
-                return bool(await self.client.ping())
-        except (RedisError, OSError, TimeoutError):
+            if self._resp is not None:
+                return (await self._resp.execute([command("PING")]))[0] == b"PONG"
+            async with asyncio.timeout(self._timeout * 2):
+                return bool(await self._rc.ping())
+        except (RedisUnavailable, RedisError, OSError, TimeoutError):
             return False
 
     async def aclose(self) -> None:
@@ -295,13 +384,19 @@ class RedisStore:
             if not self._tasks:
                 break
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._cluster:
-            await self.client.aclose()
+        if self._resp is not None:
+            await self._resp.close()
         else:
-            await self.client.aclose(close_connection_pool=True)
+            await self._rc.aclose()
 
 
-def _parse(raw: Any, n: int) -> Reply:
+def _noscript(result: Any) -> bool:
+    if isinstance(result, NoScriptError):
+        return True
+    return isinstance(result, ReplyError) and str(result).startswith("NOSCRIPT")
+
+
+def _parse(raw: Any) -> Reply:
     code, out, failed, now = int(raw[0]), int(raw[1]), int(raw[2]), float(raw[3])
-    used = tuple(float(x) for x in raw[4:]) if len(raw) > 4 else (0.0,) * 0
+    used = tuple(float(x) for x in raw[4:])
     return Reply(code, out, failed, now, used)
