@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from router.contract import VLLM_EXTRAS
+
 DEFAULT_CONFIG = "default.yaml"
 WINDOWS = ("minute", "hour", "day", "month")
 
@@ -78,9 +80,12 @@ class Backend(_Strict):
     provider: Literal["openai", "anthropic", "azure", "simulate"]
     url: str | None = None
     api_key: SecretStr | None = None
+    token_env: str | None = None  # azure without api_key: bearer token from this variable
     headers: dict[str, str] = Field(default_factory=dict)
+    # vllm: forward every vLLM extra; openai: hosted API, drop (or reject) them
     flavour: Literal["vllm", "openai"] = "vllm"
     unsupported_params: Literal["drop", "reject"] = "drop"
+    allow_params: list[str] = Field(default_factory=list)  # extras an openai flavour takes
     metrics_url: str | None = None
     max_concurrency: PositiveInt | None = None
     timeouts: Timeouts = Timeouts()
@@ -97,6 +102,18 @@ class Backend(_Strict):
         for name in (self.url, self.metrics_url):
             if name and name.startswith("http://") and "@" in name.split("/")[2]:
                 raise ValueError("credentials in a URL are not allowed; use api_key")
+        if self.token_env is not None:
+            if self.provider != "azure":
+                raise ValueError("token_env is only used by provider 'azure'")
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.token_env):
+                raise ValueError(
+                    f"token_env must name an environment variable, got {self.token_env!r}"
+                )
+        if self.provider == "azure" and self.api_key is None and self.token_env is None:
+            raise ValueError("provider 'azure' needs api_key or token_env")
+        unknown = [p for p in self.allow_params if p not in VLLM_EXTRAS]
+        if unknown:
+            raise ValueError(f"allow_params: {unknown[0]!r} is not a vLLM extra parameter")
         return self
 
 
