@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from router.contract import VLLM_EXTRAS
 
 DEFAULT_CONFIG = "default.yaml"
+ANTHROPIC_SAMPLING = frozenset({"temperature", "top_p", "top_k"})
 WINDOWS = ("minute", "hour", "day", "month")
 
 
@@ -85,7 +86,9 @@ class Backend(_Strict):
     # vllm: forward every vLLM extra; openai: hosted API, drop (or reject) them
     flavour: Literal["vllm", "openai"] = "vllm"
     unsupported_params: Literal["drop", "reject"] = "drop"
-    allow_params: list[str] = Field(default_factory=list)  # extras an openai flavour takes
+    # openai flavour: the vLLM extras it takes anyway; anthropic: the sampling
+    # parameters its models still take (deprecated upstream: not sent unless listed)
+    allow_params: list[str] = Field(default_factory=list)
     metrics_url: str | None = None
     max_concurrency: PositiveInt | None = None
     timeouts: Timeouts = Timeouts()
@@ -111,9 +114,12 @@ class Backend(_Strict):
                 )
         if self.provider == "azure" and self.api_key is None and self.token_env is None:
             raise ValueError("provider 'azure' needs api_key or token_env")
-        unknown = [p for p in self.allow_params if p not in VLLM_EXTRAS]
+        allowed, kind = VLLM_EXTRAS, "a vLLM extra parameter"
+        if self.provider == "anthropic":
+            allowed, kind = ANTHROPIC_SAMPLING, "one of " + ", ".join(sorted(ANTHROPIC_SAMPLING))
+        unknown = [p for p in self.allow_params if p not in allowed]
         if unknown:
-            raise ValueError(f"allow_params: {unknown[0]!r} is not a vLLM extra parameter")
+            raise ValueError(f"allow_params: {unknown[0]!r} is not {kind}")
         return self
 
 

@@ -5,7 +5,8 @@
 :mod:`router.providers.anthropic_request`; answers are translated back here:
 
 * a Message -> a ``chat.completion``: text blocks -> ``content``, tool_use
-  blocks -> ``tool_calls`` (arguments as JSON strings), ``stop_reason`` ->
+  blocks -> ``tool_calls`` (arguments as JSON strings), thinking -> vLLM's
+  ``reasoning`` (signatures are not carried), ``stop_reason`` ->
   ``finish_reason``, usage with cache reads and writes in
   ``prompt_tokens_details``;
 * the event stream -> ``chat.completion.chunk`` events: ``message_start`` ->
@@ -111,7 +112,7 @@ class AnthropicBackend:
         if cfg.api_key is not None:
             self.headers["x-api-key"] = cfg.api_key.get_secret_value()
         self.headers.update(cfg.headers)
-        self.policy = Policy(name, cfg.unsupported_params)
+        self.policy = Policy(name, cfg.unsupported_params, frozenset(cfg.allow_params))
 
     def adapter(self, call: Call) -> AnthropicAdapter:
         return AnthropicAdapter(self, call)
@@ -165,19 +166,24 @@ class AnthropicAdapter:
         counts.take(doc.get("usage"))
         self.usage = counts.usage(reported=True)
         texts: list[str] = []
+        thoughts: list[str] = []
         calls: list[dict[str, Any]] = []
         for block in doc["content"]:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
                 texts.append(str(block.get("text") or ""))
+            elif kind == "thinking":
+                thoughts.append(str(block.get("thinking") or ""))
             elif kind == "tool_use":
                 calls.append({"id": block.get("id"), "type": "function", "function": {
                     "name": block.get("name"),
                     "arguments": orjson.dumps(block.get("input") or {}).decode(),
                 }})  # fmt: skip
-            # thinking, redacted_thinking and server-tool blocks have no OpenAI form
+            # redacted_thinking and server-tool blocks have no OpenAI form
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None,
                                    "refusal": None}  # fmt: skip
+        if thoughts:
+            message["reasoning"] = "".join(thoughts)  # vLLM's name for it
         if calls:
             message["tool_calls"] = calls
         return orjson.dumps({
@@ -345,7 +351,13 @@ class AnthropicStream:
                     self.chars += len(part)
                     self._args.add(k)
                     out.append(self._tool_chunk({"index": k, "function": {"arguments": part}}))
-            # thinking, signature and citations deltas have no OpenAI form
+            elif dtype == "thinking_delta":
+                text = delta.get("thinking")
+                if text:
+                    self.chars += len(text)
+                    out.append(self._pre + _OPEN + b'{"reasoning":' + orjson.dumps(text) + b"}"
+                               + _CLOSE)  # fmt: skip
+            # signature and citations deltas have no OpenAI form
         elif kind == "content_block_start":
             self._block_start(doc, out)
         elif kind == "content_block_stop":

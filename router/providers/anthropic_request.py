@@ -13,15 +13,19 @@ project's docs):
 * tools -> ``input_schema``; tool_choice none/auto/required/named ->
   none/auto/any/tool; ``parallel_tool_calls: false`` ->
   ``disable_parallel_tool_use``;
-* stop -> ``stop_sequences``; ``max_tokens`` always sent; top_p, top_k;
+* stop -> ``stop_sequences``; ``max_tokens`` always sent;
   user/safety_identifier -> ``metadata.user_id``; a JSON-schema
-  response_format -> ``output_config.format``.
+  response_format -> ``output_config.format``;
+* temperature, top_p and top_k only for backends that list them in
+  ``allow_params``: Anthropic deprecated them and its current models answer
+  400 to any of them (its SDK no longer has them), older models still take them.
 
 Parameters Anthropic has no equivalent for (penalties, seed, logprobs, n > 1,
-vLLM extras, unknown fields) and temperatures above 1 follow the backend's
-``unsupported_params`` policy: ``drop`` (temperature clamped to 1) or
-``reject`` (400 naming the parameter and backend). Content that cannot be
-represented (audio, files, custom tools) is always a 400.
+vLLM extras, unknown fields, sampling parameters not allowed) and temperatures
+above 1 follow the backend's ``unsupported_params`` policy: ``drop`` (a
+temperature clamped to 1) or ``reject`` (400 naming the parameter and
+backend). Content that cannot be represented (audio, files, custom tools) is
+always a 400.
 """
 
 from __future__ import annotations
@@ -65,11 +69,14 @@ _NEUTRAL: dict[str, Any] = {"n": 1, "presence_penalty": 0, "frequency_penalty": 
 class Policy:
     """How a backend treats parameters it cannot honour."""
 
-    __slots__ = ("backend", "reject")
+    __slots__ = ("backend", "reject", "sampling")
 
-    def __init__(self, backend: str, unsupported: str) -> None:
+    def __init__(
+        self, backend: str, unsupported: str, sampling: frozenset[str] = frozenset()
+    ) -> None:
         self.backend = backend
         self.reject = unsupported == "reject"
+        self.sampling = sampling  # the sampling parameters the backend's models take
 
     def unsupported(self, param: str, why: str = "") -> None:
         """Raise under ``reject``; return (the caller drops it) under ``drop``."""
@@ -97,16 +104,7 @@ def to_messages_request(
         body["system"] = system[0]["text"] if len(system) == 1 else system
     if stream:
         body["stream"] = True
-    if req.temperature is not None:
-        temperature = req.temperature
-        if temperature > 1.0:
-            policy.unsupported("temperature", " above 1 (Anthropic accepts 0 to 1)")
-            temperature = 1.0
-        body["temperature"] = temperature
-    if req.top_p is not None:
-        body["top_p"] = req.top_p
-    if req.top_k is not None and req.top_k > 0:
-        body["top_k"] = req.top_k
+    _sampling(req, body, policy)
     if req.stop:
         body["stop_sequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
     user = req.user or req.safety_identifier
@@ -120,6 +118,30 @@ def to_messages_request(
     elif fmt is not None and not isinstance(fmt, ResponseFormatText):
         policy.unsupported("response_format", f" with type {fmt.type!r}")
     return body
+
+
+def _sampling(req: ChatCompletionRequest, body: dict[str, Any], policy: Policy) -> None:
+    """temperature, top_p, top_k: deprecated by Anthropic (current models answer 400
+    to them), so sent only when the backend lists them in ``allow_params``."""
+    if req.temperature is not None:
+        temperature = req.temperature
+        if "temperature" not in policy.sampling:
+            policy.unsupported("temperature")
+        else:
+            if temperature > 1.0:
+                policy.unsupported("temperature", " above 1 (Anthropic accepts 0 to 1)")
+                temperature = 1.0
+            body["temperature"] = temperature
+    if req.top_p is not None:
+        if "top_p" in policy.sampling:
+            body["top_p"] = req.top_p
+        else:
+            policy.unsupported("top_p")
+    if req.top_k is not None and req.top_k > 0:
+        if "top_k" in policy.sampling:
+            body["top_k"] = req.top_k
+        else:
+            policy.unsupported("top_k")
 
 
 def _check_unsupported(req: ChatCompletionRequest, policy: Policy) -> None:
