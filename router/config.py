@@ -89,6 +89,9 @@ class Backend(_Strict):
     # openai flavour: the vLLM extras it takes anyway; anthropic: the sampling
     # parameters its models still take (deprecated upstream: not sent unless listed)
     allow_params: list[str] = Field(default_factory=list)
+    # further parameters an OpenAI-compatible backend refuses (per unsupported_params;
+    # stream_options is then never sent, max_completion_tokens is sent as max_tokens)
+    deny_params: list[str] = Field(default_factory=list)
     metrics_url: str | None = None
     max_concurrency: PositiveInt | None = None
     timeouts: Timeouts = Timeouts()
@@ -114,6 +117,11 @@ class Backend(_Strict):
                 )
         if self.provider == "azure" and self.api_key is None and self.token_env is None:
             raise ValueError("provider 'azure' needs api_key or token_env")
+        if self.deny_params and self.provider not in ("openai", "azure"):
+            raise ValueError("deny_params is only used by providers 'openai' and 'azure'")
+        for name in ("model", "messages"):
+            if name in self.deny_params:
+                raise ValueError(f"deny_params: {name!r} cannot be denied")
         allowed, kind = VLLM_EXTRAS, "a vLLM extra parameter"
         if self.provider == "anthropic":
             allowed, kind = ANTHROPIC_SAMPLING, "one of " + ", ".join(sorted(ANTHROPIC_SAMPLING))

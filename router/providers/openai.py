@@ -2,8 +2,17 @@
 
 Pass-through: the client's JSON is forwarded with only what must change
 (the model name, ``stream_options.include_usage`` on streams, a clamped output
-cap, and for hosted flavours the vLLM-only extras dropped). Answers are relayed
-as bytes; only the usage is parsed.
+cap, and the parameter policy). Answers are relayed as bytes; only the usage is
+parsed. :mod:`router.providers.azure` shares all of it through
+:class:`CompatBackend`.
+
+Parameter policy: a backend's ``flavour`` is ``vllm`` (self-hosted: every vLLM
+extra forwarded) or ``openai`` (hosted APIs that refuse unknown fields: vLLM
+extras such as top_k, min_p, include_stop_str_in_output, skip_special_tokens,
+return_tokens_as_token_ids are not sent, except those in ``allow_params``);
+``deny_params`` adds parameters a provider refuses. ``unsupported_params``
+says what happens to a refused parameter the client sent: ``drop`` it, or
+``reject`` the request with a 400 naming the parameter and the backend.
 """
 
 from __future__ import annotations
@@ -34,9 +43,11 @@ class CompatBackend:
         self.limits = Limits.from_config(cfg.timeouts)
         self.flavour = cfg.flavour if "flavour" in cfg.model_fields_set else self.default_flavour
         self.unsupported = cfg.unsupported_params
-        # the vLLM extras this backend does not take (none for the vllm flavour)
-        self.blocked: frozenset[str] = (
-            VLLM_EXTRAS - frozenset(cfg.allow_params) if self.flavour == "openai" else frozenset()
+        # the parameters this backend does not take: the vLLM extras for the openai
+        # flavour (less those allowed), and whatever the config denies
+        extras = VLLM_EXTRAS if self.flavour == "openai" else frozenset()
+        self.blocked: frozenset[str] = (extras - frozenset(cfg.allow_params)) | frozenset(
+            cfg.deny_params
         )
         self.headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         self.headers.update(self.auth_headers())
@@ -74,15 +85,23 @@ def patch_body(
 
     ``blocked`` names the parameters the backend does not take: with
     ``unsupported == "reject"`` the first one the client set (not null) is a
-    400 naming it and the backend; otherwise they are dropped.
+    400 naming it and the backend; otherwise they are dropped. Two are the
+    gateway's to handle whatever the policy: ``stream_options`` is not sent
+    (nor asked for usage), ``max_completion_tokens`` is sent as ``max_tokens``.
     """
     body = dict(call.body)
     body["model"] = call.member_model
-    if call.stream:
+    if "stream_options" in blocked:  # such a backend reports usage on its own, or not at all
+        body.pop("stream_options", None)
+    elif call.stream:
         opts = body.get("stream_options")
         opts = dict(opts) if isinstance(opts, dict) else {}
         opts["include_usage"] = True
         body["stream_options"] = opts
+    if "max_completion_tokens" in blocked and "max_completion_tokens" in body:
+        value = body.pop("max_completion_tokens")  # the older name for the same cap
+        if body.get("max_tokens") is None:
+            body["max_tokens"] = value
     if call.max_tokens is not None:
         if "max_completion_tokens" in body:
             body["max_completion_tokens"] = call.max_tokens

@@ -80,6 +80,9 @@ def test_flavour_defaults_to_openai() -> None:
         ({"provider": "openai", "url": "https://x/v1", "allow_params": ["temperature"]},
          "not a vLLM extra"),
         ({"provider": "anthropic", "allow_params": ["min_p"]}, "not one of temperature"),
+        ({"provider": "anthropic", "deny_params": ["seed"]}, "only used by providers"),
+        ({"provider": "openai", "url": "https://x/v1", "deny_params": ["model"]},
+         "cannot be denied"),
     ],
 )  # fmt: skip
 def test_config_checks(backend: dict[str, Any], problem: str) -> None:

@@ -111,3 +111,44 @@ def test_url_and_headers() -> None:
     assert be.endpoint("m") == "https://h.example/openai/v1/chat/completions"
     assert be.headers["Authorization"] == "Bearer ps-secret"
     assert be.headers["X-Org"] == "o"
+
+
+def test_deny_params_follow_the_policy() -> None:
+    groq = backend(flavour="openai", deny_params=["logprobs", "logit_bias", "top_logprobs"])
+    sent = body_sent(groq, {"logprobs": True, "top_logprobs": 3, "temperature": 0.2},
+                     member_model="chat")  # fmt: skip
+    assert sent is not None
+    assert "logprobs" not in sent and "top_logprobs" not in sent and sent["temperature"] == 0.2
+    strict = backend(flavour="openai", deny_params=["logprobs"], unsupported_params="reject")
+    with pytest.raises(BackendRejectedParam) as err:
+        body_sent(strict, {"logprobs": True})
+    assert err.value.param == "logprobs"
+
+
+def test_backend_without_stream_options() -> None:
+    """Mistral refuses stream_options (and reports usage in its last chunk anyway)."""
+    mistral = backend(flavour="openai", unsupported_params="reject",
+                      deny_params=["stream_options", "max_completion_tokens"])  # fmt: skip
+    sent = body_sent(mistral, {"stream": True, "stream_options": {"include_usage": True}},
+                     member_model="chat")  # fmt: skip
+    assert sent is not None and "stream_options" not in sent and sent["stream"] is True
+    sent = body_sent(mistral, {"stream": True}, member_model="chat")
+    assert sent is not None and "stream_options" not in sent
+
+
+@pytest.mark.parametrize(
+    ("body", "cap", "expected"),
+    [
+        ({"max_completion_tokens": 300}, None, {"max_tokens": 300}),
+        ({"max_completion_tokens": 300, "max_tokens": 200}, None, {"max_tokens": 200}),
+        ({"max_completion_tokens": 300}, 40, {"max_tokens": 40}),
+    ],
+)
+def test_max_completion_tokens_sent_as_max_tokens_when_denied(
+    body: dict[str, Any], cap: int | None, expected: dict[str, int]
+) -> None:
+    be = backend(flavour="openai", unsupported_params="reject",
+                 deny_params=["max_completion_tokens"])  # fmt: skip
+    sent = body_sent(be, body, member_model="chat", max_tokens=cap)
+    assert sent is not None
+    assert {k: sent[k] for k in ("max_tokens", "max_completion_tokens") if k in sent} == expected
