@@ -21,11 +21,22 @@ from tests.support.gateway import Running, start_gateway
 from tests.support.schema import validate
 
 MODEL = "claude-sonnet-4-5"
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather now",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}  # fmt: skip
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather now",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
+    "AAAABJRU5ErkJggg=="
+)
 
 
 def backend(fake: FakeAnthropic, **extra: Any) -> dict[str, Any]:
@@ -36,12 +47,14 @@ def config(backends: dict[str, Any], pools: list[str] | None = None) -> dict[str
     names = list(backends)
     return {
         "backends": backends,
-        "pools": {f"pool-{n}": {"members": [{"backend": n, "model": MODEL}],
-                                "max_output_tokens": 512} for n in names},
+        "pools": {
+            f"pool-{n}": {"members": [{"backend": n, "model": MODEL}], "max_output_tokens": 512}
+            for n in names
+        },
         "models": {"chat": {"routes": [{"pools": pools or [f"pool-{n}" for n in names]}]}},
         "teams": {"research": {"models": ["chat"], "budgets": [{"tokens_per_day": 1000000}]}},
         "keys": [{"id": "ci", "team": "research", "key": DEMO_KEY}],
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -68,8 +81,9 @@ async def used_tokens(gw: Running) -> float:
     """The team's token budget use, once settlement has landed."""
     async with aiohttp.ClientSession() as s:
         for _ in range(50):
-            async with s.get(gw.url + "/v1/quota",
-                             headers={"Authorization": f"Bearer {DEMO_KEY}"}) as r:  # fmt: skip
+            async with s.get(
+                gw.url + "/v1/quota", headers={"Authorization": f"Bearer {DEMO_KEY}"}
+            ) as r:
                 doc = await r.json()
             used = float(doc["budgets"][0]["used"])
             if used:
@@ -78,8 +92,9 @@ async def used_tokens(gw: Running) -> float:
     return 0.0
 
 
-async def test_plain_completion(client: openai.AsyncOpenAI, fake: FakeAnthropic,
-                                gw: Running) -> None:  # fmt: skip
+async def test_plain_completion(
+    client: openai.AsyncOpenAI, fake: FakeAnthropic, gw: Running
+) -> None:
     raw = await client.chat.completions.with_raw_response.create(
         model="chat",
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
@@ -141,20 +156,27 @@ async def test_tool_use_round_trip(client: openai.AsyncOpenAI, fake: FakeAnthrop
     assert second.choices[0].finish_reason == "stop"
     sent = fake.seen[-1].body["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]
-    assert sent[1]["content"] == [{"type": "tool_use", "id": call.id, "name": "get_weather",
-                                   "input": {"city": "city-value"}}]  # fmt: skip
-    assert sent[2]["content"] == [{"type": "tool_result", "tool_use_id": call.id,
-                                   "content": "18C and sunny"}]  # fmt: skip
+    assert sent[1]["content"] == [
+        {"type": "tool_use", "id": call.id, "name": "get_weather", "input": {"city": "city-value"}}
+    ]
+    assert sent[2]["content"] == [
+        {"type": "tool_result", "tool_use_id": call.id, "content": "18C and sunny"}
+    ]
     assert fake.behaviour.rejected == []
 
 
-async def test_streamed_tool_use_round_trip(client: openai.AsyncOpenAI, fake: FakeAnthropic) -> None:
+async def test_streamed_tool_use_round_trip(
+    client: openai.AsyncOpenAI, fake: FakeAnthropic
+) -> None:
     messages: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
     stream = await client.chat.completions.create(
-        model="chat", messages=messages, tools=[WEATHER], stream=True,
+        model="chat",
+        messages=messages,
+        tools=[WEATHER],
+        stream=True,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         parallel_tool_calls=False,
-    )  # fmt: skip
+    )
     chunks = [c async for c in stream]
     deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
     head, fragments = deltas[0], [d.function.arguments for d in deltas[1:] if d.function]
@@ -163,14 +185,25 @@ async def test_streamed_tool_use_round_trip(client: openai.AsyncOpenAI, fake: Fa
     arguments = "".join(a or "" for a in fragments)
     assert json.loads(arguments) == {"city": "city-value"}
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
-    assert fake.seen[-1].body["tool_choice"] == {"type": "tool", "name": "get_weather",
-                                                 "disable_parallel_tool_use": True}  # fmt: skip
+    assert fake.seen[-1].body["tool_choice"] == {
+        "type": "tool",
+        "name": "get_weather",
+        "disable_parallel_tool_use": True,
+    }
     messages += [
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": head.id, "type": "function",
-             "function": {"name": "get_weather", "arguments": arguments}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": head.id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": arguments},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": head.id, "content": "rainy"},
-    ]  # fmt: skip
+    ]
     stream = await client.chat.completions.create(
         model="chat", messages=messages, tools=[WEATHER], stream=True
     )
@@ -181,33 +214,67 @@ async def test_streamed_tool_use_round_trip(client: openai.AsyncOpenAI, fake: Fa
 async def test_parallel_tool_results_share_one_user_turn(
     client: openai.AsyncOpenAI, fake: FakeAnthropic
 ) -> None:
-    done = await client.chat.completions.create(model="chat", tools=[WEATHER], messages=[
-        {"role": "user", "content": "Paris and Rome?"},
-        {"role": "assistant", "content": "Checking both.", "tool_calls": [
-            {"id": "toolu_a", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-            {"id": "toolu_b", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
-        {"role": "tool", "tool_call_id": "toolu_a", "content": "sunny"},
-        {"role": "tool", "tool_call_id": "toolu_b", "content": "windy"},
-    ])  # fmt: skip
+    done = await client.chat.completions.create(
+        model="chat",
+        tools=[WEATHER],
+        messages=[
+            {"role": "user", "content": "Paris and Rome?"},
+            {
+                "role": "assistant",
+                "content": "Checking both.",
+                "tool_calls": [
+                    {
+                        "id": "toolu_a",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    },
+                    {
+                        "id": "toolu_b",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+                    },
+                ],
+            },
+            {"role": "tool", "tool_call_id": "toolu_a", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "toolu_b", "content": "windy"},
+        ],
+    )
     assert done.choices[0].message.content == "Result: sunny windy"
     assert [b["type"] for b in fake.seen[-1].body["messages"][2]["content"]] == [
-        "tool_result", "tool_result"]  # fmt: skip
+        "tool_result",
+        "tool_result",
+    ]
 
 
 async def test_images(client: openai.AsyncOpenAI, fake: FakeAnthropic) -> None:
-    await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": [
-        {"type": "text", "text": "What is this?"},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
-    ]}])  # fmt: skip
+    await client.chat.completions.create(
+        model="chat",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                ],
+            }
+        ],
+    )
     blocks = fake.seen[-1].body["messages"][0]["content"]
     assert blocks[1]["source"] == {"type": "base64", "media_type": "image/png", "data": PNG}
     assert blocks[2]["source"] == {"type": "url", "url": "https://example.com/cat.png"}
     with pytest.raises(openai.BadRequestError) as err:
-        await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AAAA"}}]}])  # fmt: skip
+        await client.chat.completions.create(
+            model="chat",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AAAA"}}
+                    ],
+                }
+            ],
+        )
     assert err.value.body["param"] == "messages[0].content[0].image_url.url"  # type: ignore[index]
 
 
@@ -223,13 +290,19 @@ async def test_images(client: openai.AsyncOpenAI, fake: FakeAnthropic) -> None:
         (529, "overloaded_error", openai.InternalServerError, 503),
     ],
 )
-async def test_errors_map_to_sdk_classes(
-    client: openai.AsyncOpenAI, fake: FakeAnthropic, status: int, etype: str,
-    sdk_error: type[openai.APIStatusError], client_status: int,
-) -> None:  # fmt: skip
+async def test_errors_map_to_sdk_classes(  # noqa: PLR0917
+    client: openai.AsyncOpenAI,
+    fake: FakeAnthropic,
+    status: int,
+    etype: str,
+    sdk_error: type[openai.APIStatusError],
+    client_status: int,
+) -> None:
     fake.behaviour.error = (status, etype, f"upstream {etype}")
     with pytest.raises(sdk_error) as err:
-        await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+        await client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "x"}]
+        )
     assert err.value.status_code == client_status
     body = err.value.body
     assert isinstance(body, dict)
@@ -240,26 +313,31 @@ async def test_errors_map_to_sdk_classes(
 async def test_wrong_upstream_key_is_an_authentication_error(fake: FakeAnthropic) -> None:
     running = await start_gateway(config({"claude": {**backend(fake), "api_key": "sk-ant-wrong"}}))
     try:
-        async with openai.AsyncOpenAI(base_url=running.base_url, api_key=DEMO_KEY,
-                                      max_retries=0) as c:  # fmt: skip
+        async with openai.AsyncOpenAI(
+            base_url=running.base_url, api_key=DEMO_KEY, max_retries=0
+        ) as c:
             with pytest.raises(openai.AuthenticationError) as err:
-                await c.chat.completions.create(model="chat",
-                                                messages=[{"role": "user", "content": "x"}])  # fmt: skip
+                await c.chat.completions.create(
+                    model="chat", messages=[{"role": "user", "content": "x"}]
+                )
         assert "invalid x-api-key" in str(err.value)
     finally:
         await running.stop()
 
 
 async def test_overloaded_falls_back_to_the_next_pool() -> None:
-    busy = await FakeAnthropic(AnthropicBehaviour(error=(529, "overloaded_error", "Overloaded"),
-                                                  retry_after="1")).start()  # fmt: skip
+    busy = await FakeAnthropic(
+        AnthropicBehaviour(error=(529, "overloaded_error", "Overloaded"), retry_after="1")
+    ).start()
     spare = await FakeAnthropic().start()
     running = await start_gateway(config({"busy": backend(busy), "spare": backend(spare)}))
     try:
-        async with openai.AsyncOpenAI(base_url=running.base_url, api_key=DEMO_KEY,
-                                      max_retries=0) as c:  # fmt: skip
-            done = await c.chat.completions.create(model="chat",
-                                                   messages=[{"role": "user", "content": "x"}])  # fmt: skip
+        async with openai.AsyncOpenAI(
+            base_url=running.base_url, api_key=DEMO_KEY, max_retries=0
+        ) as c:
+            done = await c.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "x"}]
+            )
         assert done.choices[0].message.content == "w0 w1 w2 w3 w4 w5"
         assert len(busy.seen) == 1 and len(spare.seen) == 1
     finally:
@@ -268,8 +346,9 @@ async def test_overloaded_falls_back_to_the_next_pool() -> None:
         await spare.stop()
 
 
-async def test_error_event_mid_stream(client: openai.AsyncOpenAI, fake: FakeAnthropic,
-                                      gw: Running) -> None:  # fmt: skip
+async def test_error_event_mid_stream(
+    client: openai.AsyncOpenAI, fake: FakeAnthropic, gw: Running
+) -> None:
     fake.behaviour.stream_error_after = 2
     stream = await client.chat.completions.create(
         model="chat", messages=[{"role": "user", "content": "hi"}], stream=True
@@ -299,30 +378,46 @@ async def test_stream_cut_by_upstream(client: openai.AsyncOpenAI, fake: FakeAnth
 async def test_sampling_parameters_policy() -> None:
     old_model = await FakeAnthropic(AnthropicBehaviour(sampling_deprecated=False)).start()
     new_model = await FakeAnthropic().start()  # answers 400 to any sampling parameter
-    running = await start_gateway(config({
-        "old": backend(old_model, allow_params=["temperature", "top_k"],
-                       unsupported_params="reject"),
-        "new": backend(new_model),
-    }, pools=["pool-old"]))  # fmt: skip
+    running = await start_gateway(
+        config(
+            {
+                "old": backend(
+                    old_model, allow_params=["temperature", "top_k"], unsupported_params="reject"
+                ),
+                "new": backend(new_model),
+            },
+            pools=["pool-old"],
+        )
+    )
     running_new = await start_gateway(config({"new": backend(new_model)}))
     try:
-        async with openai.AsyncOpenAI(base_url=running.base_url, api_key=DEMO_KEY,
-                                      max_retries=0) as c:  # fmt: skip
-            await c.chat.completions.create(model="chat", temperature=0.5,
-                                            messages=[{"role": "user", "content": "x"}],
-                                            extra_body={"top_k": 12})  # fmt: skip
+        async with openai.AsyncOpenAI(
+            base_url=running.base_url, api_key=DEMO_KEY, max_retries=0
+        ) as c:
+            await c.chat.completions.create(
+                model="chat",
+                temperature=0.5,
+                messages=[{"role": "user", "content": "x"}],
+                extra_body={"top_k": 12},
+            )
             assert old_model.seen[-1].body["temperature"] == 0.5
             assert old_model.seen[-1].body["top_k"] == 12
             with pytest.raises(openai.BadRequestError) as err:
-                await c.chat.completions.create(model="chat", temperature=1.5,
-                                                messages=[{"role": "user", "content": "x"}])  # fmt: skip
+                await c.chat.completions.create(
+                    model="chat", temperature=1.5, messages=[{"role": "user", "content": "x"}]
+                )
             assert err.value.body["param"] == "temperature"  # type: ignore[index]
             assert "'old'" in err.value.message
             assert len(old_model.seen) == 1  # rejected before anything was sent
-        async with openai.AsyncOpenAI(base_url=running_new.base_url, api_key=DEMO_KEY,
-                                      max_retries=0) as c:  # fmt: skip
-            done = await c.chat.completions.create(model="chat", temperature=0.7, top_p=0.9,
-                                                   messages=[{"role": "user", "content": "x"}])  # fmt: skip
+        async with openai.AsyncOpenAI(
+            base_url=running_new.base_url, api_key=DEMO_KEY, max_retries=0
+        ) as c:
+            done = await c.chat.completions.create(
+                model="chat",
+                temperature=0.7,
+                top_p=0.9,
+                messages=[{"role": "user", "content": "x"}],
+            )
             assert done.choices[0].message.content
             assert "temperature" not in new_model.seen[-1].body
             assert new_model.behaviour.rejected == []

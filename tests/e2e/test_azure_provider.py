@@ -14,9 +14,13 @@ from tests.support.fake_azure import AzureBehaviour, FakeAzure
 from tests.support.gateway import Running, start_gateway
 from tests.support.schema import validate
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def config(backend: dict[str, Any], deployment: str = "gpt4o-prod") -> dict[str, Any]:
@@ -38,8 +42,9 @@ async def fake() -> AsyncIterator[FakeAzure]:
 
 @pytest.fixture
 async def gw(fake: FakeAzure) -> AsyncIterator[Running]:
-    running = await start_gateway(config(
-        {"provider": "azure", "url": fake.url, "api_key": "azure-test-key"}))  # fmt: skip
+    running = await start_gateway(
+        config({"provider": "azure", "url": fake.url, "api_key": "azure-test-key"})
+    )
     yield running
     await running.stop()
 
@@ -69,9 +74,11 @@ async def test_plain_completion(client: openai.AsyncOpenAI, fake: FakeAzure) -> 
 
 async def test_stream(client: openai.AsyncOpenAI) -> None:
     stream = await client.chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": "hello"}], stream=True,
+        model="chat",
+        messages=[{"role": "user", "content": "hello"}],
+        stream=True,
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     chunks = [c async for c in stream]
     assert chunks[0].choices == []  # Azure's prompt-filter event, passed on as Azure sends it
     assert all(c.model == "chat" for c in chunks[1:])
@@ -90,39 +97,67 @@ async def test_tool_use_round_trip_streamed(client: openai.AsyncOpenAI, fake: Fa
     arguments = "".join((d.function.arguments or "") for d in deltas if d.function)
     assert json.loads(arguments) == {"city": "city-value"}
     messages += [
-        {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function",
-         "function": {"name": "get_weather", "arguments": arguments}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": arguments},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": call_id, "content": "snow"},
-    ]  # fmt: skip
+    ]
     done = await client.chat.completions.create(model="chat", messages=messages, tools=[WEATHER])
     assert done.choices[0].message.content == "Result: snow"
-    assert fake.seen[-1].body["messages"][-1] == {"role": "tool", "tool_call_id": call_id,
-                                                  "content": "snow"}  # fmt: skip
+    assert fake.seen[-1].body["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": call_id,
+        "content": "snow",
+    }
 
 
-async def test_vllm_extras_are_dropped_for_azure(client: openai.AsyncOpenAI, fake: FakeAzure) -> None:
+async def test_vllm_extras_are_dropped_for_azure(
+    client: openai.AsyncOpenAI, fake: FakeAzure
+) -> None:
     done = await client.chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": "x"}],
+        model="chat",
+        messages=[{"role": "user", "content": "x"}],
         extra_body={"top_k": 5, "min_p": 0.1, "skip_special_tokens": False},
-    )  # fmt: skip
+    )
     assert done.choices[0].message.content
     assert not {"top_k", "min_p", "skip_special_tokens"} & set(fake.seen[-1].body)
 
 
 async def test_reject_policy_names_parameter_and_backend(fake: FakeAzure) -> None:
-    running = await start_gateway(config({"provider": "azure", "url": fake.url,
-                                          "api_key": "azure-test-key",
-                                          "unsupported_params": "reject"}))  # fmt: skip
+    running = await start_gateway(
+        config(
+            {
+                "provider": "azure",
+                "url": fake.url,
+                "api_key": "azure-test-key",
+                "unsupported_params": "reject",
+            }
+        )
+    )
     try:
-        async with openai.AsyncOpenAI(base_url=running.base_url, api_key=DEMO_KEY,
-                                      max_retries=0) as c:  # fmt: skip
+        async with openai.AsyncOpenAI(
+            base_url=running.base_url, api_key=DEMO_KEY, max_retries=0
+        ) as c:
             with pytest.raises(openai.BadRequestError) as err:
-                await c.chat.completions.create(model="chat",
-                                                messages=[{"role": "user", "content": "x"}],
-                                                extra_body={"min_p": 0.1})  # fmt: skip
-        assert err.value.body == {"message": "Parameter 'min_p' is not supported by backend 'az'.",  # type: ignore[comparison-overlap]
-                                  "type": "invalid_request_error", "param": "min_p",
-                                  "code": "unsupported_parameter"}  # fmt: skip
+                await c.chat.completions.create(
+                    model="chat",
+                    messages=[{"role": "user", "content": "x"}],
+                    extra_body={"min_p": 0.1},
+                )
+        assert err.value.body == {
+            "message": "Parameter 'min_p' is not supported by backend 'az'.",  # type: ignore[comparison-overlap]
+            "type": "invalid_request_error",
+            "param": "min_p",
+            "code": "unsupported_parameter",
+        }
         assert fake.seen == []
     finally:
         await running.stop()
@@ -131,13 +166,23 @@ async def test_reject_policy_names_parameter_and_backend(fake: FakeAzure) -> Non
 async def test_bearer_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = await FakeAzure(AzureBehaviour(api_key=None, token="entra-token-xyz")).start()
     monkeypatch.setenv("SPILLWAY_TEST_AZURE_TOKEN", "entra-token-xyz")
-    running = await start_gateway(config({"provider": "azure", "url": fake.url,
-                                          "token_env": "SPILLWAY_TEST_AZURE_TOKEN",
-                                          "api_version": "2025-04-01-preview"}))  # fmt: skip
+    running = await start_gateway(
+        config(
+            {
+                "provider": "azure",
+                "url": fake.url,
+                "token_env": "SPILLWAY_TEST_AZURE_TOKEN",
+                "api_version": "2025-04-01-preview",
+            }
+        )
+    )
     try:
-        async with openai.AsyncOpenAI(base_url=running.base_url, api_key=DEMO_KEY,
-                                      max_retries=0) as c:  # fmt: skip
-            await c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+        async with openai.AsyncOpenAI(
+            base_url=running.base_url, api_key=DEMO_KEY, max_retries=0
+        ) as c:
+            await c.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "x"}]
+            )
         seen = fake.seen[-1]
         assert seen.headers["Authorization"] == "Bearer entra-token-xyz"
         assert seen.query == {"api-version": "2025-04-01-preview"}
@@ -150,32 +195,49 @@ async def test_bearer_token_from_environment(monkeypatch: pytest.MonkeyPatch) ->
     ("backend", "deployment", "sdk_error", "text"),
     [
         ({"api_key": "wrong-key"}, "gpt4o-prod", openai.AuthenticationError, "Access denied"),
-        ({"api_key": "azure-test-key"}, "no-such-deployment", openai.NotFoundError,
-         "deployment for this resource does not exist"),
-        ({"api_key": "azure-test-key", "api_version": "1999-01-01"}, "gpt4o-prod",
-         openai.NotFoundError, "Resource not found"),
+        (
+            {"api_key": "azure-test-key"},
+            "no-such-deployment",
+            openai.NotFoundError,
+            "deployment for this resource does not exist",
+        ),
+        (
+            {"api_key": "azure-test-key", "api_version": "1999-01-01"},
+            "gpt4o-prod",
+            openai.NotFoundError,
+            "Resource not found",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_errors_map_to_sdk_classes(
-    fake: FakeAzure, backend: dict[str, Any], deployment: str,
-    sdk_error: type[openai.APIStatusError], text: str,
-) -> None:  # fmt: skip
-    running = await start_gateway(config({"provider": "azure", "url": fake.url, **backend},
-                                         deployment))  # fmt: skip
+    fake: FakeAzure,
+    backend: dict[str, Any],
+    deployment: str,
+    sdk_error: type[openai.APIStatusError],
+    text: str,
+) -> None:
+    running = await start_gateway(
+        config({"provider": "azure", "url": fake.url, **backend}, deployment)
+    )
     try:
-        async with openai.AsyncOpenAI(base_url=running.base_url, api_key=DEMO_KEY,
-                                      max_retries=0) as c:  # fmt: skip
+        async with openai.AsyncOpenAI(
+            base_url=running.base_url, api_key=DEMO_KEY, max_retries=0
+        ) as c:
             with pytest.raises(sdk_error) as err:
-                await c.chat.completions.create(model="chat",
-                                                messages=[{"role": "user", "content": "x"}])  # fmt: skip
+                await c.chat.completions.create(
+                    model="chat", messages=[{"role": "user", "content": "x"}]
+                )
         assert text in err.value.message
     finally:
         await running.stop()
 
 
-async def test_azure_rate_limit_is_retryable_and_mapped(client: openai.AsyncOpenAI,
-                                                        fake: FakeAzure) -> None:  # fmt: skip
+async def test_azure_rate_limit_is_retryable_and_mapped(
+    client: openai.AsyncOpenAI, fake: FakeAzure
+) -> None:
     fake.behaviour.error = (429, "429", "Requests have exceeded token rate limit.")
     with pytest.raises(openai.RateLimitError) as err:
-        await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+        await client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "x"}]
+        )
     assert err.value.body["code"] == "429"  # type: ignore[index]

@@ -11,8 +11,13 @@ from tests.conftest import DEMO_KEY
 from tests.support.fakes import FakeOpenAI
 from tests.support.gateway import start_gateway
 
-EXTRAS = {"top_k": 20, "min_p": 0.05, "include_stop_str_in_output": True,
-          "skip_special_tokens": False, "return_tokens_as_token_ids": True}  # fmt: skip
+EXTRAS = {
+    "top_k": 20,
+    "min_p": 0.05,
+    "include_stop_str_in_output": True,
+    "skip_special_tokens": False,
+    "return_tokens_as_token_ids": True,
+}
 
 
 def config(url: str, **backend: Any) -> dict[str, Any]:
@@ -58,16 +63,19 @@ async def test_extras_forwarded_or_dropped(
 
 
 async def test_reject_answers_400_naming_parameter_and_backend(upstream: FakeOpenAI) -> None:
-    running = await start_gateway(config(upstream.url, flavour="openai",
-                                         unsupported_params="reject"))  # fmt: skip
+    running = await start_gateway(
+        config(upstream.url, flavour="openai", unsupported_params="reject")
+    )
     try:
         with pytest.raises(openai.BadRequestError) as err:
             await ask(running.base_url, temperature=0.3, top_k=5)
         assert err.value.status_code == 400
         assert err.value.body == {  # type: ignore[comparison-overlap]
             "message": "Parameter 'top_k' is not supported by backend 'hosted'.",
-            "type": "invalid_request_error", "param": "top_k", "code": "unsupported_parameter",
-        }  # fmt: skip
+            "type": "invalid_request_error",
+            "param": "top_k",
+            "code": "unsupported_parameter",
+        }
         assert upstream.seen == []
         done = await ask(running.base_url, temperature=0.3)  # nothing unsupported: fine
         assert done.choices[0].message.content

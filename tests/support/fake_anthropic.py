@@ -66,8 +66,11 @@ class AnthropicBehaviour:
 
 
 def error_body(etype: str, message: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": etype, "message": message},
-            "request_id": "req_fake0123456789"}  # fmt: skip
+    return {
+        "type": "error",
+        "error": {"type": etype, "message": message},
+        "request_id": "req_fake0123456789",
+    }
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
@@ -108,11 +111,11 @@ def check_rules(body: dict[str, Any]) -> None:
         if role not in ("user", "assistant"):
             raise Invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         if i == 0 and role != "user":
-            raise Invalid("messages: first message must use the \"user\" role")
+            raise Invalid('messages: first message must use the "user" role')
         if i and messages[i - 1].get("role") == role:
             raise Invalid(
-                f"messages: roles must alternate between \"user\" and \"assistant\", "
-                f"but found multiple \"{role}\" roles in a row"
+                f'messages: roles must alternate between "user" and "assistant", '
+                f'but found multiple "{role}" roles in a row'
             )
         blocks = _blocks(msg.get("content"))
         final_assistant = role == "assistant" and i == len(messages) - 1
@@ -130,16 +133,20 @@ def check_rules(body: dict[str, Any]) -> None:
                 raise Invalid("messages: text content blocks must be non-empty")
             if kind == "tool_use":
                 if role != "assistant":
-                    raise Invalid(f"messages.{i}.content.{j}: tool_use is only allowed in "
-                                  "assistant messages")  # fmt: skip
+                    raise Invalid(
+                        f"messages.{i}.content.{j}: tool_use is only allowed in assistant messages"
+                    )
                 tool_ids.add(block["id"])
             elif kind == "tool_result":
                 if role != "user":
-                    raise Invalid(f"messages.{i}.content.{j}: tool_result is only allowed in "
-                                  "user messages")  # fmt: skip
+                    raise Invalid(
+                        f"messages.{i}.content.{j}: tool_result is only allowed in user messages"
+                    )
                 if seen_other:
-                    raise Invalid(f"messages.{i}: tool_result blocks must come first in the "
-                                  "content of a user message")  # fmt: skip
+                    raise Invalid(
+                        f"messages.{i}: tool_result blocks must come first in the "
+                        "content of a user message"
+                    )
                 if block["tool_use_id"] not in prev_tool_ids:
                     raise Invalid(
                         f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
@@ -153,8 +160,11 @@ def check_rules(body: dict[str, Any]) -> None:
             if kind == "image":
                 source = block.get("source") or {}
                 if source.get("type") == "base64" and source.get("media_type") not in (
-                    "image/jpeg", "image/png", "image/gif", "image/webp"
-                ):  # fmt: skip
+                    "image/jpeg",
+                    "image/png",
+                    "image/gif",
+                    "image/webp",
+                ):
                     raise Invalid(f"messages.{i}.content.{j}.source.media_type: invalid")
         if prev_tool_ids and role == "user" and prev_tool_ids - results:
             missing = ", ".join(sorted(prev_tool_ids - results))
@@ -186,9 +196,7 @@ def _schema_value(schema: Any, name: str) -> Any:
     if kind == "object":
         props = schema.get("properties") or {}
         return {k: _schema_value(v, k) for k, v in props.items()}
-    return {"integer": 7, "number": 1.5, "boolean": True, "array": []}.get(
-        kind, f"{name}-value"
-    )
+    return {"integer": 7, "number": 1.5, "boolean": True, "array": []}.get(kind, f"{name}-value")
 
 
 def _words_in(body: dict[str, Any]) -> int:
@@ -229,8 +237,9 @@ class FakeAnthropic:
             await self._runner.cleanup()
             self._runner = None
 
-    def _error(self, status: int, etype: str, message: str,
-               headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
+    def _error(
+        self, status: int, etype: str, message: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
         return web.json_response(error_body(etype, message), status=status, headers=headers)
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
@@ -238,8 +247,9 @@ class FakeAnthropic:
         if request.headers.get("x-api-key") != b.api_key:
             return self._error(401, "authentication_error", "invalid x-api-key")
         if request.headers.get("anthropic-version") != "2023-06-01":
-            return self._error(400, "invalid_request_error",
-                               "anthropic-version: header is required")  # fmt: skip
+            return self._error(
+                400, "invalid_request_error", "anthropic-version: header is required"
+            )
         raw = await request.read()
         try:
             body = orjson.loads(raw)
@@ -279,8 +289,14 @@ class FakeAnthropic:
             if choice == "tool":
                 tool = next(t for t in tools if t["name"] == body["tool_choice"]["name"])
             args = _schema_value(tool["input_schema"], tool["name"])
-            content = [{"type": "tool_use", "id": f"toolu_fake{len(self.seen):04d}",
-                        "name": tool["name"], "input": args}]  # fmt: skip
+            content = [
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_fake{len(self.seen):04d}",
+                    "name": tool["name"],
+                    "input": args,
+                }
+            ]
             output = max(1, len(orjson.dumps(args)) // 4)
             stop = "tool_use"
         else:
@@ -288,7 +304,9 @@ class FakeAnthropic:
                 parts = []
                 for r in results:
                     c = r.get("content", "")
-                    parts.append(c if isinstance(c, str) else " ".join(x.get("text", "") for x in c))
+                    parts.append(
+                        c if isinstance(c, str) else " ".join(x.get("text", "") for x in c)
+                    )
                 words = ["Result:", *" ".join(parts).split()]
             else:
                 words = [f"w{i}" for i in range(self.behaviour.words)]
@@ -303,13 +321,20 @@ class FakeAnthropic:
             content = [{"type": "text", "text": " ".join(words)}]
             output = len(words)
         return {
-            "id": f"msg_fake{len(self.seen):04d}", "type": "message", "role": "assistant",
-            "model": body["model"], "content": content, "stop_reason": stop,
+            "id": f"msg_fake{len(self.seen):04d}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": stop,
             "stop_sequence": stop_sequence,
-            "usage": {"input_tokens": _words_in(body), "output_tokens": output,
-                      "cache_creation_input_tokens": 0,
-                      "cache_read_input_tokens": self.behaviour.cache_read},
-        }  # fmt: skip
+            "usage": {
+                "input_tokens": _words_in(body),
+                "output_tokens": output,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": self.behaviour.cache_read,
+            },
+        }
 
     async def _stream(self, request: web.Request, message: dict[str, Any]) -> web.StreamResponse:
         b = self.behaviour
@@ -319,48 +344,89 @@ class FakeAnthropic:
         def ev(kind: str, obj: dict[str, Any]) -> bytes:
             return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
 
-        start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
-                 "usage": {**message["usage"], "output_tokens": 1}}  # fmt: skip
-        events = [ev("message_start", {"type": "message_start", "message": start}),
-                  ev("ping", {"type": "ping"})]  # fmt: skip
+        start = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {**message["usage"], "output_tokens": 1},
+        }
+        events = [
+            ev("message_start", {"type": "message_start", "message": start}),
+            ev("ping", {"type": "ping"}),
+        ]
         deltas = 0
         for index, block in enumerate(message["content"]):
             if block["type"] == "text":
                 first = {"type": "text", "text": ""}
-                events.append(ev("content_block_start", {"type": "content_block_start",
-                                                         "index": index, "content_block": first}))
+                events.append(
+                    ev(
+                        "content_block_start",
+                        {"type": "content_block_start", "index": index, "content_block": first},
+                    )
+                )
                 for n, word in enumerate(block["text"].split(" ")):
                     if b.stream_error_after is not None and deltas >= b.stream_error_after:
                         events.append(ev("error", error_body("overloaded_error", "Overloaded")))
                         break
                     piece = word if n == 0 else " " + word
-                    events.append(ev("content_block_delta", {
-                        "type": "content_block_delta", "index": index,
-                        "delta": {"type": "text_delta", "text": piece}}))  # fmt: skip
+                    events.append(
+                        ev(
+                            "content_block_delta",
+                            {
+                                "type": "content_block_delta",
+                                "index": index,
+                                "delta": {"type": "text_delta", "text": piece},
+                            },
+                        )
+                    )
                     deltas += 1
                 else:
-                    events.append(ev("content_block_stop",
-                                     {"type": "content_block_stop", "index": index}))
+                    events.append(
+                        ev("content_block_stop", {"type": "content_block_stop", "index": index})
+                    )
                     continue
                 break  # the error event ends the stream
             else:
                 first = {**block, "input": {}}
-                events.append(ev("content_block_start", {"type": "content_block_start",
-                                                         "index": index, "content_block": first}))
+                events.append(
+                    ev(
+                        "content_block_start",
+                        {"type": "content_block_start", "index": index, "content_block": first},
+                    )
+                )
                 args = orjson.dumps(block["input"]).decode()
                 for cut in range(0, len(args), 5):
-                    events.append(ev("content_block_delta", {
-                        "type": "content_block_delta", "index": index,
-                        "delta": {"type": "input_json_delta",
-                                  "partial_json": args[cut:cut + 5]}}))  # fmt: skip
-                events.append(ev("content_block_stop",
-                                 {"type": "content_block_stop", "index": index}))
+                    events.append(
+                        ev(
+                            "content_block_delta",
+                            {
+                                "type": "content_block_delta",
+                                "index": index,
+                                "delta": {
+                                    "type": "input_json_delta",
+                                    "partial_json": args[cut : cut + 5],
+                                },
+                            },
+                        )
+                    )
+                events.append(
+                    ev("content_block_stop", {"type": "content_block_stop", "index": index})
+                )
         else:
-            events.append(ev("message_delta", {
-                "type": "message_delta",
-                "delta": {"stop_reason": message["stop_reason"],
-                          "stop_sequence": message["stop_sequence"]},
-                "usage": {"output_tokens": message["usage"]["output_tokens"]}}))  # fmt: skip
+            events.append(
+                ev(
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {
+                            "stop_reason": message["stop_reason"],
+                            "stop_sequence": message["stop_sequence"],
+                        },
+                        "usage": {"output_tokens": message["usage"]["output_tokens"]},
+                    },
+                )
+            )
             events.append(ev("message_stop", {"type": "message_stop"}))
         for i, data in enumerate(events):
             if b.break_after is not None and i >= b.break_after:

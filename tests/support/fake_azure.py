@@ -28,11 +28,14 @@ from tests.support.net import free_port
 from tests.support.schema import _bundle
 
 API_VERSIONS = {"2024-06-01", "2024-10-21", "2025-04-01-preview"}
-SAFE = {k: {"filtered": False, "severity": "safe"}
-        for k in ("hate", "self_harm", "sexual", "violence")}  # fmt: skip
-UNAUTHORIZED = ("Access denied due to invalid subscription key or wrong API endpoint. Make sure "
-                "to provide a valid key for an active subscription and use a correct regional "
-                "API endpoint for your resource.")  # fmt: skip
+SAFE = {
+    k: {"filtered": False, "severity": "safe"} for k in ("hate", "self_harm", "sexual", "violence")
+}
+UNAUTHORIZED = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure "
+    "to provide a valid key for an active subscription and use a correct regional "
+    "API endpoint for your resource."
+)
 
 
 @dataclass
@@ -52,7 +55,9 @@ def _known_params() -> set[str]:
         props.update(target.get("properties", {}))
         for sub in target.get("allOf", []):
             if "$ref" in sub:
-                props.update(_bundle()["$defs"][sub["$ref"].rsplit("/", 1)[1]].get("properties", {}))
+                props.update(
+                    _bundle()["$defs"][sub["$ref"].rsplit("/", 1)[1]].get("properties", {})
+                )
     return set(props)
 
 
@@ -100,39 +105,70 @@ class FakeAzure:
         if request.query.get("api-version") not in API_VERSIONS:
             return self._error(404, "404", "Resource not found")
         key_ok = b.api_key is not None and request.headers.get("api-key") == b.api_key
-        token_ok = b.token is not None and request.headers.get("Authorization") == f"Bearer {b.token}"
+        token_ok = (
+            b.token is not None and request.headers.get("Authorization") == f"Bearer {b.token}"
+        )
         if not (key_ok or token_ok):
             return self._error(401, "401", UNAUTHORIZED)
         deployment = request.match_info["deployment"]
         if deployment not in b.deployments:
-            return self._error(404, "DeploymentNotFound", "The API deployment for this resource "
-                               "does not exist. If you created the deployment within the last 5 "
-                               "minutes, please wait a moment and try again.")  # fmt: skip
+            return self._error(
+                404,
+                "DeploymentNotFound",
+                "The API deployment for this resource "
+                "does not exist. If you created the deployment within the last 5 "
+                "minutes, please wait a moment and try again.",
+            )
         raw = await request.read()
         body = orjson.loads(raw)
         self.seen.append(Seen(request.path, dict(request.headers), body, raw, dict(request.query)))
         for key in body:
             if key not in self.known:
-                return web.json_response({"error": {
-                    "message": f"Unrecognized request argument supplied: {key}",
-                    "type": "invalid_request_error", "param": None, "code": None}}, status=400)  # fmt: skip
+                return web.json_response(
+                    {
+                        "error": {
+                            "message": f"Unrecognized request argument supplied: {key}",
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    },
+                    status=400,
+                )
         if b.error is not None:
             return self._error(*b.error)
         model = b.deployments[deployment]
         message, finish, completion = self._answer(body)
         prompt = sum(len(str(m.get("content") or "").split()) + 3 for m in body["messages"])
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion}  # fmt: skip
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         if body.get("stream"):
-            return await self._stream(request, body, model, message, finish, usage)
-        return web.json_response({
-            "id": "chatcmpl-azure", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "system_fingerprint": "fp_azure",
-            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": SAFE}],
-            "choices": [{"index": 0, "finish_reason": finish, "logprobs": None,
-                         "message": message, "content_filter_results": SAFE}],
-            "usage": usage,
-        })  # fmt: skip
+            return await self._stream(
+                request, body, model=model, message=message, finish=finish, usage=usage
+            )
+        return web.json_response(
+            {
+                "id": "chatcmpl-azure",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": "fp_azure",
+                "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": SAFE}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": finish,
+                        "logprobs": None,
+                        "message": message,
+                        "content_filter_results": SAFE,
+                    }
+                ],
+                "usage": usage,
+            }
+        )
 
     def _answer(self, body: dict[str, Any]) -> tuple[dict[str, Any], str, int]:
         last = body["messages"][-1]
@@ -141,11 +177,17 @@ class FakeAzure:
         if tools and choice != "none" and last.get("role") != "tool":
             fn = tools[0]["function"]
             if isinstance(choice, dict):
-                fn = next(t["function"] for t in tools if t["function"]["name"] ==
-                          choice["function"]["name"])  # fmt: skip
+                fn = next(
+                    t["function"]
+                    for t in tools
+                    if t["function"]["name"] == choice["function"]["name"]
+                )
             args = orjson.dumps(_schema_value(fn.get("parameters"), fn["name"])).decode()
-            call = {"id": f"call_azure{len(self.seen)}", "type": "function",
-                    "function": {"name": fn["name"], "arguments": args}}  # fmt: skip
+            call = {
+                "id": f"call_azure{len(self.seen)}",
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": args},
+            }
             msg = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
             return msg, "tool_calls", max(1, len(args) // 4)
         if last.get("role") == "tool":
@@ -157,34 +199,93 @@ class FakeAzure:
         finish = "stop"
         if cap and len(words) > cap:
             words, finish = words[:cap], "length"
-        return {"role": "assistant", "content": " ".join(words), "refusal": None}, finish, len(words)
+        return (
+            {"role": "assistant", "content": " ".join(words), "refusal": None},
+            finish,
+            len(words),
+        )
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], model: str,
-                      message: dict[str, Any], finish: str,
-                      usage: dict[str, int]) -> web.StreamResponse:  # fmt: skip
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        *,
+        model: str,
+        message: dict[str, Any],
+        finish: str,
+        usage: dict[str, int],
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        base = {"id": "chatcmpl-azure", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": model, "system_fingerprint": "fp_azure"}  # fmt: skip
+        base = {
+            "id": "chatcmpl-azure",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_azure",
+        }
 
         def ev(obj: dict[str, Any]) -> bytes:
             return b"data: " + orjson.dumps(obj) + b"\n\n"
 
         def chunk(delta: dict[str, Any], reason: str | None = None) -> bytes:
-            return ev({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": reason,
-                                            "logprobs": None, "content_filter_results": SAFE}]})  # fmt: skip
+            return ev(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": delta,
+                            "finish_reason": reason,
+                            "logprobs": None,
+                            "content_filter_results": SAFE,
+                        }
+                    ],
+                }
+            )
 
-        out = [ev({"choices": [], "created": 0, "id": "", "model": "", "object": "",
-                   "prompt_filter_results": [{"prompt_index": 0,
-                                              "content_filter_results": SAFE}]}),
-               chunk({"role": "assistant", "content": "", "refusal": None})]  # fmt: skip
+        out = [
+            ev(
+                {
+                    "choices": [],
+                    "created": 0,
+                    "id": "",
+                    "model": "",
+                    "object": "",
+                    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": SAFE}],
+                }
+            ),
+            chunk({"role": "assistant", "content": "", "refusal": None}),
+        ]
         for call in message.get("tool_calls") or ():
             fn = call["function"]
-            out.append(chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
-                                              "function": {"name": fn["name"], "arguments": ""}}]}))
+            out.append(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": fn["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
             for cut in range(0, len(fn["arguments"]), 4):
-                out.append(chunk({"tool_calls": [{"index": 0, "function": {
-                    "arguments": fn["arguments"][cut:cut + 4]}}]}))  # fmt: skip
+                out.append(
+                    chunk(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "function": {"arguments": fn["arguments"][cut : cut + 4]},
+                                }
+                            ]
+                        }
+                    )
+                )
         for i, word in enumerate((message.get("content") or "").split()):
             out.append(chunk({"content": word if i == 0 else " " + word}))
         out.append(chunk({}, finish))

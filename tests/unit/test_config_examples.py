@@ -22,8 +22,16 @@ def dummy_env(path: Path) -> dict[str, str]:
 
 def test_an_example_for_each_provider() -> None:
     names = {p.stem for p in EXAMPLES}
-    assert names >= {"poolside", "openai", "together", "groq", "mistral", "gemini", "anthropic",
-                     "azure"}  # fmt: skip
+    assert names >= {
+        "poolside",
+        "openai",
+        "together",
+        "groq",
+        "mistral",
+        "gemini",
+        "anthropic",
+        "azure",
+    }
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

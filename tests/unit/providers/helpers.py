@@ -20,7 +20,13 @@ def make_call(
     raw = orjson.dumps(body)
     request = ChatCompletionRequest.model_validate_json(raw)
     return Call(
-        request=request, raw=raw, client_model=request.model, member_model=member_model,
-        max_tokens=max_tokens, clamped=False, default_max_tokens=default_max_tokens,
-        request_id="req_unit", forward_headers={},
-    )  # fmt: skip
+        request=request,
+        raw=raw,
+        client_model=request.model,
+        member_model=member_model,
+        max_tokens=max_tokens,
+        clamped=False,
+        default_max_tokens=default_max_tokens,
+        request_id="req_unit",
+        forward_headers={},
+    )

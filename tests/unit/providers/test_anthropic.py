@@ -50,8 +50,13 @@ def run_stream(data: bytes, piece: int, keep_usage: bool = False) -> tuple[bytes
 
 def adapter() -> AnthropicAdapter:
     backend = AnthropicBackend("claude", Backend(provider="anthropic"), None)  # type: ignore[arg-type]
-    return AnthropicAdapter(backend, make_call({"model": "chat", "messages": [
-        {"role": "user", "content": "hi"}]}, member_model="claude-sonnet-4-5"))  # fmt: skip
+    return AnthropicAdapter(
+        backend,
+        make_call(
+            {"model": "chat", "messages": [{"role": "user", "content": "hi"}]},
+            member_model="claude-sonnet-4-5",
+        ),
+    )
 
 
 def test_fixtures_are_what_the_sdk_parses() -> None:
@@ -72,42 +77,62 @@ def test_text_message() -> None:
     validate("CreateChatCompletionResponse", doc)
     assert doc["id"] == "msg_013Zva2CMHLNnXjNJJKqJ2EF"
     assert doc["model"] == "chat"
-    assert doc["choices"][0]["message"] == {"role": "assistant", "content": "Hi! My name is Claude.",
-                                            "refusal": None}  # fmt: skip
+    assert doc["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Hi! My name is Claude.",
+        "refusal": None,
+    }
     assert doc["choices"][0]["finish_reason"] == "stop"
     assert doc["usage"] == {
-        "prompt_tokens": 3895, "completion_tokens": 503, "total_tokens": 4398,
+        "prompt_tokens": 3895,
+        "completion_tokens": 503,
+        "total_tokens": 4398,
         "prompt_tokens_details": {"cached_tokens": 1800, "cache_write_tokens": 0},
-    }  # fmt: skip
+    }
     assert a.usage is not None
     assert (a.usage.prompt_tokens, a.usage.completion_tokens, a.usage.cached_tokens) == (
-        3895, 503, 1800)  # fmt: skip
+        3895,
+        503,
+        1800,
+    )
     assert a.usage.reported
 
 
 def test_tool_use_message() -> None:
     a = adapter()
-    doc = orjson.loads(a.transform_body(orjson.dumps(fixture_json("message_tool_use.json")["body"])))
+    doc = orjson.loads(
+        a.transform_body(orjson.dumps(fixture_json("message_tool_use.json")["body"]))
+    )
     validate("CreateChatCompletionResponse", doc)
     choice = doc["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
-    assert choice["message"]["content"] == "I'll check the current weather in San Francisco for you."
+    assert (
+        choice["message"]["content"] == "I'll check the current weather in San Francisco for you."
+    )
     (call,) = choice["message"]["tool_calls"]
     assert call["id"] == "toolu_01A09q90qw90lq917835lq9"
     assert call["type"] == "function"
     assert call["function"]["name"] == "get_weather"
     assert isinstance(call["function"]["arguments"], str)
-    assert json.loads(call["function"]["arguments"]) == {"location": "San Francisco, CA",
-                                                         "unit": "celsius"}  # fmt: skip
+    assert json.loads(call["function"]["arguments"]) == {
+        "location": "San Francisco, CA",
+        "unit": "celsius",
+    }
     assert doc["usage"]["prompt_tokens"] == 384 and doc["usage"]["completion_tokens"] == 91
 
 
 @pytest.mark.parametrize(
     ("stop_reason", "finish"),
-    [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"),
-     ("tool_use", "tool_calls"), ("refusal", "content_filter"),
-     ("model_context_window_exceeded", "length"), ("pause_turn", "stop")],
-)  # fmt: skip
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("model_context_window_exceeded", "length"),
+        ("pause_turn", "stop"),
+    ],
+)
 def test_stop_reasons(stop_reason: str, finish: str) -> None:
     body = {**fixture_json("message_text.json")["body"], "stop_reason": stop_reason}
     doc = orjson.loads(adapter().transform_body(orjson.dumps(body)))
@@ -115,10 +140,13 @@ def test_stop_reasons(stop_reason: str, finish: str) -> None:
 
 
 def test_thinking_becomes_reasoning_and_tool_only_answer_has_null_content() -> None:
-    body = {**fixture_json("message_tool_use.json")["body"], "content": [
-        {"type": "thinking", "thinking": "The user wants weather.", "signature": "sig=="},
-        {"type": "tool_use", "id": "toolu_x", "name": "get_weather", "input": {}},
-    ]}  # fmt: skip
+    body = {
+        **fixture_json("message_tool_use.json")["body"],
+        "content": [
+            {"type": "thinking", "thinking": "The user wants weather.", "signature": "sig=="},
+            {"type": "tool_use", "id": "toolu_x", "name": "get_weather", "input": {}},
+        ],
+    }
     msg = orjson.loads(adapter().transform_body(orjson.dumps(body)))["choices"][0]["message"]
     assert msg["content"] is None
     assert msg["reasoning"] == "The user wants weather."
@@ -163,18 +191,27 @@ def test_usage_chunk_only_when_asked() -> None:
     validate("CreateChatCompletionStreamResponse", last)
     assert last["choices"] == []
     assert last["usage"] == {
-        "prompt_tokens": 622, "completion_tokens": 89, "total_tokens": 711,
+        "prompt_tokens": 622,
+        "completion_tokens": 89,
+        "total_tokens": 711,
         "prompt_tokens_details": {"cached_tokens": 50, "cache_write_tokens": 100},
-    }  # fmt: skip
+    }
 
 
 def test_tool_call_stream() -> None:
     out, stream = run_stream(fixture_sse("stream_tool_use.sse"), 13)
     chunks = sse_events(out)[:-1]
-    calls = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks
-             if c["choices"][0]["delta"].get("tool_calls")]  # fmt: skip
-    assert calls[0] == {"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "type": "function",
-                        "function": {"name": "get_weather", "arguments": ""}}  # fmt: skip
+    calls = [
+        c["choices"][0]["delta"]["tool_calls"][0]
+        for c in chunks
+        if c["choices"][0]["delta"].get("tool_calls")
+    ]
+    assert calls[0] == {
+        "index": 0,
+        "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
     fragments = [c["function"]["arguments"] for c in calls[1:] if c["index"] == 0]
     assert fragments == ['{"location":', ' "San Fra', 'ncisco, CA"}']  # the empty one dropped
     assert json.loads("".join(fragments)) == {"location": "San Francisco, CA"}
@@ -195,7 +232,8 @@ def test_tool_arguments_are_relayed_as_they_arrive() -> None:
         out = stream.feed(block + b"\n\n")
         if b'"partial_json":"{\\"location\\":"' in block:
             assert sse_events(out)[0]["choices"][0]["delta"]["tool_calls"] == [
-                {"index": 0, "function": {"arguments": '{"location":'}}]
+                {"index": 0, "function": {"arguments": '{"location":'}}
+            ]
             return
     raise AssertionError("fragment not found")
 
@@ -210,7 +248,11 @@ def test_error_event_mid_stream() -> None:
         stream.finish()
     exc = err.value
     assert (exc.status, exc.code, exc.message, exc.retryable) == (
-        503, "overloaded_error", "Overloaded", True)  # fmt: skip
+        503,
+        "overloaded_error",
+        "Overloaded",
+        True,
+    )
     assert exc.envelope()["error"]["type"] == "api_error"
     usage = stream.usage_so_far()
     assert usage.prompt_tokens == 12 and usage.completion_tokens >= 6 and usage.reported
@@ -220,8 +262,10 @@ def test_error_event_alone_raises_at_once() -> None:
     stream = AnthropicStream("chat", False, "claude", "x")
     stream.feed(fixture_sse("stream_text.sse").split(b"event: content_block_start")[0])
     with pytest.raises(UpstreamStatus) as err:
-        stream.feed(b'event: error\ndata: {"type":"error","error":{"type":"api_error",'
-                    b'"message":"Internal server error"}}\n\n')  # fmt: skip
+        stream.feed(
+            b'event: error\ndata: {"type":"error","error":{"type":"api_error",'
+            b'"message":"Internal server error"}}\n\n'
+        )
     assert err.value.status == 500 and err.value.retryable
 
 
@@ -240,8 +284,7 @@ def test_stream_cut_short_is_an_error_with_estimated_usage() -> None:
 def test_crlf_line_endings() -> None:
     data = fixture_sse("stream_text.sse").replace(b"\n", b"\r\n")
     out, _ = run_stream(data, 5)
-    text = "".join(c["choices"][0]["delta"].get("content") or ""
-                   for c in sse_events(out)[:-1])  # fmt: skip
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in sse_events(out)[:-1])
     assert text == 'Hello, "world"!\n'
 
 
@@ -249,24 +292,34 @@ def test_crlf_line_endings() -> None:
 
 
 EXPECTED = {
-    400: (400, "invalid_request_error", False), 401: (401, "invalid_request_error", False),
-    403: (403, "invalid_request_error", False), 404: (404, "invalid_request_error", False),
-    429: (429, "invalid_request_error", True), 500: (500, "api_error", True),
+    400: (400, "invalid_request_error", False),
+    401: (401, "invalid_request_error", False),
+    403: (403, "invalid_request_error", False),
+    404: (404, "invalid_request_error", False),
+    429: (429, "invalid_request_error", True),
+    500: (500, "api_error", True),
     529: (503, "api_error", True),
-}  # fmt: skip
+}
 
 
-@pytest.mark.parametrize("case", fixture_json("errors.json")["errors"], ids=lambda c: str(c["status"]))
+@pytest.mark.parametrize(
+    "case", fixture_json("errors.json")["errors"], ids=lambda c: str(c["status"])
+)
 def test_error_bodies(case: dict[str, Any]) -> None:
-    exc = anthropic_status_error(case["status"], orjson.dumps(case["body"]), retry_after=3.0,
-                                 backend="backend 'claude'")  # fmt: skip
+    exc = anthropic_status_error(
+        case["status"], orjson.dumps(case["body"]), retry_after=3.0, backend="backend 'claude'"
+    )
     status, etype, retryable = EXPECTED[case["status"]]
     assert exc.status == status
     assert exc.retryable is retryable
     assert exc.retry_after == 3.0
     env = exc.envelope()["error"]
-    assert env == {"message": case["body"]["error"]["message"], "type": etype, "param": None,
-                   "code": case["body"]["error"]["type"]}  # fmt: skip
+    assert env == {
+        "message": case["body"]["error"]["message"],
+        "type": etype,
+        "param": None,
+        "code": case["body"]["error"]["type"],
+    }
     validate("ErrorResponse", exc.envelope())
 
 

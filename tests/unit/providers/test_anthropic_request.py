@@ -15,16 +15,22 @@ from tests.support.anthropic_types import validate_request
 from tests.support.fake_anthropic import check_rules
 from tests.unit.providers.helpers import make_call
 
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
+    "AAAABJRU5ErkJggg=="
+)
 WEATHER = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "description": "Current weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
-}  # fmt: skip
+}
 CLOCK = {"type": "function", "function": {"name": "get_time"}}
 
 
@@ -53,16 +59,22 @@ def user(text: str) -> dict[str, Any]:
 
 
 def test_plain_conversation_with_system_prompts() -> None:
-    out = translate({
-        "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
-            user("Hi"), {"role": "assistant", "content": "Salut"}, user("Again"),
-        ],
-    })  # fmt: skip
+    out = translate(
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
+                user("Hi"),
+                {"role": "assistant", "content": "Salut"},
+                user("Again"),
+            ],
+        }
+    )
     assert out["model"] == "claude-sonnet-4-5"
-    assert out["system"] == [{"type": "text", "text": "Be brief."},
-                             {"type": "text", "text": "Answer in French."}]  # fmt: skip
+    assert out["system"] == [
+        {"type": "text", "text": "Be brief."},
+        {"type": "text", "text": "Answer in French."},
+    ]
     assert out["messages"] == [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Salut"},
@@ -75,8 +87,9 @@ def test_plain_conversation_with_system_prompts() -> None:
 def test_one_system_message_is_a_string_and_consecutive_turns_merge() -> None:
     out = translate({"messages": [{"role": "system", "content": "S"}, user("a"), user("b")]})
     assert out["system"] == "S"
-    assert out["messages"] == [{"role": "user", "content": [
-        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]  # fmt: skip
+    assert out["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -88,60 +101,110 @@ def test_one_system_message_is_a_string_and_consecutive_turns_merge() -> None:
         ({"default_max_tokens": 2048}, {}, 2048),
     ],
 )
-def test_max_tokens_always_sent(kw: dict[str, Any], body_extra: dict[str, Any], expected: int) -> None:
+def test_max_tokens_always_sent(
+    kw: dict[str, Any], body_extra: dict[str, Any], expected: int
+) -> None:
     out = translate({"messages": [user("x")], **body_extra}, **kw)
     assert out["max_tokens"] == expected
 
 
 def test_tool_round_trip_with_parallel_results_merged() -> None:
-    out = translate({
-        "messages": [
-            user("Weather and time in Paris?"),
-            {"role": "assistant", "content": "Checking.", "tool_calls": [
-                {"id": "toolu_1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-                {"id": "toolu_2", "type": "function",
-                 "function": {"name": "get_time", "arguments": ""}},
-            ]},
-            {"role": "tool", "tool_call_id": "toolu_1", "content": "18C, cloudy"},
-            {"role": "tool", "tool_call_id": "toolu_2",
-             "content": [{"type": "text", "text": "14:05"}]},
-            user("Thanks, and tomorrow?"),
-        ],
-        "tools": [WEATHER, CLOCK],
-    })  # fmt: skip
+    out = translate(
+        {
+            "messages": [
+                user("Weather and time in Paris?"),
+                {
+                    "role": "assistant",
+                    "content": "Checking.",
+                    "tool_calls": [
+                        {
+                            "id": "toolu_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                        },
+                        {
+                            "id": "toolu_2",
+                            "type": "function",
+                            "function": {"name": "get_time", "arguments": ""},
+                        },
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "18C, cloudy"},
+                {
+                    "role": "tool",
+                    "tool_call_id": "toolu_2",
+                    "content": [{"type": "text", "text": "14:05"}],
+                },
+                user("Thanks, and tomorrow?"),
+            ],
+            "tools": [WEATHER, CLOCK],
+        }
+    )
     assistant, results = out["messages"][1], out["messages"][2]
-    assert assistant == {"role": "assistant", "content": [
-        {"type": "text", "text": "Checking."},
-        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
-        {"type": "tool_use", "id": "toolu_2", "name": "get_time", "input": {}},
-    ]}  # fmt: skip
-    assert results == {"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C, cloudy"},
-        {"type": "tool_result", "tool_use_id": "toolu_2",
-         "content": [{"type": "text", "text": "14:05"}]},
-        {"type": "text", "text": "Thanks, and tomorrow?"},
-    ]}  # fmt: skip
+    assert assistant == {
+        "role": "assistant",
+        "content": [
+            {"type": "text", "text": "Checking."},
+            {
+                "type": "tool_use",
+                "id": "toolu_1",
+                "name": "get_weather",
+                "input": {"city": "Paris"},
+            },
+            {"type": "tool_use", "id": "toolu_2", "name": "get_time", "input": {}},
+        ],
+    }
+    assert results == {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C, cloudy"},
+            {
+                "type": "tool_result",
+                "tool_use_id": "toolu_2",
+                "content": [{"type": "text", "text": "14:05"}],
+            },
+            {"type": "text", "text": "Thanks, and tomorrow?"},
+        ],
+    }
     assert len(out["messages"]) == 3
     assert out["tools"] == [
-        {"name": "get_weather", "description": "Current weather",
-         "input_schema": WEATHER["function"]["parameters"]},  # type: ignore[index]
+        {
+            "name": "get_weather",
+            "description": "Current weather",
+            "input_schema": WEATHER["function"]["parameters"],
+        },  # type: ignore[index]
         {"name": "get_time", "input_schema": {"type": "object", "properties": {}}},
-    ]  # fmt: skip
+    ]
     assert "tool_choice" not in out
 
 
 def test_assistant_with_only_tool_calls_and_null_content() -> None:
-    out = translate({"messages": [
-        user("go"),
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "t1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "t1", "content": "noon"},
-    ], "tools": [CLOCK]})  # fmt: skip
+    out = translate(
+        {
+            "messages": [
+                user("go"),
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "t1",
+                            "type": "function",
+                            "function": {"name": "get_time", "arguments": "{}"},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "t1", "content": "noon"},
+            ],
+            "tools": [CLOCK],
+        }
+    )
     assert out["messages"][1]["content"] == [
-        {"type": "tool_use", "id": "t1", "name": "get_time", "input": {}}]
+        {"type": "tool_use", "id": "t1", "name": "get_time", "input": {}}
+    ]
     assert out["messages"][2]["content"] == [
-        {"type": "tool_result", "tool_use_id": "t1", "content": "noon"}]
+        {"type": "tool_result", "tool_use_id": "t1", "content": "noon"}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -150,17 +213,23 @@ def test_assistant_with_only_tool_calls_and_null_content() -> None:
         ("auto", None, {"type": "auto"}),
         ("none", None, {"type": "none"}),
         ("required", None, {"type": "any"}),
-        ({"type": "function", "function": {"name": "get_time"}}, None,
-         {"type": "tool", "name": "get_time"}),
+        (
+            {"type": "function", "function": {"name": "get_time"}},
+            None,
+            {"type": "tool", "name": "get_time"},
+        ),
         ("auto", False, {"type": "auto", "disable_parallel_tool_use": True}),
         ("required", False, {"type": "any", "disable_parallel_tool_use": True}),
-        ({"type": "function", "function": {"name": "get_time"}}, False,
-         {"type": "tool", "name": "get_time", "disable_parallel_tool_use": True}),
+        (
+            {"type": "function", "function": {"name": "get_time"}},
+            False,
+            {"type": "tool", "name": "get_time", "disable_parallel_tool_use": True},
+        ),
         (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
         ("none", False, {"type": "none"}),
         ("auto", True, {"type": "auto"}),
     ],
-)  # fmt: skip
+)
 def test_tool_choice(choice: Any, parallel: bool | None, expected: dict[str, Any]) -> None:
     body: dict[str, Any] = {"messages": [user("x")], "tools": [WEATHER, CLOCK]}
     if choice is not None:
@@ -175,11 +244,23 @@ def test_tool_choice(choice: Any, parallel: bool | None, expected: dict[str, Any
 
 
 def test_images_from_data_and_http_urls() -> None:
-    out = translate({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Compare"},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}},
-    ]}]})  # fmt: skip
+    out = translate(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Compare"},
+                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"},
+                        },
+                    ],
+                }
+            ]
+        }
+    )
     assert out["messages"][0]["content"] == [
         {"type": "text", "text": "Compare"},
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
@@ -192,8 +273,13 @@ def test_images_from_data_and_http_urls() -> None:
 )
 def test_images_anthropic_cannot_take_are_a_400(url: str) -> None:
     with pytest.raises(BackendRejectedParam) as err:
-        translate({"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": url}}]}]})  # fmt: skip
+        translate(
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+                ]
+            }
+        )
     assert err.value.status == 400
     assert err.value.param == "messages[0].content[0].image_url.url"
     assert "claude" in err.value.message
@@ -201,16 +287,37 @@ def test_images_anthropic_cannot_take_are_a_400(url: str) -> None:
 
 def test_audio_is_a_400_even_under_drop() -> None:
     with pytest.raises(BackendRejectedParam) as err:
-        translate({"messages": [{"role": "user", "content": [
-            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]})  # fmt: skip
+        translate(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "input_audio",
+                                "input_audio": {"data": "AAAA", "format": "wav"},
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
     assert err.value.param == "messages[0].content[0]"
 
 
 def test_sampling_parameters_for_a_backend_whose_models_take_them() -> None:
-    out = translate({
-        "messages": [user("x")], "temperature": 0.4, "top_p": 0.9, "top_k": 40,
-        "stop": ["END", "STOP"], "user": "user-42", "stream": True,
-    }, allow=SAMPLING)  # fmt: skip
+    out = translate(
+        {
+            "messages": [user("x")],
+            "temperature": 0.4,
+            "top_p": 0.9,
+            "top_k": 40,
+            "stop": ["END", "STOP"],
+            "user": "user-42",
+            "stream": True,
+        },
+        allow=SAMPLING,
+    )
     assert out["temperature"] == 0.4
     assert out["top_p"] == 0.9
     assert out["top_k"] == 40
@@ -241,13 +348,15 @@ def test_temperature_above_one_clamped_under_drop() -> None:
 
 def test_temperature_above_one_rejected_under_reject() -> None:
     with pytest.raises(BackendRejectedParam) as err:
-        translate({"messages": [user("x")], "temperature": 1.7}, policy="reject",
-                  allow=["temperature"])  # fmt: skip
+        translate(
+            {"messages": [user("x")], "temperature": 1.7}, policy="reject", allow=["temperature"]
+        )
     assert err.value.status == 400
     assert err.value.param == "temperature"
     assert "'claude'" in err.value.message and "above 1" in err.value.message
-    ok = translate({"messages": [user("x")], "temperature": 1.0}, policy="reject",
-                   allow=["temperature"])  # fmt: skip
+    ok = translate(
+        {"messages": [user("x")], "temperature": 1.0}, policy="reject", allow=["temperature"]
+    )
     assert ok["temperature"] == 1.0
 
 
@@ -275,20 +384,36 @@ def test_unsupported_parameters_follow_the_policy(extra: dict[str, Any], param: 
 
 
 def test_neutral_values_are_not_rejected() -> None:
-    out = translate({"messages": [user("x")], "n": 1, "presence_penalty": 0,
-                     "frequency_penalty": 0, "logprobs": False, "seed": None},
-                    policy="reject")  # fmt: skip
+    out = translate(
+        {
+            "messages": [user("x")],
+            "n": 1,
+            "presence_penalty": 0,
+            "frequency_penalty": 0,
+            "logprobs": False,
+            "seed": None,
+        },
+        policy="reject",
+    )
     assert set(out) == {"model", "max_tokens", "messages"}
 
 
 def test_json_schema_response_format() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    out = translate({"messages": [user("x")], "response_format": {
-        "type": "json_schema", "json_schema": {"name": "r", "schema": schema}}})  # fmt: skip
+    out = translate(
+        {
+            "messages": [user("x")],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "r", "schema": schema},
+            },
+        }
+    )
     assert out["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
     with pytest.raises(BackendRejectedParam):
-        translate({"messages": [user("x")], "response_format": {"type": "json_object"}},
-                  policy="reject")  # fmt: skip
+        translate(
+            {"messages": [user("x")], "response_format": {"type": "json_object"}}, policy="reject"
+        )
 
 
 @pytest.mark.parametrize(
@@ -306,8 +431,23 @@ def test_conversations_anthropic_cannot_take(messages: list[dict[str, Any]]) -> 
 
 def test_tool_arguments_must_be_a_json_object() -> None:
     with pytest.raises(BackendRejectedParam) as err:
-        translate({"messages": [user("x"), {"role": "assistant", "tool_calls": [
-            {"id": "t", "type": "function", "function": {"name": "f", "arguments": "[1,"}}]}]})  # fmt: skip
+        translate(
+            {
+                "messages": [
+                    user("x"),
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "id": "t",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": "[1,"},
+                            }
+                        ],
+                    },
+                ]
+            }
+        )
     assert err.value.param == "messages[1].tool_calls[0].function.arguments"
 
 

@@ -32,8 +32,11 @@ def test_deployment_url_and_api_version() -> None:
         "https://contoso.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions"
         f"?api-version={DEFAULT_API_VERSION}"
     )
-    be = azure(url="https://contoso.openai.azure.com/openai/", api_key="k" * 32,
-               api_version="2025-04-01-preview")  # fmt: skip
+    be = azure(
+        url="https://contoso.openai.azure.com/openai/",
+        api_key="k" * 32,
+        api_version="2025-04-01-preview",
+    )
     assert be.endpoint("a b/c") == (
         "https://contoso.openai.azure.com/openai/deployments/a%20b%2Fc/chat/completions"
         "?api-version=2025-04-01-preview"
@@ -57,8 +60,9 @@ def test_bearer_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_missing_token_fails_every_attempt_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AZURE_TEST_TOKEN", raising=False)
     be = azure(token_env="AZURE_TEST_TOKEN")
-    adapter = OpenAIAdapter(be, make_call({"model": "chat", "messages": [
-        {"role": "user", "content": "x"}]}))  # fmt: skip
+    adapter = OpenAIAdapter(
+        be, make_call({"model": "chat", "messages": [{"role": "user", "content": "x"}]})
+    )
     with pytest.raises(UpstreamError, match="AZURE_TEST_TOKEN") as err:
         await adapter.open()
     assert err.value.retryable  # another member or pool may still serve it
@@ -77,17 +81,24 @@ def test_flavour_defaults_to_openai() -> None:
         ({"provider": "openai", "url": "https://x/v1", "token_env": "T"}, "only used by provider"),
         ({"provider": "azure", "url": "https://x", "token_env": "1-bad"}, "must name"),
         ({"provider": "azure"}, "needs url"),
-        ({"provider": "openai", "url": "https://x/v1", "allow_params": ["temperature"]},
-         "not a vLLM extra"),
+        (
+            {"provider": "openai", "url": "https://x/v1", "allow_params": ["temperature"]},
+            "not a vLLM extra",
+        ),
         ({"provider": "anthropic", "allow_params": ["min_p"]}, "not one of temperature"),
         ({"provider": "anthropic", "deny_params": ["seed"]}, "only used by providers"),
-        ({"provider": "openai", "url": "https://x/v1", "deny_params": ["model"]},
-         "cannot be denied"),
+        (
+            {"provider": "openai", "url": "https://x/v1", "deny_params": ["model"]},
+            "cannot be denied",
+        ),
     ],
-)  # fmt: skip
+)
 def test_config_checks(backend: dict[str, Any], problem: str) -> None:
-    doc = {"backends": {"b": backend}, "pools": {"p": {"members": [{"backend": "b", "model": "m"}]}},
-           "models": {"chat": {"routes": [{"pools": ["p"]}]}}}  # fmt: skip
+    doc = {
+        "backends": {"b": backend},
+        "pools": {"p": {"members": [{"backend": "b", "model": "m"}]}},
+        "models": {"chat": {"routes": [{"pools": ["p"]}]}},
+    }
     with pytest.raises(ConfigError) as err:
         make_config(doc)
     assert any(line.startswith("backends.b") and problem in line for line in err.value.problems), (
@@ -97,8 +108,13 @@ def test_config_checks(backend: dict[str, Any], problem: str) -> None:
 
 def test_response_model_is_the_clients_name() -> None:
     fixture = json.loads((FIXTURES / "chat_completion.json").read_text())["body"]
-    adapter = OpenAIAdapter(azure(api_key="k" * 8), make_call(
-        {"model": "chat", "messages": [{"role": "user", "content": "x"}]}, member_model="gpt4o-prod"))  # fmt: skip
+    adapter = OpenAIAdapter(
+        azure(api_key="k" * 8),
+        make_call(
+            {"model": "chat", "messages": [{"role": "user", "content": "x"}]},
+            member_model="gpt4o-prod",
+        ),
+    )
     doc = orjson.loads(adapter.transform_body(orjson.dumps(fixture)))
     assert doc["model"] == "chat"  # Azure names the model, not the deployment
     assert doc["prompt_filter_results"] == fixture["prompt_filter_results"]
@@ -122,9 +138,10 @@ def test_stream_model_learnt_and_usage_taken(piece: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", json.loads((FIXTURES / "errors.json").read_text())["errors"],
+    "case",
+    json.loads((FIXTURES / "errors.json").read_text())["errors"],
     ids=lambda c: c["body"]["error"]["code"],
-)  # fmt: skip
+)
 def test_error_bodies(case: dict[str, Any]) -> None:
     exc = status_error(case["status"], orjson.dumps(case["body"]), backend="backend 'az'")
     assert exc.status == case["status"]

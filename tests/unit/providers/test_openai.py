@@ -14,13 +14,19 @@ from router.providers.openai import OpenAIAdapter, OpenAIBackend, patch_body
 from tests.unit.providers.helpers import make_call
 
 MSG = [{"role": "user", "content": "hi"}]
-EXTRAS = {"top_k": 20, "min_p": 0.05, "include_stop_str_in_output": True,
-          "skip_special_tokens": False, "return_tokens_as_token_ids": True}  # fmt: skip
+EXTRAS = {
+    "top_k": 20,
+    "min_p": 0.05,
+    "include_stop_str_in_output": True,
+    "skip_special_tokens": False,
+    "return_tokens_as_token_ids": True,
+}
 
 
 def backend(**cfg: Any) -> OpenAIBackend:
-    return OpenAIBackend("hosted", Backend(provider="openai", url="https://api.example.com/v1",
-                                           **cfg), None)  # type: ignore[arg-type]  # fmt: skip
+    return OpenAIBackend(
+        "hosted", Backend(provider="openai", url="https://api.example.com/v1", **cfg), None
+    )  # type: ignore[arg-type]
 
 
 def body_sent(be: OpenAIBackend, body: dict[str, Any], **call_kw: Any) -> dict[str, Any] | None:
@@ -29,8 +35,9 @@ def body_sent(be: OpenAIBackend, body: dict[str, Any], **call_kw: Any) -> dict[s
     adapter = OpenAIAdapter(be, call)
     if not adapter._needs_patch():
         return None
-    out: dict[str, Any] = orjson.loads(orjson.dumps(
-        patch_body(call, be.name, be.blocked, be.unsupported)))  # fmt: skip
+    out: dict[str, Any] = orjson.loads(
+        orjson.dumps(patch_body(call, be.name, be.blocked, be.unsupported))
+    )
     return out
 
 
@@ -82,8 +89,11 @@ def test_allow_params_lets_named_extras_through() -> None:
 
 
 def test_stream_always_asks_for_usage_and_keeps_client_options() -> None:
-    sent = body_sent(backend(), {"stream": True, "stream_options": {"continuous_usage_stats": True}},
-                     member_model="chat")  # fmt: skip
+    sent = body_sent(
+        backend(),
+        {"stream": True, "stream_options": {"continuous_usage_stats": True}},
+        member_model="chat",
+    )
     assert sent is not None
     assert sent["stream_options"] == {"continuous_usage_stats": True, "include_usage": True}
 
@@ -94,10 +104,12 @@ def test_stream_always_asks_for_usage_and_keeps_client_options() -> None:
         ({}, {"max_tokens": 50}),
         ({"max_tokens": 900}, {"max_tokens": 50}),
         ({"max_completion_tokens": 900}, {"max_completion_tokens": 50}),
-        ({"max_completion_tokens": 900, "max_tokens": 900},
-         {"max_completion_tokens": 50, "max_tokens": 50}),
+        (
+            {"max_completion_tokens": 900, "max_tokens": 900},
+            {"max_completion_tokens": 50, "max_tokens": 50},
+        ),
     ],
-)  # fmt: skip
+)
 def test_clamped_output_cap(body: dict[str, Any], expected: dict[str, int]) -> None:
     sent = body_sent(backend(), body, member_model="chat", max_tokens=50)
     assert sent is not None
@@ -105,9 +117,16 @@ def test_clamped_output_cap(body: dict[str, Any], expected: dict[str, int]) -> N
 
 
 def test_url_and_headers() -> None:
-    be = OpenAIBackend("p", Backend(provider="openai", url="https://h.example/openai/v1/",
-                                    api_key="ps-secret", headers={"X-Org": "o"}),
-                       None)  # type: ignore[arg-type]  # fmt: skip
+    be = OpenAIBackend(
+        "p",
+        Backend(
+            provider="openai",
+            url="https://h.example/openai/v1/",
+            api_key="ps-secret",
+            headers={"X-Org": "o"},
+        ),
+        None,
+    )  # type: ignore[arg-type]
     assert be.endpoint("m") == "https://h.example/openai/v1/chat/completions"
     assert be.headers["Authorization"] == "Bearer ps-secret"
     assert be.headers["X-Org"] == "o"
@@ -115,8 +134,9 @@ def test_url_and_headers() -> None:
 
 def test_deny_params_follow_the_policy() -> None:
     groq = backend(flavour="openai", deny_params=["logprobs", "logit_bias", "top_logprobs"])
-    sent = body_sent(groq, {"logprobs": True, "top_logprobs": 3, "temperature": 0.2},
-                     member_model="chat")  # fmt: skip
+    sent = body_sent(
+        groq, {"logprobs": True, "top_logprobs": 3, "temperature": 0.2}, member_model="chat"
+    )
     assert sent is not None
     assert "logprobs" not in sent and "top_logprobs" not in sent and sent["temperature"] == 0.2
     strict = backend(flavour="openai", deny_params=["logprobs"], unsupported_params="reject")
@@ -127,10 +147,14 @@ def test_deny_params_follow_the_policy() -> None:
 
 def test_backend_without_stream_options() -> None:
     """Mistral refuses stream_options (and reports usage in its last chunk anyway)."""
-    mistral = backend(flavour="openai", unsupported_params="reject",
-                      deny_params=["stream_options", "max_completion_tokens"])  # fmt: skip
-    sent = body_sent(mistral, {"stream": True, "stream_options": {"include_usage": True}},
-                     member_model="chat")  # fmt: skip
+    mistral = backend(
+        flavour="openai",
+        unsupported_params="reject",
+        deny_params=["stream_options", "max_completion_tokens"],
+    )
+    sent = body_sent(
+        mistral, {"stream": True, "stream_options": {"include_usage": True}}, member_model="chat"
+    )
     assert sent is not None and "stream_options" not in sent and sent["stream"] is True
     sent = body_sent(mistral, {"stream": True}, member_model="chat")
     assert sent is not None and "stream_options" not in sent
@@ -147,8 +171,9 @@ def test_backend_without_stream_options() -> None:
 def test_max_completion_tokens_sent_as_max_tokens_when_denied(
     body: dict[str, Any], cap: int | None, expected: dict[str, int]
 ) -> None:
-    be = backend(flavour="openai", unsupported_params="reject",
-                 deny_params=["max_completion_tokens"])  # fmt: skip
+    be = backend(
+        flavour="openai", unsupported_params="reject", deny_params=["max_completion_tokens"]
+    )
     sent = body_sent(be, body, member_model="chat", max_tokens=cap)
     assert sent is not None
     assert {k: sent[k] for k in ("max_tokens", "max_completion_tokens") if k in sent} == expected
