@@ -162,6 +162,12 @@ class AnthropicAdapter:
             if isinstance(doc, dict) and doc.get("type") == "error":
                 raise anthropic_status_error(502, body, backend=f"backend {name!r}")
             raise UpstreamError(f"Backend {name!r} answered an unexpected body.")
+        try:
+            return self._completion(doc)
+        except (AttributeError, TypeError):
+            raise UpstreamError(f"Backend {name!r} answered an unexpected body.") from None
+
+    def _completion(self, doc: dict[str, Any]) -> bytes:
         counts = _Counts()
         counts.take(doc.get("usage"))
         self.usage = counts.usage(reported=True)
@@ -330,10 +336,11 @@ class AnthropicStream:
 
     def _event(self, payload: bytes, out: list[bytes]) -> None:
         try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError:
+            self._dispatch(orjson.loads(payload), out)
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
             self._error = UpstreamError(f"Backend {self._backend!r} sent an unreadable event.")
-            return
+
+    def _dispatch(self, doc: dict[str, Any], out: list[bytes]) -> None:
         kind = doc.get("type")
         if kind == "content_block_delta":
             delta = doc.get("delta") or {}

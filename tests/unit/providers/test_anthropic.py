@@ -153,7 +153,15 @@ def test_thinking_becomes_reasoning_and_tool_only_answer_has_null_content() -> N
     assert msg["tool_calls"][0]["function"]["arguments"] == "{}"
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"type":"message"}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"type":"message"}',
+        b'{"content":[],"stop_reason":["x"]}',
+    ],
+)
 def test_unusable_bodies_are_a_502(body: bytes) -> None:
     with pytest.raises(UpstreamError) as err:
         adapter().transform_body(body)
@@ -328,3 +336,14 @@ def test_error_body_that_is_not_anthropics() -> None:
     assert exc.status == 503 and exc.code == "overloaded_error" and exc.retryable
     exc = anthropic_status_error(502, b"", backend="backend 'claude'")
     assert exc.status == 502 and "backend 'claude'" in exc.message
+
+
+@pytest.mark.parametrize(
+    "event",
+    [b"data: [1, 2]\n\n", b'data: {"type":"content_block_delta","delta":"x"}\n\n', b"data: {\n\n"],
+)
+def test_unreadable_events_end_the_stream_with_an_error(event: bytes) -> None:
+    stream = AnthropicStream("chat", False, "claude", "x")
+    with pytest.raises(UpstreamError, match="unreadable event") as err:
+        stream.feed(event)
+    assert err.value.status == 502
