@@ -77,8 +77,10 @@ async def client(gw: Running) -> AsyncIterator[openai.AsyncOpenAI]:
         yield c
 
 
-async def used_tokens(gw: Running) -> float:
-    """The team's token budget use, once settlement has landed."""
+async def used_tokens(gw: Running, want: float) -> float:
+    """The team's token budget use once it is ``want`` (settlement is batched off
+    the response path), or what it is after a second of waiting."""
+    used = 0.0
     async with aiohttp.ClientSession() as s:
         for _ in range(50):
             async with s.get(
@@ -86,10 +88,10 @@ async def used_tokens(gw: Running) -> float:
             ) as r:
                 doc = await r.json()
             used = float(doc["budgets"][0]["used"])
-            if used:
-                return used
+            if used == want:
+                break
             await asyncio.sleep(0.02)
-    return 0.0
+    return used
 
 
 async def test_plain_completion(
@@ -115,7 +117,7 @@ async def test_plain_completion(
     assert seen.body["messages"] == [{"role": "user", "content": "hi"}]
     usage = done.usage
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (6, 6)
-    assert await used_tokens(gw) == 12  # settled exactly
+    assert await used_tokens(gw, 12) == 12  # settled exactly
 
 
 async def test_stream_with_and_without_usage(client: openai.AsyncOpenAI, gw: Running) -> None:
@@ -138,7 +140,7 @@ async def test_stream_with_and_without_usage(client: openai.AsyncOpenAI, gw: Run
             assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (4, 6)
         else:
             assert all(c.usage is None for c in chunks)
-    assert await used_tokens(gw) == 20  # both streams settled with Anthropic's counts
+    assert await used_tokens(gw, 20) == 20  # both streams settled with Anthropic's counts
 
 
 async def test_tool_use_round_trip(client: openai.AsyncOpenAI, fake: FakeAnthropic) -> None:
@@ -362,7 +364,7 @@ async def test_error_event_mid_stream(
     assert "Overloaded" in str(err.value)
     assert err.value.body["code"] == "overloaded_error"  # type: ignore[index]
     # settled with what was produced: 4 prompt tokens + about 5 characters / 4
-    assert await used_tokens(gw) == 4 + 2
+    assert await used_tokens(gw, 6) == 4 + 2
 
 
 async def test_stream_cut_by_upstream(client: openai.AsyncOpenAI, fake: FakeAnthropic) -> None:
