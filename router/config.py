@@ -19,7 +19,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from router.contract import VLLM_EXTRAS
+
 DEFAULT_CONFIG = "default.yaml"
+ANTHROPIC_SAMPLING = frozenset({"temperature", "top_p", "top_k"})
 WINDOWS = ("minute", "hour", "day", "month")
 
 
@@ -78,9 +81,17 @@ class Backend(_Strict):
     provider: Literal["openai", "anthropic", "azure", "simulate"]
     url: str | None = None
     api_key: SecretStr | None = None
+    token_env: str | None = None  # azure without api_key: bearer token from this variable
     headers: dict[str, str] = Field(default_factory=dict)
+    # vllm: forward every vLLM extra; openai: hosted API, drop (or reject) them
     flavour: Literal["vllm", "openai"] = "vllm"
     unsupported_params: Literal["drop", "reject"] = "drop"
+    # openai flavour: the vLLM extras it takes anyway; anthropic: the sampling
+    # parameters its models still take (deprecated upstream: not sent unless listed)
+    allow_params: list[str] = Field(default_factory=list)
+    # further parameters an OpenAI-compatible backend refuses (per unsupported_params;
+    # stream_options is then never sent, max_completion_tokens is sent as max_tokens)
+    deny_params: list[str] = Field(default_factory=list)
     metrics_url: str | None = None
     max_concurrency: PositiveInt | None = None
     timeouts: Timeouts = Timeouts()
@@ -97,6 +108,26 @@ class Backend(_Strict):
         for name in (self.url, self.metrics_url):
             if name and name.startswith("http://") and "@" in name.split("/")[2]:
                 raise ValueError("credentials in a URL are not allowed; use api_key")
+        if self.token_env is not None:
+            if self.provider != "azure":
+                raise ValueError("token_env is only used by provider 'azure'")
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.token_env):
+                raise ValueError(
+                    f"token_env must name an environment variable, got {self.token_env!r}"
+                )
+        if self.provider == "azure" and self.api_key is None and self.token_env is None:
+            raise ValueError("provider 'azure' needs api_key or token_env")
+        if self.deny_params and self.provider not in ("openai", "azure"):
+            raise ValueError("deny_params is only used by providers 'openai' and 'azure'")
+        for name in ("model", "messages"):
+            if name in self.deny_params:
+                raise ValueError(f"deny_params: {name!r} cannot be denied")
+        allowed, kind = VLLM_EXTRAS, "a vLLM extra parameter"
+        if self.provider == "anthropic":
+            allowed, kind = ANTHROPIC_SAMPLING, "one of " + ", ".join(sorted(ANTHROPIC_SAMPLING))
+        unknown = [p for p in self.allow_params if p not in allowed]
+        if unknown:
+            raise ValueError(f"allow_params: {unknown[0]!r} is not {kind}")
         return self
 
 

@@ -14,6 +14,7 @@ import orjson
 
 DONE = b"data: [DONE]\n\n"
 _USAGE = re.compile(rb'"usage":\s*\{')
+_MODEL = re.compile(rb'"model":\s*"(?:[^"\\]|\\.)+"')
 
 
 def event(obj: Any) -> bytes:
@@ -29,20 +30,22 @@ def error_event(envelope: dict[str, Any]) -> bytes:
 class SSERelay:
     """Rewrites an OpenAI-format SSE byte stream buffer by buffer.
 
-    * ``model`` values are swapped from the backend's name to the client's;
+    * ``model`` values are swapped from the backend's name to the client's (the
+      name the stream itself uses, which hosted APIs may spell differently,
+      e.g. a dated snapshot or an Azure deployment's model, is learnt from the
+      first event that carries one);
     * the usage chunk is read, and dropped unless the client asked for it;
     * data events are counted (a fallback when no usage arrives).
     """
 
-    __slots__ = ("_from", "_keep_usage", "_tail", "_to", "events", "usage")
+    __slots__ = ("_from", "_keep_usage", "_learnt", "_tail", "_to", "events", "usage")
 
     def __init__(self, backend_model: str, client_model: str, keep_usage: bool) -> None:
+        self._to = b'"model":' + orjson.dumps(client_model)
+        self._from: bytes | None = None
         if backend_model != client_model:
-            self._from: bytes | None = b'"model":' + orjson.dumps(backend_model)
-            self._to = b'"model":' + orjson.dumps(client_model)
-        else:
-            self._from = None
-            self._to = b""
+            self._from = b'"model":' + orjson.dumps(backend_model)
+        self._learnt = False
         self._keep_usage = keep_usage
         self._tail = b""
         self.events = 0
@@ -69,6 +72,12 @@ class SSERelay:
         return self._process(tail) if tail else b""
 
     def _process(self, head: bytes) -> bytes:
+        if not self._learnt:
+            found = _MODEL.search(head)
+            if found is not None:
+                self._learnt = True
+                served = found.group(0)
+                self._from = None if served == self._to else served
         if self._from is not None:
             head = head.replace(self._from, self._to)
         self.events += head.count(b"data:")

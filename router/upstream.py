@@ -12,11 +12,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
 from router.config import Timeouts
-from router.errors import UpstreamError, UpstreamTimeout, status_error
+from router.errors import UpstreamError, UpstreamStatus, UpstreamTimeout, status_error
+
+
+class StatusMapper(Protocol):
+    """Turns an upstream's error status and body into an :class:`UpstreamStatus`
+    (:func:`router.errors.status_error` for OpenAI-compatible servers)."""
+
+    def __call__(
+        self, status: int, body: bytes, *, retry_after: float | None = ..., backend: str = ...
+    ) -> UpstreamStatus: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +113,10 @@ class Upstream:
         *,
         backend: str,
         params: Mapping[str, str] | None = None,
+        on_error: StatusMapper = status_error,
     ) -> HTTPOpened:
-        """POST and wait for a 2xx status line; raise an UpstreamError otherwise."""
+        """POST and wait for a 2xx status line; raise an UpstreamError otherwise
+        (``on_error`` reads the error body of a 4xx/5xx answer)."""
         try:
             async with asyncio.timeout(limits.first_byte):
                 resp = await self.session.post(
@@ -134,9 +146,8 @@ class Upstream:
                 f"Backend {backend!r} answered a redirect (HTTP {resp.status}); "
                 "redirects are not followed."
             )
-        raise status_error(
-            resp.status, text, retry_after=_retry_after(resp.headers), backend=f"backend {backend!r}"
-        )
+        retry_after = _retry_after(resp.headers)
+        raise on_error(resp.status, text, retry_after=retry_after, backend=f"backend {backend!r}")
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

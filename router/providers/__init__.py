@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from router.config import Backend
+from router.providers.anthropic import AnthropicBackend
+from router.providers.azure import AzureBackend
 from router.providers.base import Adapter, Call, ProviderBackend, Usage
 from router.providers.openai import OpenAIBackend
 from router.providers.simulate import SimulateBackend
@@ -16,4 +18,8 @@ def build_backend(name: str, cfg: Backend, upstream: Upstream) -> ProviderBacken
         return SimulateBackend(name, cfg)
     if cfg.provider == "openai":
         return OpenAIBackend(name, cfg, upstream)
-    raise NotImplementedError(f"provider {cfg.provider!r} is not available yet")
+    if cfg.provider == "anthropic":
+        return AnthropicBackend(name, cfg, upstream)
+    if cfg.provider == "azure":
+        return AzureBackend(name, cfg, upstream)
+    raise NotImplementedError(f"provider {cfg.provider!r} is not available")

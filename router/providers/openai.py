@@ -2,8 +2,17 @@
 
 Pass-through: the client's JSON is forwarded with only what must change
 (the model name, ``stream_options.include_usage`` on streams, a clamped output
-cap, and for hosted flavours the vLLM-only extras dropped). Answers are relayed
-as bytes; only the usage is parsed.
+cap, and the parameter policy). Answers are relayed as bytes; only the usage is
+parsed. :mod:`router.providers.azure` shares all of it through
+:class:`CompatBackend`.
+
+Parameter policy: a backend's ``flavour`` is ``vllm`` (self-hosted: every vLLM
+extra forwarded) or ``openai`` (hosted APIs that refuse unknown fields: vLLM
+extras such as top_k, min_p, include_stop_str_in_output, skip_special_tokens,
+return_tokens_as_token_ids are not sent, except those in ``allow_params``);
+``deny_params`` adds parameters a provider refuses. ``unsupported_params``
+says what happens to a refused parameter the client sent: ``drop`` it, or
+``reject`` the request with a 400 naming the parameter and the backend.
 """
 
 from __future__ import annotations
@@ -20,49 +29,92 @@ from router.streaming import SSERelay
 from router.upstream import Limits, Upstream
 
 
-class OpenAIBackend:
-    """One configured OpenAI-compatible server or account."""
+class CompatBackend:
+    """What every OpenAI-compatible backend shares: timeouts, headers, the
+    parameter policy. Subclasses say where a member's requests go."""
 
     provider = "openai"
+    default_flavour = "vllm"
 
     def __init__(self, name: str, cfg: Backend, upstream: Upstream) -> None:
         self.name = name
         self.cfg = cfg
         self.upstream = upstream
         self.limits = Limits.from_config(cfg.timeouts)
-        assert cfg.url is not None
-        base = cfg.url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.flavour = cfg.flavour if "flavour" in cfg.model_fields_set else self.default_flavour
+        self.unsupported = cfg.unsupported_params
+        # the parameters this backend does not take: the vLLM extras for the openai
+        # flavour (less those allowed), and whatever the config denies
+        extras = VLLM_EXTRAS if self.flavour == "openai" else frozenset()
+        self.blocked: frozenset[str] = (extras - frozenset(cfg.allow_params)) | frozenset(
+            cfg.deny_params
+        )
         self.headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        self.headers.update(self.auth_headers())
         self.headers.update(cfg.headers)
-        if cfg.api_key is not None:
-            self.headers["Authorization"] = f"Bearer {cfg.api_key.get_secret_value()}"
+        self.unusable: str | None = None  # why every attempt must fail (set by subclasses)
+
+    def auth_headers(self) -> dict[str, str]:
+        key = self.cfg.api_key
+        return {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
+
+    def endpoint(self, member_model: str) -> str:
+        raise NotImplementedError
 
     def adapter(self, call: Call) -> OpenAIAdapter:
         return OpenAIAdapter(self, call)
 
 
-def patch_body(call: Call, flavour: str, unsupported: str, backend: str) -> dict[str, Any]:
-    """The client's JSON object with the gateway's changes applied (a copy)."""
+class OpenAIBackend(CompatBackend):
+    """One configured OpenAI-compatible server or account."""
+
+    def __init__(self, name: str, cfg: Backend, upstream: Upstream) -> None:
+        super().__init__(name, cfg, upstream)
+        assert cfg.url is not None
+        base = cfg.url.rstrip("/")
+        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+
+    def endpoint(self, member_model: str) -> str:
+        return self.url
+
+
+def patch_body(
+    call: Call, backend: str, blocked: frozenset[str] = frozenset(), unsupported: str = "drop"
+) -> dict[str, Any]:
+    """The client's JSON object with the gateway's changes applied (a copy).
+
+    ``blocked`` names the parameters the backend does not take: with
+    ``unsupported == "reject"`` the first one the client set (not null) is a
+    400 naming it and the backend; otherwise they are dropped. Two are the
+    gateway's to handle whatever the policy: ``stream_options`` is not sent
+    (nor asked for usage), ``max_completion_tokens`` is sent as ``max_tokens``.
+    """
     body = dict(call.body)
     body["model"] = call.member_model
-    if call.stream:
+    if "stream_options" in blocked:  # such a backend reports usage on its own, or not at all
+        body.pop("stream_options", None)
+    elif call.stream:
         opts = body.get("stream_options")
         opts = dict(opts) if isinstance(opts, dict) else {}
         opts["include_usage"] = True
         body["stream_options"] = opts
+    if "max_completion_tokens" in blocked and "max_completion_tokens" in body:
+        value = body.pop("max_completion_tokens")  # the older name for the same cap
+        if body.get("max_tokens") is None:
+            body["max_tokens"] = value
     if call.max_tokens is not None:
         if "max_completion_tokens" in body:
             body["max_completion_tokens"] = call.max_tokens
         if "max_tokens" in body or "max_completion_tokens" not in body:
             body["max_tokens"] = call.max_tokens
-    if flavour == "openai":
-        extras = [k for k in body if k in VLLM_EXTRAS]
-        if extras and unsupported == "reject":
-            raise BackendRejectedParam(
-                f"Parameter {extras[0]!r} is not supported by backend {backend!r}.",
-                param=extras[0],
-            )
+    if blocked:
+        extras = [k for k in body if k in blocked]
+        if unsupported == "reject":
+            for k in extras:
+                if body[k] is not None:
+                    raise BackendRejectedParam(
+                        f"Parameter {k!r} is not supported by backend {backend!r}.", param=k
+                    )
         for k in extras:
             del body[k]
     return body
@@ -71,7 +123,7 @@ def patch_body(call: Call, flavour: str, unsupported: str, backend: str) -> dict
 class OpenAIAdapter:
     __slots__ = ("_backend", "_call", "_relay", "usage")
 
-    def __init__(self, backend: OpenAIBackend, call: Call) -> None:
+    def __init__(self, backend: CompatBackend, call: Call) -> None:
         self._backend = backend
         self._call = call
         self._relay: SSERelay | None = None
@@ -83,19 +135,22 @@ class OpenAIAdapter:
             call.stream
             or call.max_tokens is not None
             or call.member_model != call.request.model
-            or self._backend.cfg.flavour != "vllm"
+            or not self._backend.blocked.isdisjoint(call.request.model_fields_set)
         )
 
     async def open(self) -> Opened:
         call, be = self._call, self._backend
+        if be.unusable is not None:
+            raise UpstreamError(be.unusable)
         if self._needs_patch():
-            body = orjson.dumps(patch_body(call, be.cfg.flavour, be.cfg.unsupported_params, be.name))
+            body = orjson.dumps(patch_body(call, be.name, be.blocked, be.unsupported))
         else:
             body = call.raw
         headers = be.headers
         if call.forward_headers:
             headers = {**headers, **call.forward_headers}
-        opened = await be.upstream.post(be.url, headers, body, be.limits, backend=be.name)
+        url = be.endpoint(call.member_model)
+        opened = await be.upstream.post(url, headers, body, be.limits, backend=be.name)
         if call.stream and opened.is_stream:
             self._relay = SSERelay(call.member_model, call.client_model, call.wants_usage)
         return opened

@@ -1,0 +1,442 @@
+"""Anthropic's Messages API behind the OpenAI chat-completions contract.
+
+``POST {url}/v1/messages`` (``url`` defaults to https://api.anthropic.com) with
+``x-api-key`` and ``anthropic-version`` headers. The request is translated by
+:mod:`router.providers.anthropic_request`; answers are translated back here:
+
+* a Message -> a ``chat.completion``: text blocks -> ``content``, tool_use
+  blocks -> ``tool_calls`` (arguments as JSON strings), thinking -> vLLM's
+  ``reasoning`` (signatures are not carried), ``stop_reason`` ->
+  ``finish_reason``, usage with cache reads and writes in
+  ``prompt_tokens_details``;
+* the event stream -> ``chat.completion.chunk`` events: ``message_start`` ->
+  the role chunk, ``text_delta`` -> content, ``tool_use`` blocks and each
+  ``input_json_delta`` -> tool-call deltas as they arrive, ``message_delta``
+  -> the finish chunk, ``message_stop`` -> the usage chunk (when the client
+  asked for it) and ``[DONE]``; ``ping`` is dropped; an ``error`` event is
+  raised as :class:`router.errors.UpstreamStatus` so the proxy ends the
+  stream with an OpenAI error event;
+* Anthropic error bodies -> the OpenAI envelope with the same status (529
+  ``overloaded_error`` becomes 503), the Anthropic type kept as ``code``;
+  429 and 5xx are retryable.
+
+This is the one provider whose stream must be parsed: one ``orjson.loads``
+per Anthropic event, chunks assembled from pre-built byte prefixes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from router.config import Backend
+from router.errors import UpstreamError, UpstreamStatus, status_error
+from router.providers.anthropic_request import Policy, to_messages_request
+from router.providers.base import Call, Opened, Usage
+from router.streaming import DONE
+from router.upstream import Limits, Upstream
+
+API_URL = "https://api.anthropic.com"
+
+FINISH_REASONS = {
+    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
+    "max_tokens": "length", "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls", "refusal": "content_filter",
+}  # fmt: skip
+
+# The status each Anthropic error type comes with (used when there is no HTTP
+# status, i.e. for an ``error`` event inside a stream).
+ERROR_STATUS = {
+    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+    "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+    "rate_limit_error": 429, "api_error": 500, "timeout_error": 504,
+    "overloaded_error": 529,
+}  # fmt: skip
+
+
+def error_from(
+    etype: str | None, message: str, status: int | None, retry_after: float | None = None
+) -> UpstreamStatus:
+    """An Anthropic error -> :class:`UpstreamStatus` (OpenAI envelope, retryable flag)."""
+    if status is None:
+        status = ERROR_STATUS.get(etype or "", 502)
+    if status == 529:
+        status = 503  # "overloaded": OpenAI's clients know 503, not 529
+    return UpstreamStatus(status, message, code=etype, retry_after=retry_after)
+
+
+def anthropic_status_error(
+    status: int, body: bytes, *, retry_after: float | None = None, backend: str = "upstream"
+) -> UpstreamStatus:
+    """An Anthropic error response (``{"type":"error","error":{type,message}}``)."""
+    try:
+        doc = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        doc = None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        etype = err.get("type")
+        return error_from(
+            etype if isinstance(etype, str) else None, err["message"], status, retry_after
+        )
+    mapped = status_error(status, body, retry_after=retry_after, backend=backend)
+    if status == 529:
+        return error_from("overloaded_error", mapped.message, status, retry_after)
+    return mapped
+
+
+class AnthropicBackend:
+    """One Anthropic account (or a Messages-API-compatible server)."""
+
+    provider = "anthropic"
+
+    def __init__(self, name: str, cfg: Backend, upstream: Upstream) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.upstream = upstream
+        self.limits = Limits.from_config(cfg.timeouts)
+        base = (cfg.url or API_URL).rstrip("/")
+        if base.endswith("/v1/messages"):
+            self.url = base
+        elif base.endswith("/v1"):
+            self.url = base + "/messages"
+        else:
+            self.url = base + "/v1/messages"
+        self.headers = {
+            "Content-Type": "application/json",
+            "Accept-Encoding": "identity",
+            "anthropic-version": cfg.anthropic_version,
+        }
+        if cfg.api_key is not None:
+            self.headers["x-api-key"] = cfg.api_key.get_secret_value()
+        self.headers.update(cfg.headers)
+        self.policy = Policy(name, cfg.unsupported_params, frozenset(cfg.allow_params))
+
+    def adapter(self, call: Call) -> AnthropicAdapter:
+        return AnthropicAdapter(self, call)
+
+
+class AnthropicAdapter:
+    __slots__ = ("_backend", "_call", "_stream", "usage")
+
+    def __init__(self, backend: AnthropicBackend, call: Call) -> None:
+        self._backend = backend
+        self._call = call
+        self._stream: AnthropicStream | None = None
+        self.usage: Usage | None = None
+
+    def request_body(self) -> dict[str, Any]:
+        """The Messages API request for this attempt."""
+        call = self._call
+        max_tokens = call.max_tokens or call.request.output_limit() or call.default_max_tokens
+        return to_messages_request(
+            call.request, model=call.member_model, max_tokens=max_tokens, stream=call.stream,
+            policy=self._backend.policy,
+        )  # fmt: skip
+
+    async def open(self) -> Opened:
+        call, be = self._call, self._backend
+        body = orjson.dumps(self.request_body())
+        headers = be.headers
+        if call.forward_headers:
+            headers = {**headers, **call.forward_headers}
+        opened = await be.upstream.post(
+            be.url, headers, body, be.limits, backend=be.name, on_error=anthropic_status_error
+        )
+        if call.stream and opened.is_stream:
+            self._stream = AnthropicStream(
+                call.client_model, call.wants_usage, be.name, "chatcmpl-" + call.request_id
+            )
+        return opened
+
+    # -- non-streamed -------------------------------------------------------------
+    def transform_body(self, body: bytes) -> bytes:
+        name = self._backend.name
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"Backend {name!r} answered with invalid JSON.") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("content"), list):
+            if isinstance(doc, dict) and doc.get("type") == "error":
+                raise anthropic_status_error(502, body, backend=f"backend {name!r}")
+            raise UpstreamError(f"Backend {name!r} answered an unexpected body.")
+        try:
+            return self._completion(doc)
+        except (AttributeError, TypeError):
+            raise UpstreamError(f"Backend {name!r} answered an unexpected body.") from None
+
+    def _completion(self, doc: dict[str, Any]) -> bytes:
+        counts = _Counts()
+        counts.take(doc.get("usage"))
+        self.usage = counts.usage(reported=True)
+        texts: list[str] = []
+        thoughts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for block in doc["content"]:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text":
+                texts.append(str(block.get("text") or ""))
+            elif kind == "thinking":
+                thoughts.append(str(block.get("thinking") or ""))
+            elif kind == "tool_use":
+                calls.append({"id": block.get("id"), "type": "function", "function": {
+                    "name": block.get("name"),
+                    "arguments": orjson.dumps(block.get("input") or {}).decode(),
+                }})  # fmt: skip
+            # redacted_thinking and server-tool blocks have no OpenAI form
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None,
+                                   "refusal": None}  # fmt: skip
+        if thoughts:
+            message["reasoning"] = "".join(thoughts)  # vLLM's name for it
+        if calls:
+            message["tool_calls"] = calls
+        return orjson.dumps({
+            "id": doc.get("id") or "chatcmpl-" + self._call.request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self._call.client_model,
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": FINISH_REASONS.get(doc.get("stop_reason") or "",
+                                                             "stop")}],
+            "usage": counts.openai(),
+        })  # fmt: skip
+
+    # -- streamed -----------------------------------------------------------------
+    def transform_chunk(self, data: bytes) -> bytes:
+        assert self._stream is not None
+        return self._stream.feed(data)
+
+    def finish_stream(self) -> bytes:
+        stream = self._stream
+        if stream is None:
+            return b""
+        out = stream.finish()  # raises when the stream was cut short or failed
+        self.usage = stream.usage_so_far()
+        return out
+
+    def stream_usage_so_far(self) -> Usage | None:
+        return self._stream.usage_so_far() if self._stream is not None else None
+
+
+class _Counts:
+    """Anthropic's token counts (cumulative in a stream)."""
+
+    __slots__ = ("cache_read", "cache_write", "input", "output")
+
+    def __init__(self) -> None:
+        self.input = self.output = self.cache_read = self.cache_write = 0
+
+    def take(self, raw: Any) -> None:
+        if not isinstance(raw, dict):
+            return
+        value = raw.get("input_tokens")
+        if isinstance(value, int):
+            self.input = value
+        value = raw.get("output_tokens")
+        if isinstance(value, int):
+            self.output = value
+        value = raw.get("cache_read_input_tokens")
+        if isinstance(value, int):
+            self.cache_read = value
+        value = raw.get("cache_creation_input_tokens")
+        if isinstance(value, int):
+            self.cache_write = value
+
+    @property
+    def prompt(self) -> int:
+        return self.input + self.cache_read + self.cache_write
+
+    def usage(self, *, reported: bool, completion: int | None = None) -> Usage:
+        out = self.output if completion is None else completion
+        return Usage(self.prompt, out, self.cache_read, reported)
+
+    def openai(self) -> dict[str, Any]:
+        prompt = self.prompt
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.output,
+            "total_tokens": prompt + self.output,
+            "prompt_tokens_details": {"cached_tokens": self.cache_read,
+                                      "cache_write_tokens": self.cache_write},
+        }  # fmt: skip
+
+
+_OPEN = b'{"index":0,"delta":'
+_CLOSE = b',"logprobs":null,"finish_reason":null}]}\n\n'
+
+
+class AnthropicStream:
+    """Anthropic's SSE events -> OpenAI chunk events, buffer by buffer."""
+
+    __slots__ = (
+        "_args", "_backend", "_counts", "_done", "_error", "_finished", "_keep_usage", "_model",
+        "_pre", "_seen_delta", "_seen_start", "_tail", "_tools", "chars",
+    )  # fmt: skip
+
+    def __init__(self, client_model: str, keep_usage: bool, backend: str, fallback_id: str) -> None:
+        self._model = orjson.dumps(client_model)
+        self._keep_usage = keep_usage
+        self._backend = backend
+        self._tail = b""
+        self._counts = _Counts()
+        self._tools: dict[int, int] = {}  # content block index -> tool call ordinal
+        self._args: set[int] = set()  # tool calls that have streamed arguments
+        self._seen_start = self._seen_delta = self._finished = self._done = False
+        self._error: UpstreamError | None = None
+        self.chars = 0  # text and argument characters relayed (estimate when cut short)
+        self._pre = self._prefix(fallback_id)
+
+    def _prefix(self, message_id: str) -> bytes:
+        return (
+            b'data: {"id":' + orjson.dumps(message_id)
+            + b',"object":"chat.completion.chunk","created":' + str(int(time.time())).encode()
+            + b',"model":' + self._model + b',"choices":['
+        )  # fmt: skip
+
+    # -- input --------------------------------------------------------------------
+    def feed(self, data: bytes) -> bytes:
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            return b""
+        buf = self._tail + data if self._tail else data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            self._tail = buf
+            return b""
+        self._tail = buf[cut + 1 :]
+        return self._lines(buf[:cut])
+
+    def finish(self) -> bytes:
+        """The end of the upstream body: flush, or raise if the stream was cut short."""
+        out = b""
+        if self._tail and self._error is None and not self._done:
+            tail, self._tail = self._tail, b""
+            out = self._lines(tail)
+        if self._error is not None:
+            raise self._error
+        if not self._done:
+            raise UpstreamError(
+                f"The stream from backend {self._backend!r} ended before message_stop."
+            )
+        return out
+
+    def _lines(self, block: bytes) -> bytes:
+        out: list[bytes] = []
+        for line in block.split(b"\n"):
+            if line[:5] == b"data:":
+                self._event(line[5:], out)
+                if self._error is not None or self._done:
+                    break
+        if self._error is not None and not out:
+            raise self._error
+        return b"".join(out)
+
+    def _event(self, payload: bytes, out: list[bytes]) -> None:
+        try:
+            self._dispatch(orjson.loads(payload), out)
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            self._error = UpstreamError(f"Backend {self._backend!r} sent an unreadable event.")
+
+    def _dispatch(self, doc: dict[str, Any], out: list[bytes]) -> None:
+        kind = doc.get("type")
+        if kind == "content_block_delta":
+            delta = doc.get("delta") or {}
+            dtype = delta.get("type")
+            if dtype == "text_delta":
+                text = delta.get("text")
+                if text:
+                    self.chars += len(text)
+                    out.append(self._pre + _OPEN + b'{"content":' + orjson.dumps(text) + b"}"
+                               + _CLOSE)  # fmt: skip
+            elif dtype == "input_json_delta":
+                part = delta.get("partial_json")
+                k = self._tools.get(doc.get("index", -1))
+                if part and k is not None:
+                    self.chars += len(part)
+                    self._args.add(k)
+                    out.append(self._tool_chunk({"index": k, "function": {"arguments": part}}))
+            elif dtype == "thinking_delta":
+                text = delta.get("thinking")
+                if text:
+                    self.chars += len(text)
+                    out.append(self._pre + _OPEN + b'{"reasoning":' + orjson.dumps(text) + b"}"
+                               + _CLOSE)  # fmt: skip
+            # signature and citations deltas have no OpenAI form
+        elif kind == "content_block_start":
+            self._block_start(doc, out)
+        elif kind == "content_block_stop":
+            k = self._tools.get(doc.get("index", -1))
+            if k is not None and k not in self._args:
+                self._args.add(k)  # a call without input: still valid JSON arguments
+                out.append(self._tool_chunk({"index": k, "function": {"arguments": "{}"}}))
+        elif kind == "message_delta":
+            self._seen_delta = True
+            self._counts.take(doc.get("usage"))
+            reason = (doc.get("delta") or {}).get("stop_reason")
+            out.append(self._finish_chunk(FINISH_REASONS.get(reason or "", "stop")))
+        elif kind == "message_start":
+            message = doc.get("message") or {}
+            self._seen_start = True
+            if isinstance(message.get("id"), str):
+                self._pre = self._prefix(message["id"])
+            self._counts.take(message.get("usage"))
+            out.append(self._pre + _OPEN + b'{"role":"assistant","content":""}' + _CLOSE)
+        elif kind == "message_stop":
+            if not self._finished:
+                out.append(self._finish_chunk("stop"))
+            if self._keep_usage:
+                out.append(self._pre + b'],"usage":' + orjson.dumps(self._counts.openai())
+                           + b"}\n\n")  # fmt: skip
+            out.append(DONE)
+            self._done = True
+        elif kind == "error":
+            err = doc.get("error") or {}
+            etype = err.get("type")
+            self._error = error_from(
+                etype if isinstance(etype, str) else None,
+                str(err.get("message") or "The upstream stream failed."),
+                None,
+            )
+        # ping and event types added later: nothing to relay
+
+    def _block_start(self, doc: dict[str, Any], out: list[bytes]) -> None:
+        block = doc.get("content_block") or {}
+        kind = block.get("type")
+        if kind == "tool_use":
+            k = len(self._tools)
+            self._tools[doc.get("index", k)] = k
+            out.append(self._tool_chunk({
+                "index": k, "id": block.get("id"), "type": "function",
+                "function": {"name": block.get("name"), "arguments": ""},
+            }))  # fmt: skip
+            given = block.get("input")
+            if given:  # a block that arrives with its input already complete
+                self._args.add(k)
+                args = orjson.dumps(given).decode()
+                self.chars += len(args)
+                out.append(self._tool_chunk({"index": k, "function": {"arguments": args}}))
+        elif kind == "text" and block.get("text"):
+            text = block["text"]
+            self.chars += len(text)
+            out.append(self._pre + _OPEN + b'{"content":' + orjson.dumps(text) + b"}" + _CLOSE)
+
+    def _tool_chunk(self, call: dict[str, Any]) -> bytes:
+        return self._pre + _OPEN + b'{"tool_calls":[' + orjson.dumps(call) + b"]}" + _CLOSE
+
+    def _finish_chunk(self, reason: str) -> bytes:
+        self._finished = True
+        return (self._pre + _OPEN + b'{},"logprobs":null,"finish_reason":'
+                + orjson.dumps(reason) + b"}]}\n\n")  # fmt: skip
+
+    # -- usage --------------------------------------------------------------------
+    def usage_so_far(self) -> Usage:
+        """Exact once ``message_delta`` arrived; before that the output is estimated
+        from the characters relayed (about four per token)."""
+        counts = self._counts
+        if self._seen_delta:
+            return counts.usage(reported=True)
+        estimate = max(counts.output, (self.chars + 3) // 4)
+        return counts.usage(reported=self._seen_start, completion=estimate)
