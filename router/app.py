@@ -76,11 +76,14 @@ def make_runner(app: web.Application, cfg: Config) -> web.AppRunner:
     )
 
 
-def create_app(cfg: Config, *, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    cfg: Config, *, metrics: Metrics | None = None, config_path: str | None = None
+) -> web.Application:
+    """``config_path``: the file ``cfg`` came from, reloaded on SIGHUP and when it changes."""
     app = web.Application(
         middlewares=[errors_middleware], client_max_size=cfg.server.max_body_bytes
     )
-    gateway = Gateway(cfg, metrics)
+    gateway = Gateway(cfg, metrics, config_path)
     app[GATEWAY] = gateway
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

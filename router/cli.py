@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from router.keys import GATEWAY
 from router.simserver import create_sim_app
 
 DEMO_KEY_ENV = "SPILLWAY_DEMO_KEY"
+log = logging.getLogger("spillway")
 
 
 def _install_uvloop() -> None:
@@ -50,9 +52,10 @@ def _banner(cfg: Config, host: str, port: int, default: bool) -> str:
     return "\n".join(lines)
 
 
-async def _serve(cfg: Config, host: str, port: int, reuse_port: bool, banner: bool,
-                 default: bool) -> None:  # fmt: skip
-    app = create_app(cfg)
+async def _serve(
+    cfg: Config, host: str, port: int, *, reuse_port: bool, banner: bool, path: str | None
+) -> None:
+    app = create_app(cfg, config_path=path)
     runner = make_runner(app, cfg)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
@@ -62,16 +65,27 @@ async def _serve(cfg: Config, host: str, port: int, reuse_port: bool, banner: bo
     if server is not None and getattr(server, "sockets", None):
         bound = server.sockets[0].getsockname()[1]
     if banner:
-        print(_banner(cfg, host, bound, default), flush=True)
+        print(_banner(cfg, host, bound, path is None), flush=True)
+    gateway = app[GATEWAY]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_file, "SIGHUP")
     try:
         await stop.wait()
     finally:
-        app[GATEWAY].draining.set()
+        # readiness fails first, then the listener closes and in-flight requests get
+        # server.shutdown_grace_seconds to finish (aiohttp's graceful shutdown)
+        gateway.draining.set()
+        delay = gateway.cfg.server.drain_delay_seconds
+        log.info("draining: readiness fails now, listener closes in %gs", delay)
+        if delay:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(delay)
+        loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
+        log.info("stopped")
 
 
 def _run_workers(n: int, target: Sequence[object]) -> int:
@@ -80,6 +94,7 @@ def _run_workers(n: int, target: Sequence[object]) -> int:
     for i in range(n):
         pid = os.fork()
         if pid == 0:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
             os.environ["SPILLWAY_WORKER"] = str(i)
             code = 0
             try:
@@ -105,9 +120,11 @@ def _run_workers(n: int, target: Sequence[object]) -> int:
     return status
 
 
-def _serve_one(cfg: Config, host: str, port: int, reuse: bool, default: bool, banner: bool) -> None:
+def _serve_one(
+    cfg: Config, host: str, port: int, reuse: bool, path: str | None, banner: bool
+) -> None:
     _install_uvloop()
-    asyncio.run(_serve(cfg, host, port, reuse, banner, default))
+    asyncio.run(_serve(cfg, host, port, reuse_port=reuse, banner=banner, path=path))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -124,8 +141,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if port == 0:
             print("--workers needs a fixed --port", file=sys.stderr)
             return 2
-        return _run_workers(args.workers, (_serve_one, (cfg, host, port, True, path is None)))
-    _serve_one(cfg, host, port, False, path is None, True)
+        return _run_workers(args.workers, (_serve_one, (cfg, host, port, True, path)))
+    _serve_one(cfg, host, port, False, path, True)
     return 0
 
 

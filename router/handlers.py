@@ -55,10 +55,12 @@ async def readyz(request: web.Request) -> web.Response:
     store = rt.quota.primary
     if rt.cfg.redis.url and not await store.ping():
         raise ServiceUnavailable("Redis is unreachable.", code="redis_unreachable")
-    if not any(s.healthy for s in rt.states.values()):
-        raise ServiceUnavailable("No backend is healthy.", code="no_healthy_backend")
-    return _json({"status": "ready", "config_loaded_at": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(request.app[GATEWAY].started))})
+    if all(b.status() == "unhealthy" for b in rt.balancers.values()):
+        raise ServiceUnavailable("No pool has a healthy member.", code="no_healthy_backend")
+    loaded = time.gmtime(request.app[GATEWAY].loaded_at)
+    return _json(
+        {"status": "ready", "config_loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", loaded)}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
