@@ -40,6 +40,7 @@ class Seen:
 @dataclass
 class Behaviour:
     status: int = 200  # an error status answers OpenAI's error envelope
+    fail_times: int | None = None  # only the first N chat requests get ``status``
     error_message: str = "upstream says no"
     retry_after: str | None = None
     first_byte_delay: float = 0.0
@@ -116,6 +117,7 @@ class FakeOpenAI:
         self.vllm = vllm or VllmGauges()
         self.seen: list[Seen] = []
         self.disconnects: list[float] = []  # when a client went away mid-answer
+        self.chats = 0  # chat requests received
         self.scrapes = 0  # GET /metrics
         self.probes = 0  # GET /v1/models
         self.port = free_port()
@@ -188,10 +190,12 @@ class FakeOpenAI:
         if b.redirect_to:
             raise web.HTTPFound(b.redirect_to)
         self.inflight += 1
+        self.chats += 1
         try:
             if b.first_byte_delay:
                 await asyncio.sleep(b.first_byte_delay)
-            if b.status != 200:
+            failing = b.fail_times is None or self.chats <= b.fail_times
+            if b.status != 200 and failing:
                 headers = {"Retry-After": b.retry_after} if b.retry_after else None
                 return web.json_response(
                     {"error": {"message": b.error_message, "type": "invalid_request_error"
