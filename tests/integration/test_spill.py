@@ -24,7 +24,9 @@ async def test_spill_on_max_concurrency_and_return() -> None:
             slow = [asyncio.create_task(post(s, gw)) for _ in range(2)]
             await wait_for(lambda: gpu.inflight == 2, what="the GPU to fill")
             spilled = [await post(s, gw) for _ in range(3)]
-            assert [(r.status, r.pool, r.backend) for r in spilled] == [(200, "hosted", "cloud")] * 3
+            assert [(r.status, r.pool, r.backend) for r in spilled] == [
+                (200, "hosted", "cloud")
+            ] * 3
             assert cloud.seen[-1].body["model"] == "gpt-4o-mini"
             assert metric(gw, "spillway_fallbacks_total", model="chat", from_pool="local",
                           to_pool="hosted", reason="saturated") == 3  # fmt: skip
