@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -100,3 +103,36 @@ async def wait_for(check: Any, within: float = 5.0, what: str = "condition") -> 
 def metric(gw: Running, name: str, **labels: str) -> float:
     value = gw.gateway.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+@contextmanager
+def blackhole() -> Iterator[int]:
+    """A port whose TCP handshakes never complete: a listener with a full accept queue
+    that never accepts, so new SYNs are dropped and connects hang until a timeout."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = int(srv.getsockname()[1])
+    fillers = []
+    try:
+        for _ in range(3):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+            fillers.append(c)
+        time.sleep(0.05)
+        yield port
+    finally:
+        for c in fillers:
+            c.close()
+        srv.close()
+
+
+def sse_events(body: bytes) -> list[Any]:
+    """``data:`` payloads of an SSE body: JSON objects, and ``"[DONE]"``."""
+    out: list[Any] = []
+    for block in body.split(b"\n\n"):
+        if block.startswith(b"data: "):
+            data = block[6:]
+            out.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
+    return out
