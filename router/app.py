@@ -97,6 +97,7 @@ def create_app(
     for path in MODEL_PATHS:
         app.router.add_get(path, handlers.list_models)
     app.router.add_get("/v1/quota", handlers.quota)
+    app.router.add_get("/v1/spillway/explain", handlers.explain)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)

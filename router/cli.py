@@ -1,16 +1,21 @@
-"""The ``spillway`` command: serve | check | simulate."""
+"""The ``spillway`` command: serve | check | explain | simulate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -18,6 +23,7 @@ from router import __version__, logs
 from router.app import create_app, make_runner
 from router.config import Config, ConfigError, SimulateSettings, load_config
 from router.keys import GATEWAY
+from router.routing.explain import explain, render
 from router.simserver import create_sim_app
 
 DEMO_KEY_ENV = "SPILLWAY_DEMO_KEY"
@@ -165,6 +171,79 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _header_pairs(pairs: Sequence[str]) -> dict[str, str] | None:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            print(f"--header {pair!r}: expected NAME=VALUE", file=sys.stderr)
+            return None
+        out[name.strip()] = value
+    return out
+
+
+def _ask_gateway(args: argparse.Namespace, headers: dict[str, str]) -> dict[str, Any] | None:
+    key = args.key or os.environ.get("SPILLWAY_KEY")
+    if not key:
+        print("--url needs --key (or $SPILLWAY_KEY): the team comes from the key", file=sys.stderr)
+        return None
+    query: dict[str, str] = {"model": args.model}
+    if args.prompt_tokens is not None:
+        query["prompt_tokens"] = str(args.prompt_tokens)
+    if args.max_tokens is not None:
+        query["max_tokens"] = str(args.max_tokens)
+    if args.stream:
+        query["stream"] = "1"
+    if args.tools:
+        query["tools"] = "1"
+    base = args.url.rstrip("/").removesuffix("/v1")
+    req = urllib.request.Request(
+        f"{base}/v1/spillway/explain?{urllib.parse.urlencode(query)}",
+        headers={**headers, "Authorization": f"Bearer {key}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            doc: dict[str, Any] = json.loads(resp.read())
+            return doc
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        print(f"{base}: HTTP {exc.code}: {message}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"{base}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+    return None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    headers = _header_pairs(args.header or [])
+    if headers is None:
+        return 2
+    if args.url:
+        doc = _ask_gateway(args, headers)
+        if doc is None:
+            return 2
+    else:
+        if not args.team:
+            print("--team is required (or ask a running gateway with --url/--key)", file=sys.stderr)
+            return 2
+        try:
+            cfg = load_config(_config_path(args.config))
+        except ConfigError as exc:
+            _print_problems(exc)
+            return 2
+        doc = explain(
+            cfg, team=args.team, model=args.model, prompt_tokens=args.prompt_tokens,
+            headers=headers, stream=args.stream, tools=args.tools,
+        )  # fmt: skip
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render(doc), end="")
+    return 1 if doc.get("problem") else 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     knobs = SimulateSettings(
         ttft_ms=args.ttft_ms, tokens_per_second=args.tokens_per_second,
@@ -195,6 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("file")
     c.set_defaults(fn=cmd_check)
+
+    e = sub.add_parser(
+        "explain", help="which route and pools a request would take, and why",
+        description="Explain routing from the config alone (--config, --team), or ask a "
+        "running gateway with live health, load and budgets (--url, --key).",
+    )  # fmt: skip
+    e.add_argument("--config", help="YAML config (default: $SPILLWAY_CONFIG, else built-in)")
+    e.add_argument("--team", help="the caller's team (with --config)")
+    e.add_argument("--model", required=True, help="the model name the client sends")
+    e.add_argument("--prompt-tokens", type=int, help="prompt size for prompt_tokens_* rules")
+    e.add_argument("--max-tokens", type=int, help="max_tokens the request asks (with --url)")
+    e.add_argument("--header", action="append", metavar="NAME=VALUE", help="a request header")
+    e.add_argument("--stream", action="store_true", help="a streaming request")
+    e.add_argument("--tools", action="store_true", help="a request with tools")
+    e.add_argument("--url", help="a running gateway to ask (live state)")
+    e.add_argument("--key", help="an API key for --url (default: $SPILLWAY_KEY)")
+    e.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    e.set_defaults(fn=cmd_explain)
 
     m = sub.add_parser("simulate", help="run the simulated model as an OpenAI-compatible server")
     m.add_argument("--host", default="127.0.0.1")
