@@ -66,10 +66,8 @@ async def _serve(
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
-    server = site._server  # the bound port, when 0 was asked
-    bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
+    sockets = getattr(site._server, "sockets", None)  # the bound port, when 0 was asked
+    bound = int(sockets[0].getsockname()[1]) if sockets else port
     if banner:
         print(_banner(cfg, host, bound, path is None), flush=True)
     gateway = app[GATEWAY]
