@@ -25,17 +25,20 @@ from typing import Literal
 from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
-from router.auth import Principal
-from router.contract import ChatCompletionRequest
-from router.errors import ServiceUnavailable, SpillwayError, UpstreamError, UpstreamTimeout
+from router.errors import (
+    ServiceUnavailable,
+    SpillwayError,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from router.exchange import Exchange, billable
 from router.metrics import status_class
 from router.providers import Adapter, Call, Usage
 from router.providers.base import Opened
 from router.quota import BudgetShort, Ticket
-from router.quota import tokens as tokenest
 from router.routing.balance import Member
 from router.routing.retry import backoff
-from router.routing.rules import Decision
 from router.runtime import Runtime
 from router.streaming import error_event
 
@@ -45,47 +48,6 @@ _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}  # fmt: skip
 Outcome = Literal["refund", "used", "cancelled"]
-
-
-class Exchange:
-    """The state of one client request, for settlement, metrics and the log."""
-
-    __slots__ = (
-        "adapter", "backend", "clamped", "committed", "decision", "model", "opened_at", "out",
-        "pool", "principal", "prompt_bound", "read_at", "request", "rid", "started", "status",
-        "ttft", "usage",
-    )  # fmt: skip
-
-    def __init__(self, rid: str, started: float) -> None:
-        self.rid = rid
-        self.started = started
-        self.principal: Principal | None = None
-        self.request: ChatCompletionRequest | None = None
-        self.decision: Decision | None = None
-        self.model = ""
-        self.pool = ""
-        self.backend = ""
-        self.status = 200
-        self.ttft: float | None = None
-        self.usage: Usage | None = None
-        self.adapter: Adapter | None = None  # the attempt in flight or the one that answered
-        self.prompt_bound = 0
-        self.out = 0
-        self.clamped = False
-        self.committed = False  # the response has started: no retry, no refund
-        self.opened_at = 0.0
-        self.read_at = 0.0
-
-
-def billable(x: Exchange) -> tuple[int, int]:
-    """(prompt, completion) tokens to charge; an unreported prompt is estimated."""
-    usage = x.usage
-    if usage is None:
-        return 0, 0
-    prompt = usage.prompt_tokens
-    if not usage.reported and not prompt and x.request is not None:
-        prompt = tokenest.estimate(x.request)
-    return prompt, usage.completion_tokens
 
 
 class PoolFailed(Exception):
@@ -221,7 +183,8 @@ class Walk:
         try:
             return await self._serve_pool(pool, ticket, panic)
         except PoolFailed as failed:
-            self._fallback(pool, i, "error" if failed.error is not None else "saturated")
+            reason = "error" if failed.error is not None or self.stopped else "saturated"
+            self._fallback(pool, i, reason)
             return None
 
     async def _serve_pool(self, pool: str, ticket: Ticket, panic: bool) -> web.StreamResponse:
@@ -320,10 +283,10 @@ class Walk:
         status = exc.status
         if isinstance(exc, UpstreamTimeout):
             kind = "timeout"
-        elif status == 502:
-            kind = "connect"
-        else:
+        elif isinstance(exc, UpstreamStatus):
             kind = status_class(status)
+        else:
+            kind = "connect"  # unreachable, reset, or an unusable answer
         m.child(m.upstream_errors, member.backend, kind).inc()
         now = self.loop.time()
         state = member.state

@@ -18,7 +18,7 @@ import re
 
 from aiohttp import web
 
-from router.attempts import Exchange, Walk, billable
+from router.attempts import Walk
 from router.contract import ChatCompletionRequest, ValidationError, error_param
 from router.errors import (
     InvalidRequest,
@@ -28,6 +28,7 @@ from router.errors import (
     RequestTimeout,
     SpillwayError,
 )
+from router.exchange import Exchange, billable
 from router.metrics import status_class
 from router.quota import tokens as tokenest
 from router.routing.rules import Facts
