@@ -138,7 +138,6 @@ class Upstream:
             resp.status, text, retry_after=_retry_after(resp.headers), backend=f"backend {backend!r}"
         )
 
-
     async def get(
         self, url: str, headers: Mapping[str, str], seconds: float, *, max_bytes: int = 4 << 20
     ) -> tuple[int, bytes]:
@@ -146,19 +145,19 @@ class Upstream:
 
         Raises :class:`UpstreamError` when nothing usable came back in time."""
         try:
-            async with asyncio.timeout(seconds):
-                async with self.session.get(
-                    url, headers=headers, allow_redirects=False
-                ) as resp:
-                    parts: list[bytes] = []
-                    size = 0
-                    while size < max_bytes:
-                        data = await resp.content.read(65536)
-                        if not data:
-                            break
-                        parts.append(data)
-                        size += len(data)
-                    return resp.status, b"".join(parts)
+            async with (
+                asyncio.timeout(seconds),
+                self.session.get(url, headers=headers, allow_redirects=False) as resp,
+            ):
+                parts: list[bytes] = []
+                size = 0
+                while size < max_bytes:
+                    data = await resp.content.read(65536)
+                    if not data:
+                        break
+                    parts.append(data)
+                    size += len(data)
+                return resp.status, b"".join(parts)
         except TimeoutError:
             raise UpstreamTimeout(f"{url} did not answer in time.") from None
         except aiohttp.ClientError as exc:
