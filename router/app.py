@@ -76,11 +76,14 @@ def make_runner(app: web.Application, cfg: Config) -> web.AppRunner:
     )
 
 
-def create_app(cfg: Config, *, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    cfg: Config, *, metrics: Metrics | None = None, config_path: str | None = None
+) -> web.Application:
+    """``config_path``: the file ``cfg`` came from, reloaded on SIGHUP and when it changes."""
     app = web.Application(
         middlewares=[errors_middleware], client_max_size=cfg.server.max_body_bytes
     )
-    gateway = Gateway(cfg, metrics)
+    gateway = Gateway(cfg, metrics, config_path)
     app[GATEWAY] = gateway
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -94,6 +97,7 @@ def create_app(cfg: Config, *, metrics: Metrics | None = None) -> web.Applicatio
     for path in MODEL_PATHS:
         app.router.add_get(path, handlers.list_models)
     app.router.add_get("/v1/quota", handlers.quota)
+    app.router.add_get("/v1/spillway/explain", handlers.explain)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)

@@ -1,15 +1,21 @@
-"""The ``spillway`` command: serve | check | simulate."""
+"""The ``spillway`` command: serve | check | explain | simulate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import json
+import logging
 import os
 import signal
 import socket
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -17,9 +23,11 @@ from router import __version__, logs
 from router.app import create_app, make_runner
 from router.config import Config, ConfigError, SimulateSettings, load_config
 from router.keys import GATEWAY
+from router.routing.explain import explain, render
 from router.simserver import create_sim_app
 
 DEMO_KEY_ENV = "SPILLWAY_DEMO_KEY"
+log = logging.getLogger("spillway")
 
 
 def _install_uvloop() -> None:
@@ -50,9 +58,10 @@ def _banner(cfg: Config, host: str, port: int, default: bool) -> str:
     return "\n".join(lines)
 
 
-async def _serve(cfg: Config, host: str, port: int, reuse_port: bool, banner: bool,
-                 default: bool) -> None:  # fmt: skip
-    app = create_app(cfg)
+async def _serve(
+    cfg: Config, host: str, port: int, *, reuse_port: bool, banner: bool, path: str | None
+) -> None:
+    app = create_app(cfg, config_path=path)
     runner = make_runner(app, cfg)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
@@ -61,21 +70,30 @@ async def _serve(cfg: Config, host: str, port: int, reuse_port: bool, banner: bo
     except OSError:
         await runner.cleanup()
         raise
-    bound = port
-    for sock in getattr(site._server, "sockets", None) or ():  # the port, when 0 was asked
-        bound = sock.getsockname()[1]
-        break
+    sockets = getattr(site._server, "sockets", None)  # the bound port, when 0 was asked
+    bound = int(sockets[0].getsockname()[1]) if sockets else port
     if banner:
-        print(_banner(cfg, host, bound, default), flush=True)
+        print(_banner(cfg, host, bound, path is None), flush=True)
+    gateway = app[GATEWAY]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_file, "SIGHUP")
     try:
         await stop.wait()
     finally:
-        app[GATEWAY].draining.set()
+        # readiness fails first, then the listener closes and in-flight requests get
+        # server.shutdown_grace_seconds to finish (aiohttp's graceful shutdown)
+        gateway.draining.set()
+        delay = gateway.cfg.server.drain_delay_seconds
+        log.info("draining: readiness fails now, listener closes in %gs", delay)
+        if delay:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(delay)
+        loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
+        log.info("stopped")
 
 
 def _run_workers(n: int, target: Sequence[object]) -> int:
@@ -84,6 +102,7 @@ def _run_workers(n: int, target: Sequence[object]) -> int:
     for i in range(n):
         pid = os.fork()
         if pid == 0:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
             os.environ["SPILLWAY_WORKER"] = str(i)
             code = 0
             try:
@@ -109,9 +128,11 @@ def _run_workers(n: int, target: Sequence[object]) -> int:
     return status
 
 
-def _serve_one(cfg: Config, host: str, port: int, reuse: bool, default: bool, banner: bool) -> None:
+def _serve_one(
+    cfg: Config, host: str, port: int, reuse: bool, path: str | None, banner: bool
+) -> None:
     _install_uvloop()
-    asyncio.run(_serve(cfg, host, port, reuse, banner, default))
+    asyncio.run(_serve(cfg, host, port, reuse_port=reuse, banner=banner, path=path))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -128,8 +149,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if port == 0:
             print("--workers needs a fixed --port", file=sys.stderr)
             return 2
-        return _run_workers(args.workers, (_serve_one, (cfg, host, port, True, path is None)))
-    _serve_one(cfg, host, port, False, path is None, True)
+        return _run_workers(args.workers, (_serve_one, (cfg, host, port, True, path)))
+    _serve_one(cfg, host, port, False, path, True)
     return 0
 
 
@@ -150,6 +171,79 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{len(cfg.models)} models, {len(cfg.teams)} teams, {len(cfg.keys)} keys)"
     )
     return 0
+
+
+def _header_pairs(pairs: Sequence[str]) -> dict[str, str] | None:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            print(f"--header {pair!r}: expected NAME=VALUE", file=sys.stderr)
+            return None
+        out[name.strip()] = value
+    return out
+
+
+def _ask_gateway(args: argparse.Namespace, headers: dict[str, str]) -> dict[str, Any] | None:
+    key = args.key or os.environ.get("SPILLWAY_KEY")
+    if not key:
+        print("--url needs --key (or $SPILLWAY_KEY): the team comes from the key", file=sys.stderr)
+        return None
+    query: dict[str, str] = {"model": args.model}
+    if args.prompt_tokens is not None:
+        query["prompt_tokens"] = str(args.prompt_tokens)
+    if args.max_tokens is not None:
+        query["max_tokens"] = str(args.max_tokens)
+    if args.stream:
+        query["stream"] = "1"
+    if args.tools:
+        query["tools"] = "1"
+    base = args.url.rstrip("/").removesuffix("/v1")
+    req = urllib.request.Request(
+        f"{base}/v1/spillway/explain?{urllib.parse.urlencode(query)}",
+        headers={**headers, "Authorization": f"Bearer {key}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            doc: dict[str, Any] = json.loads(resp.read())
+            return doc
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        print(f"{base}: HTTP {exc.code}: {message}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"{base}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+    return None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    headers = _header_pairs(args.header or [])
+    if headers is None:
+        return 2
+    if args.url:
+        doc = _ask_gateway(args, headers)
+        if doc is None:
+            return 2
+    else:
+        if not args.team:
+            print("--team is required (or ask a running gateway with --url/--key)", file=sys.stderr)
+            return 2
+        try:
+            cfg = load_config(_config_path(args.config))
+        except ConfigError as exc:
+            _print_problems(exc)
+            return 2
+        doc = explain(
+            cfg, team=args.team, model=args.model, prompt_tokens=args.prompt_tokens,
+            headers=headers, stream=args.stream, tools=args.tools,
+        )  # fmt: skip
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(render(doc), end="")
+    return 1 if doc.get("problem") else 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -182,6 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("file")
     c.set_defaults(fn=cmd_check)
+
+    e = sub.add_parser(
+        "explain", help="which route and pools a request would take, and why",
+        description="Explain routing from the config alone (--config, --team), or ask a "
+        "running gateway with live health, load and budgets (--url, --key).",
+    )  # fmt: skip
+    e.add_argument("--config", help="YAML config (default: $SPILLWAY_CONFIG, else built-in)")
+    e.add_argument("--team", help="the caller's team (with --config)")
+    e.add_argument("--model", required=True, help="the model name the client sends")
+    e.add_argument("--prompt-tokens", type=int, help="prompt size for prompt_tokens_* rules")
+    e.add_argument("--max-tokens", type=int, help="max_tokens the request asks (with --url)")
+    e.add_argument("--header", action="append", metavar="NAME=VALUE", help="a request header")
+    e.add_argument("--stream", action="store_true", help="a streaming request")
+    e.add_argument("--tools", action="store_true", help="a request with tools")
+    e.add_argument("--url", help="a running gateway to ask (live state)")
+    e.add_argument("--key", help="an API key for --url (default: $SPILLWAY_KEY)")
+    e.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    e.set_defaults(fn=cmd_explain)
 
     m = sub.add_parser("simulate", help="run the simulated model as an OpenAI-compatible server")
     m.add_argument("--host", default="127.0.0.1")

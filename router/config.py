@@ -246,12 +246,49 @@ class ServerSettings(_Strict):
     body_timeout_seconds: PositiveFloat = 30.0
     keepalive_timeout_seconds: PositiveFloat = 75.0
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+    # after SIGTERM, /readyz fails this long before the listener closes (load balancers
+    # stop sending first); then in-flight requests get shutdown_grace_seconds to finish
+    drain_delay_seconds: Annotated[float, Field(ge=0)] = 0.0
+    # poll the config file this often and reload it when it changes (0: only on SIGHUP)
+    watch_config_seconds: Annotated[float, Field(ge=0)] = 2.0
     route_headers: bool = True
 
 
 class QuotaSettings(_Strict):
     on_budget_short: Literal["clamp", "reject"] = "clamp"
     lease_seconds: PositiveInt = 900
+
+
+class RetrySettings(_Strict):
+    """Retries before the first byte reaches the client, to another member or pool."""
+
+    max_attempts: PositiveInt = 3  # upstream attempts per request, all pools together
+    # retries in the last window_seconds never exceed budget_ratio x the requests in that
+    # window, plus min_per_second x window_seconds (so a quiet gateway can still retry)
+    budget_ratio: Annotated[float, Field(ge=0)] = 0.2
+    min_per_second: Annotated[float, Field(ge=0)] = 5.0
+    window_seconds: PositiveFloat = 10.0
+    attempt_timeout_seconds: PositiveFloat | None = None  # to the first byte of one attempt
+    backoff_base_seconds: Annotated[float, Field(ge=0)] = 0.02  # full jitter, doubling
+    backoff_max_seconds: Annotated[float, Field(ge=0)] = 0.5
+    retry_after_max_seconds: Annotated[float, Field(ge=0)] = 2.0  # longer: not retried there
+
+
+class HealthSettings(_Strict):
+    """Passive ejection of failing members, active probes, load scraping."""
+
+    failure_threshold: PositiveInt = 3  # consecutive failures that eject a member
+    ejection_seconds: PositiveFloat = 5.0  # first cooldown; doubles while it keeps failing
+    max_ejection_seconds: PositiveFloat = 300.0
+    interval_seconds: PositiveFloat = 1.0  # probes of ejected members and /metrics scrapes
+    probe_timeout_seconds: PositiveFloat = 2.0
+    probe_path: str = "/models"  # GET {url}{probe_path}; backends without url probe metrics_url
+    scrape_timeout_seconds: PositiveFloat = 1.0
+
+
+class RoutingSettings(_Strict):
+    retries: RetrySettings = RetrySettings()
+    health: HealthSettings = HealthSettings()
 
 
 class LoggingSettings(_Strict):
@@ -265,6 +302,7 @@ class Config(_Strict):
     redis: RedisSettings = RedisSettings()
     server: ServerSettings = ServerSettings()
     quota: QuotaSettings = QuotaSettings()
+    routing: RoutingSettings = RoutingSettings()
     logging: LoggingSettings = LoggingSettings()
     backends: dict[str, Backend]
     pools: dict[str, Pool]

@@ -1,40 +1,69 @@
-"""The process-wide services behind the app: upstream session, stores, runtime.
+"""The process-wide services behind the app: upstream session, stores, runtime, tasks.
 
 Created with the app, started and stopped by its ``cleanup_ctx``. ``reload``
 builds a new :class:`Runtime` from a new config and swaps it in; requests in
-flight keep the one they started with.
+flight keep the one they started with. ``reload_file`` re-reads the config
+file (on SIGHUP, and when the watcher sees the file change): a config that
+does not validate is refused with a log line and
+``spillway_config_reloads_total{result="error"}``, and the old one keeps
+serving. Background tasks (health probes and load scrapes, the config
+watcher) are owned here and awaited on stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
+import os
 import time
+from pathlib import Path
 
-from router.config import Config
+from router.config import Config, ConfigError, parse_config
 from router.metrics import Metrics
+from router.monitor import Monitor
 from router.proxy import Proxy
 from router.quota.base import Store
 from router.quota.memory_store import MemoryStore
 from router.quota.redis_store import RedisStore
+from router.routing.retry import RetryBudget
 from router.runtime import Runtime, RuntimeHolder
 from router.upstream import Upstream
 
 log = logging.getLogger("spillway")
 
+_Fingerprint = tuple[int, int, int] | None
+
+
+def _fingerprint(path: str) -> _Fingerprint:
+    try:
+        st = os.stat(path)  # follows symlinks (Kubernetes ConfigMaps swap a link)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
 
 class Gateway:
-    def __init__(self, cfg: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, cfg: Config, metrics: Metrics | None = None, config_path: str | None = None
+    ) -> None:
         self.cfg = cfg
         self.metrics = metrics if metrics is not None else Metrics()
+        self.config_path = config_path
         self.started = time.time()
+        self.loaded_at = self.started
         self.draining = asyncio.Event()
         self.memory = MemoryStore()
+        self.monitor: Monitor | None = None
         self._upstream: Upstream | None = None
         self._store: Store | None = None
         self._redis_url = ""
         self._holder: RuntimeHolder | None = None
         self._proxy: Proxy | None = None
+        self._retry_budget = RetryBudget(cfg.routing.retries)
+        self._digest = ""
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def holder(self) -> RuntimeHolder:
@@ -56,24 +85,102 @@ class Gateway:
         self._store = RedisStore(self.cfg.redis) if self.cfg.redis.url else None
         self._holder = RuntimeHolder(self._build(self.cfg))
         self._proxy = Proxy(self._holder)
+        self.monitor = Monitor(self._holder, self._upstream, self.metrics)
+        self.monitor.publish(self._holder.current)
+        self._tasks.append(asyncio.create_task(self.monitor.run(), name="spillway-health"))
+        if self.config_path is not None:
+            self._digest = _digest_of(self.config_path)
+            self._tasks.append(asyncio.create_task(self._watch(), name="spillway-config-watch"))
 
     def _build(self, cfg: Config) -> Runtime:
         assert self._upstream is not None
         old = self._holder.current.states if self._holder is not None else None
         return Runtime(
             cfg, upstream=self._upstream, metrics=self.metrics, store=self._store,
-            memory=self.memory, states=old,
+            memory=self.memory, states=old, retry_budget=self._retry_budget,
         )  # fmt: skip
 
     def reload(self, cfg: Config) -> None:
-        """Swap in ``cfg``. Redis settings need a restart and are kept as they were."""
-        if cfg.redis.url != self._redis_url:
-            log.warning("redis.url changed; it takes effect at the next restart")
+        """Swap in ``cfg``. Listen and Redis settings need a restart and are kept."""
+        if cfg.redis != self.cfg.redis:
+            log.warning("redis settings changed; they take effect at the next restart")
+        if cfg.listen != self.cfg.listen:
+            log.warning("listen address changed; it takes effect at the next restart")
         self.holder.swap(self._build(cfg))
+        if cfg.logging.level != self.cfg.logging.level:
+            logging.getLogger().setLevel(cfg.logging.level)
         self.cfg = cfg
+        self.loaded_at = time.time()
+
+    def reload_file(self, reason: str = "signal") -> bool:
+        """Re-read the config file; False (old config kept) when it is not valid."""
+        path = self.config_path
+        if path is None:
+            log.warning("reload (%s) ignored: running on the built-in config", reason)
+            return False
+        try:
+            raw = Path(path).read_bytes()
+            cfg = parse_config(raw.decode("utf-8"), path)
+        except OSError as exc:
+            return self._refused(reason, [f"cannot read {path}: {exc.strerror}"])
+        except UnicodeDecodeError:
+            return self._refused(reason, [f"{path} is not UTF-8 text"])
+        except ConfigError as exc:
+            return self._refused(reason, exc.problems)
+        self.reload(cfg)
+        self._digest = hashlib.sha256(raw).hexdigest()
+        self.metrics.child(self.metrics.reloads, "success").inc()
+        log.info(
+            "config reloaded (%s)", reason,
+            extra={"fields": {"path": path, "backends": len(cfg.backends),
+                              "pools": len(cfg.pools), "models": len(cfg.models)}},
+        )  # fmt: skip
+        return True
+
+    def _refused(self, reason: str, problems: list[str]) -> bool:
+        self.metrics.child(self.metrics.reloads, "error").inc()
+        log.error(
+            "config reload (%s) refused; the previous config keeps serving: %s",
+            reason, "; ".join(problems),
+            extra={"fields": {"path": self.config_path, "problems": problems}},
+        )  # fmt: skip
+        return False
+
+    async def _watch(self) -> None:
+        path = self.config_path
+        assert path is not None
+        seen = _fingerprint(path)
+        while True:
+            interval = self.cfg.server.watch_config_seconds
+            await asyncio.sleep(interval or 1.0)
+            if not interval:
+                continue
+            now = _fingerprint(path)
+            if now == seen or now is None:
+                continue  # unchanged, or mid-replacement (gone for an instant)
+            seen = now
+            if _digest_of(path) == self._digest:
+                continue  # touched, not changed
+            try:
+                self.reload_file("file changed")
+            except Exception:  # keep watching whatever happened
+                log.exception("config reload failed")
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
         if self._store is not None:
             await self._store.aclose()
         if self._upstream is not None:
             await self._upstream.close()
+
+
+def _digest_of(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""

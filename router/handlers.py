@@ -7,7 +7,8 @@ import time
 import orjson
 from aiohttp import web
 
-from router.errors import ServiceUnavailable
+from router.errors import InvalidRequest, NotFound, ServiceUnavailable
+from router.inspect import live_explain
 from router.keys import GATEWAY
 from router.runtime import Runtime
 
@@ -55,10 +56,12 @@ async def readyz(request: web.Request) -> web.Response:
     store = rt.quota.primary
     if rt.cfg.redis.url and not await store.ping():
         raise ServiceUnavailable("Redis is unreachable.", code="redis_unreachable")
-    if not any(s.healthy for s in rt.states.values()):
-        raise ServiceUnavailable("No backend is healthy.", code="no_healthy_backend")
-    return _json({"status": "ready", "config_loaded_at": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(request.app[GATEWAY].started))})
+    if all(b.status() == "unhealthy" for b in rt.balancers.values()):
+        raise ServiceUnavailable("No pool has a healthy member.", code="no_healthy_backend")
+    loaded = time.gmtime(request.app[GATEWAY].loaded_at)
+    return _json(
+        {"status": "ready", "config_loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", loaded)}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -67,3 +70,45 @@ async def metrics(request: web.Request) -> web.Response:
         body=rt.metrics.exposition(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
+
+
+def _int_query(request: web.Request, name: str) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise InvalidRequest(f"`{name}` must be an integer.", param=name) from None
+    if n < 0:
+        raise InvalidRequest(f"`{name}` must not be negative.", param=name)
+    return n
+
+
+def _bool_query(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+async def explain(request: web.Request) -> web.Response:
+    """GET /v1/spillway/explain?model=M[&prompt_tokens=N&max_tokens=N&stream=1&tools=1]:
+    the route the caller's request would take, with live state. The request's own
+    headers are the ones route rules see. Off (404) when server.route_headers is off."""
+    rt = request.app[GATEWAY].runtime
+    if not rt.route_headers:
+        raise NotFound(f"Unknown path {request.path!r}.", code="unknown_url")
+    h = request.headers
+    principal = rt.auth.authenticate(h.get("Authorization"), h.get("api-key"))
+    model = request.query.get("model")
+    if not model:
+        raise InvalidRequest("Query parameter `model` is required.", param="model")
+    doc = await live_explain(
+        rt,
+        principal,
+        model=model,
+        prompt_tokens=_int_query(request, "prompt_tokens"),
+        headers=request.headers,
+        stream=_bool_query(request, "stream"),
+        tools=_bool_query(request, "tools"),
+        max_tokens=_int_query(request, "max_tokens"),
+    )
+    return _json(doc)

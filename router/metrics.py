@@ -82,6 +82,16 @@ class Metrics:
             "spillway_retries_total", "Attempts repeated on another member.",
             ("pool", "backend"), registry=r,
         )  # fmt: skip
+        self.retries_denied = Counter(
+            "spillway_retries_denied_total",
+            "Retries not made: the retry budget or max_attempts was spent.",
+            ("pool", "reason"), registry=r,
+        )  # fmt: skip
+        self.ejections = Counter(
+            "spillway_backend_ejections_total",
+            "Backends taken out of rotation after consecutive failures.",
+            ("backend",), registry=r,
+        )  # fmt: skip
         self.fallbacks = Counter(
             "spillway_fallbacks_total", "Requests moved from one pool to the next.",
             ("model", "from_pool", "to_pool", "reason"), registry=r,

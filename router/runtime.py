@@ -2,8 +2,9 @@
 
 A :class:`Runtime` is immutable once built; a request takes the current one
 when it starts and keeps it to the end, so a reload never changes a request
-in flight. Backend live state (in-flight counts, health) is carried over by
-backend name so a reload does not forget who is down.
+in flight. Backend live state (in-flight counts, health, load) is carried over
+by backend name (unless its URL changed) so a reload does not forget who is
+down, and the retry budget is shared by every runtime of the process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from router.quota.base import Store
 from router.quota.memory_store import MemoryStore
 from router.routing.balance import Balancer
 from router.routing.health import BackendState
+from router.routing.retry import RetryBudget
 from router.routing.rules import Rules
 from router.upstream import Upstream
 
@@ -31,16 +33,24 @@ class Runtime:
         store: Store | None,
         memory: MemoryStore,
         states: dict[str, BackendState] | None = None,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.auth = Authenticator(cfg)
         self.rules = Rules(cfg)
         self.quota = Quota(cfg, store, memory, metrics)
+        if retry_budget is None:
+            retry_budget = RetryBudget(cfg.routing.retries)
+        else:
+            retry_budget.configure(cfg.routing.retries)
+        self.retry_budget = retry_budget
         old = states or {}
         self.states: dict[str, BackendState] = {}
         for name, b in cfg.backends.items():
-            state = old.get(name) or BackendState(name)
+            state = old.get(name)
+            if state is None or state.url != b.url or state.metrics_url != b.metrics_url:
+                state = BackendState(name, url=b.url, metrics_url=b.metrics_url)
             state.max_concurrency = b.max_concurrency
             self.states[name] = state
         self.backends: dict[str, ProviderBackend] = {

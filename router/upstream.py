@@ -149,6 +149,31 @@ class Upstream:
         retry_after = _retry_after(resp.headers)
         raise on_error(resp.status, text, retry_after=retry_after, backend=f"backend {backend!r}")
 
+    async def get(
+        self, url: str, headers: Mapping[str, str], seconds: float, *, max_bytes: int = 4 << 20
+    ) -> tuple[int, bytes]:
+        """A small GET (health probes, ``/metrics`` scrapes): (status, body).
+
+        Raises :class:`UpstreamError` when nothing usable came back in time."""
+        try:
+            async with (
+                asyncio.timeout(seconds),
+                self.session.get(url, headers=headers, allow_redirects=False) as resp,
+            ):
+                parts: list[bytes] = []
+                size = 0
+                while size < max_bytes:
+                    data = await resp.content.read(65536)
+                    if not data:
+                        break
+                    parts.append(data)
+                    size += len(data)
+                return resp.status, b"".join(parts)
+        except TimeoutError:
+            raise UpstreamTimeout(f"{url} did not answer in time.") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"{url} is unreachable ({type(exc).__name__}).") from None
+
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("Retry-After")

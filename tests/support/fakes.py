@@ -5,6 +5,14 @@ and answers like vLLM / OpenAI: a JSON completion, or SSE chunks ending in
 ``data: [DONE]`` with a usage chunk only when ``stream_options.include_usage``
 is set. Knobs make it fail (status, delay, a stream that breaks midway, no
 usage at all) so the gateway's handling can be tested against real sockets.
+
+``GET /metrics`` answers vLLM's Prometheus load gauges (:class:`VllmGauges`;
+format from vLLM's metrics docs: ``vllm:num_requests_running``,
+``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc`` on the V1 engine
+(0.8+), ``vllm:gpu_cache_usage_perc`` on V0; labels ``model_name`` and, on
+newer versions, ``engine``). ``kill()`` makes the server die like a crashed
+process (listener gone, open connections reset); ``revive()`` brings it back on
+the same port.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ class Seen:
 @dataclass
 class Behaviour:
     status: int = 200  # an error status answers OpenAI's error envelope
+    fail_times: int | None = None  # only the first N chat requests get ``status``
     error_message: str = "upstream says no"
     retry_after: str | None = None
     first_byte_delay: float = 0.0
@@ -44,6 +53,44 @@ class Behaviour:
     prompt_tokens: int | None = None  # reported prompt tokens (default: counted words)
     extra_response: dict[str, Any] = field(default_factory=dict)
     redirect_to: str | None = None
+
+
+@dataclass
+class VllmGauges:
+    """What ``GET /metrics`` reports, in vLLM's exposition format."""
+
+    waiting: float = 0.0
+    running: float | None = None  # None: the fake's own in-flight requests
+    kv_cache: float = 0.0
+    legacy: bool = False  # V0 engine: gpu_cache_usage_perc instead of kv_cache_usage_perc
+    engines: int = 1  # data-parallel engines; each reports its share
+    model: str = "meta-llama/Llama-3.1-8B-Instruct"
+    status: int = 200
+
+
+def vllm_exposition(g: VllmGauges, inflight: int) -> str:
+    running = float(inflight) if g.running is None else g.running
+    kv_name = "vllm:gpu_cache_usage_perc" if g.legacy else "vllm:kv_cache_usage_perc"
+    lines: list[str] = []
+    for name, kind, help_, total, split in (
+        ("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.",
+         running, True),
+        ("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
+         g.waiting, True),
+        (kv_name, "gauge", "KV-cache usage. 1 means 100 percent usage.", g.kv_cache, False),
+    ):  # fmt: skip
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        for e in range(g.engines):
+            value = total / g.engines if split else total
+            lines.append(f'{name}{{engine="{e}",model_name="{g.model}"}} {value}')
+    lines += [
+        "# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.",
+        "# TYPE vllm:time_to_first_token_seconds histogram",
+        f'vllm:time_to_first_token_seconds_bucket{{le="0.1",model_name="{g.model}"}} 4.0',
+        f'vllm:time_to_first_token_seconds_count{{model_name="{g.model}"}} 5.0',
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def count_words(body: dict[str, Any]) -> int:
@@ -60,18 +107,32 @@ def count_words(body: dict[str, Any]) -> int:
 class FakeOpenAI:
     """An OpenAI-compatible upstream on a free port; ``await start()`` first."""
 
-    def __init__(self, name: str = "fake", behaviour: Behaviour | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "fake",
+        behaviour: Behaviour | None = None,
+        vllm: VllmGauges | None = None,
+    ) -> None:
         self.name = name
         self.behaviour = behaviour or Behaviour()
+        self.vllm = vllm or VllmGauges()
         self.seen: list[Seen] = []
         self.disconnects: list[float] = []  # when a client went away mid-answer
+        self.chats = 0  # chat requests received
+        self.scrapes = 0  # GET /metrics
+        self.probes = 0  # GET /v1/models
         self.port = free_port()
-        self.app = web.Application()
-        for path in ("/v1/chat/completions", "/openai/v1/chat/completions", "/chat/completions"):
-            self.app.router.add_post(path, self._chat)
-        self.app.router.add_get("/v1/models", self._models)
+        self.app = self._make_app()
         self._runner: web.AppRunner | None = None
         self.inflight = 0
+
+    def _make_app(self) -> web.Application:
+        app = web.Application()
+        for path in ("/v1/chat/completions", "/openai/v1/chat/completions", "/chat/completions"):
+            app.router.add_post(path, self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
+        return app
 
     @property
     def url(self) -> str:
@@ -83,13 +144,44 @@ class FakeOpenAI:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         return self
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
+    async def kill(self) -> None:
+        """Die like a crashed server: the port refuses connections, open ones are reset."""
+        runner = self._runner
+        if runner is None:
+            return
+        self._runner = None
+        for site in list(runner.sites):
+            await site.stop()
+        if runner.server is not None:
+            for handler in runner.server.connections:
+                if handler.transport is not None:
+                    handler.transport.abort()
+        await runner.cleanup()
+
+    async def revive(self) -> FakeOpenAI:
+        """Start again on the same port (after :meth:`kill` or :meth:`stop`)."""
+        self.app = self._make_app()
+        return await self.start()
+
     async def _models(self, request: web.Request) -> web.Response:
+        self.probes += 1
         return web.json_response({"object": "list", "data": []})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.scrapes += 1
+        text = vllm_exposition(self.vllm, self.inflight)
+        return web.Response(
+            text=text, status=self.vllm.status, content_type="text/plain", charset="utf-8"
+        )
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -101,10 +193,12 @@ class FakeOpenAI:
         if b.redirect_to:
             raise web.HTTPFound(b.redirect_to)
         self.inflight += 1
+        self.chats += 1
         try:
             if b.first_byte_delay:
                 await asyncio.sleep(b.first_byte_delay)
-            if b.status != 200:
+            failing = b.fail_times is None or self.chats <= b.fail_times
+            if b.status != 200 and failing:
                 headers = {"Retry-After": b.retry_after} if b.retry_after else None
                 return web.json_response(
                     {"error": {"message": b.error_message, "type": "invalid_request_error"

@@ -43,9 +43,12 @@ class Running:
         await self.runner.cleanup()
 
 
-async def start_gateway(doc: dict[str, Any] | str | Config) -> Running:
+async def start_gateway(
+    doc: dict[str, Any] | str | Config, *, config_path: str | None = None
+) -> Running:
+    """``config_path``: the file to reload from (SIGHUP, file watch, ``reload_file``)."""
     cfg = doc if isinstance(doc, Config) else make_config(doc)
-    app = create_app(cfg)
+    app = create_app(cfg, config_path=config_path)
     runner = make_runner(app, cfg)
     await runner.setup()
     port = free_port()
@@ -58,6 +61,7 @@ class GatewayProcess:
 
     def __init__(self, doc: dict[str, Any] | str, *, workers: int = 1,
                  env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.workers = workers
         text = doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False)
         fd, self.config_path = tempfile.mkstemp(suffix=".yaml", prefix="spillway-test-")
         with os.fdopen(fd, "w") as f:

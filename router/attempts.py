@@ -1,0 +1,454 @@
+"""Walking one request's route: pools in order, members in balancer order, retries.
+
+For each candidate pool: skip it when it is unhealthy (no healthy member) or
+saturated (every healthy member at its limit), like a pool whose budget is
+spent; otherwise admit (quota), then try its members. A failure before the
+first byte reaches the client (connect error, timeout, 429, 5xx) moves to the
+next member, then to the next pool, within ``routing.retries``: at most
+``max_attempts`` attempts, each retry paid from the process's retry budget,
+after a jittered backoff (or the upstream's ``Retry-After`` when going back to
+the same backend). Each pool's reservation is settled exactly once: refunded
+when every attempt on the pool failed, charged with the usage otherwise.
+
+When every pool was skipped as unhealthy, the ejected members are tried anyway
+(an ejection may be stale; failing outright would be worse).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError
+
+from router.errors import (
+    ServiceUnavailable,
+    SpillwayError,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from router.exchange import Exchange, billable
+from router.metrics import status_class
+from router.providers import Adapter, Call, Usage
+from router.providers.base import Opened
+from router.quota import BudgetShort, Ticket
+from router.routing.balance import Member
+from router.routing.retry import backoff
+from router.runtime import Runtime
+from router.streaming import error_event
+
+log = logging.getLogger("spillway.routing")
+
+_TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}  # fmt: skip
+Outcome = Literal["refund", "used", "cancelled"]
+
+
+class PoolFailed(Exception):
+    """No attempt on a pool produced an answer (``error`` is None: none was made)."""
+
+    def __init__(self, error: UpstreamError | None) -> None:
+        super().__init__(error.message if error else "no member available")
+        self.error = error
+
+
+async def _first_chunk(opened: Opened, backend: str) -> tuple[AsyncIterator[bytes], bytes]:
+    """The stream's first bytes: until they arrive the attempt can still be retried."""
+    chunks = opened.chunks()
+    try:
+        first = await anext(chunks, b"")
+        if not first:
+            raise UpstreamError(f"Backend {backend!r} ended the stream before any data.")
+    except BaseException:
+        await _aclose(chunks)
+        opened.close()
+        raise
+    return chunks, first
+
+
+async def _aclose(chunks: AsyncIterator[bytes]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
+
+
+class Walk:
+    """One request's way through its candidate pools."""
+
+    __slots__ = (
+        "admissions", "attempts", "last", "last_backend", "loop", "raw", "request", "rt",
+        "stopped", "x",
+    )  # fmt: skip
+
+    def __init__(self, rt: Runtime, request: web.Request, x: Exchange, raw: bytes) -> None:
+        self.rt = rt
+        self.request = request
+        self.x = x
+        self.raw = raw
+        self.loop = asyncio.get_running_loop()
+        self.admissions = 0
+        self.attempts = 0
+        self.last: UpstreamError | None = None
+        self.last_backend = ""
+        self.stopped = False  # out of attempts or retry budget
+
+    async def run(self) -> web.StreamResponse:
+        rt, x = self.rt, self.x
+        assert x.decision is not None
+        pools = x.decision.pools
+        rt.retry_budget.record_request(self.loop.time())
+        shorts: dict[str, BudgetShort] = {}
+        unhealthy: list[int] = []
+        saturated = False
+        for clamp_pass in (False, True):
+            for i, pool in enumerate(pools):
+                if clamp_pass and pool not in shorts:
+                    continue
+                if not clamp_pass:
+                    status = rt.balancers[pool].status()
+                    if status != "ok":
+                        if status == "unhealthy":
+                            unhealthy.append(i)
+                        else:
+                            saturated = True
+                        self._fallback(pool, i, status)
+                        continue
+                response = await self._pool(i, clamp_pass, shorts, panic=False)
+                if response is not None:
+                    return response
+                if self.stopped:
+                    break
+            if self.stopped or not shorts or not rt.quota.clamp:
+                break
+        if unhealthy and not self.attempts and not self.stopped:
+            for i in unhealthy:  # every healthy pool is spent or full: try the ejected ones
+                response = await self._pool(i, False, shorts, panic=True)
+                if response is not None:
+                    return response
+                if self.stopped:
+                    break
+        raise self._failure(shorts, saturated)
+
+    def _failure(self, shorts: dict[str, BudgetShort], saturated: bool) -> SpillwayError:
+        last = self.last
+        if last is not None:
+            retry_after = getattr(last, "retry_after", None)
+            if retry_after is not None:
+                last.headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after))))
+            return last
+        if saturated:
+            return ServiceUnavailable(
+                "Every pool this request may use is at capacity; retry shortly.",
+                code="capacity_exceeded", headers={"Retry-After": "1"},
+            )  # fmt: skip
+        if shorts:
+            assert self.x.principal is not None
+            return self.rt.quota.budget_rejected(self.x.principal.team, next(iter(shorts.values())))
+        return ServiceUnavailable("No pool of this route can take the request.")
+
+    def _fallback(self, pool: str, i: int, reason: str) -> None:
+        x = self.x
+        assert x.decision is not None
+        pools = x.decision.pools
+        if i + 1 < len(pools):
+            m = self.rt.metrics
+            m.child(m.fallbacks, x.model, pool, pools[i + 1], reason).inc()
+
+    async def _pool(
+        self, i: int, clamp: bool, shorts: dict[str, BudgetShort], *, panic: bool
+    ) -> web.StreamResponse | None:
+        rt, x = self.rt, self.x
+        assert x.principal is not None and x.request is not None and x.decision is not None
+        pool = x.decision.pools[i]
+        req = x.request
+        out = req.output_limit() or rt.cfg.pools[pool].max_output_tokens
+        try:
+            ticket = await rt.quota.admit(
+                key_id=x.principal.key_id, team=x.principal.team, pool=pool,
+                rid=f"{x.rid}:{self.admissions}", prompt=x.prompt_bound, out=out,
+                n=req.n or 1, clamp=clamp,
+            )  # fmt: skip
+        except BudgetShort as short:
+            shorts.setdefault(pool, short)
+            self._fallback(pool, i, "budget")
+            return None
+        finally:
+            self.admissions += 1
+        try:
+            return await self._serve_pool(pool, ticket, panic)
+        except PoolFailed as failed:
+            reason = "error" if failed.error is not None or self.stopped else "saturated"
+            self._fallback(pool, i, reason)
+            return None
+
+    async def _serve_pool(self, pool: str, ticket: Ticket, panic: bool) -> web.StreamResponse:
+        rt, x, req = self.rt, self.x, self.x.request
+        assert req is not None
+        x.pool, x.out, x.clamped = pool, ticket.out, ticket.clamped
+        cap: int | None = None
+        if ticket.clamped or (ticket.checks and req.output_limit() is None):
+            cap = ticket.out  # never let the upstream produce more than was reserved
+        fwd = {"X-Request-Id": x.rid}
+        for name in _TRACE_HEADERS:
+            value = self.request.headers.get(name)
+            if value is not None:
+                fwd[name] = value
+        bal = rt.balancers[pool]
+        session = None
+        if bal.affinity != "none":
+            session = bal.session_key(req.user, self.request.headers)
+        members = bal.order(self.loop.time(), session)
+        outcome: Outcome = "refund"
+        failed_here: UpstreamError | None = None
+        try:
+            i = 0
+            again = False  # one retry of the same member after a short Retry-After
+            while i < len(members):
+                member = members[i]
+                if not again and not panic and not bal.available(member):
+                    i += 1
+                    continue
+                if self.attempts:
+                    verdict = await self._may_retry(pool, member)
+                    if verdict == "stop":
+                        break
+                    if verdict == "skip":
+                        i += 1
+                        again = False
+                        continue
+                call = Call(
+                    request=req, raw=self.raw, client_model=req.model, member_model=member.model,
+                    max_tokens=cap, clamped=ticket.clamped,
+                    default_max_tokens=rt.cfg.pools[pool].max_output_tokens,
+                    request_id=x.rid, forward_headers=fwd,
+                )  # fmt: skip
+                try:
+                    response = await self._attempt(member, call, ticket)
+                except UpstreamError as exc:
+                    if not exc.retryable or x.committed:
+                        outcome = "used"
+                        raise
+                    failed_here = self.last = exc
+                    self.last_backend = member.backend
+                    rest = members[i + 1 :]
+                    if (
+                        not again and getattr(exc, "retry_after", None) is not None
+                        and not any(bal.available(m) for m in rest)
+                    ):  # fmt: skip
+                        again = True  # nothing else here: wait as asked, try it once more
+                        continue
+                    again = False
+                    i += 1
+                    continue
+                outcome = "used"
+                return response
+            raise PoolFailed(failed_here)
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # the client went away: settle what was used so far
+            raise
+        finally:
+            self._settle(ticket, outcome)
+
+    async def _may_retry(self, pool: str, member: Member) -> Literal["go", "skip", "stop"]:
+        rt = self.rt
+        settings = rt.cfg.routing.retries
+        m = rt.metrics
+        if self.attempts >= settings.max_attempts:
+            self.stopped = True
+            m.child(m.retries_denied, pool, "max_attempts").inc()
+            return "stop"
+        retry_after = getattr(self.last, "retry_after", None)
+        delay = backoff(settings, self.attempts, retry_after, member.backend == self.last_backend)
+        if delay is None:
+            return "skip"
+        if not rt.retry_budget.try_retry(self.loop.time()):
+            self.stopped = True
+            m.child(m.retries_denied, pool, "budget").inc()
+            return "stop"
+        m.child(m.retries, pool, member.backend).inc()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return "go"
+
+    def _failed(self, member: Member, exc: UpstreamError) -> None:
+        """Account a failed attempt: metrics, throttling, passive health."""
+        rt = self.rt
+        m = rt.metrics
+        status = exc.status
+        if isinstance(exc, UpstreamTimeout):
+            kind = "timeout"
+        elif isinstance(exc, UpstreamStatus):
+            kind = status_class(status)
+        else:
+            kind = "connect"  # unreachable, reset, or an unusable answer
+        m.child(m.upstream_errors, member.backend, kind).inc()
+        now = self.loop.time()
+        state = member.state
+        if status == 429:
+            retry_after = getattr(exc, "retry_after", None)
+            state.throttle(now + (retry_after if retry_after is not None else 1.0))
+            return
+        if status < 500:
+            return  # the request's fault, not the member's
+        if state.record_failure(now, rt.cfg.routing.health):
+            m.child(m.ejections, member.backend).inc()
+            m.child(m.backend_up, member.backend).set(0)
+            log.warning(
+                "backend %s ejected after %d consecutive failures (last: %s)",
+                member.backend, state.consecutive_failures, exc.message,
+            )  # fmt: skip
+
+    async def _attempt(self, member: Member, call: Call, ticket: Ticket) -> web.StreamResponse:
+        rt, x = self.rt, self.x
+        adapter = x.adapter = rt.backends[member.backend].adapter(call)
+        x.backend = member.backend
+        state = member.state
+        state.inflight += 1
+        m = rt.metrics
+        inflight = m.child(m.inflight, member.backend)
+        inflight.inc()
+        self.attempts += 1
+        limit = rt.cfg.routing.retries.attempt_timeout_seconds
+        loop = self.loop
+        start = x.opened_at = loop.time()
+        chunks: AsyncIterator[bytes] | None = None
+        try:
+            try:
+                async with asyncio.timeout(limit):  # to the first byte of the answer
+                    opened = await adapter.open()
+                    if call.stream and opened.is_stream:
+                        chunks, first = await _first_chunk(opened, member.backend)
+                    else:
+                        try:
+                            body = await opened.read()
+                        finally:
+                            opened.close()
+                        out = adapter.transform_body(body)
+            except TimeoutError:
+                exc: UpstreamError = UpstreamTimeout(
+                    f"Backend {member.backend!r} did not answer within the attempt timeout "
+                    f"({limit:g}s)."
+                )
+                self._failed(member, exc)
+                x.adapter = None
+                raise exc from None
+            except UpstreamError as exc:
+                self._failed(member, exc)
+                x.adapter = None
+                raise
+            now = loop.time()
+            if chunks is not None:
+                x.ttft = now - x.started
+                return await self._stream(
+                    member,
+                    ticket,
+                    adapter=adapter,
+                    opened=opened,
+                    chunks=chunks,
+                    first=first,
+                    ttfb=now - start,
+                )
+            x.read_at = now
+            x.ttft = now - x.started
+            x.usage = adapter.usage
+            state.record_success(now - start)
+            headers = self._headers(member, ticket)
+            headers["Content-Type"] = "application/json"
+            return web.Response(body=out, headers=headers)
+        finally:
+            state.inflight -= 1
+            inflight.dec()
+
+    async def _stream(
+        self,
+        member: Member,
+        ticket: Ticket,
+        *,
+        adapter: Adapter,
+        opened: Opened,
+        chunks: AsyncIterator[bytes],
+        first: bytes,
+        ttfb: float,
+    ) -> web.StreamResponse:
+        """Commit (send the status line) and relay the stream."""
+        try:
+            headers = self._headers(member, ticket)
+            headers.update(SSE_HEADERS)
+            resp = web.StreamResponse(headers=headers)
+            await resp.prepare(self.request)
+            self.x.committed = True
+            await self._relay(resp, member, adapter, chunks=chunks, first=first, ttfb=ttfb)
+            return resp
+        finally:
+            await _aclose(chunks)
+            opened.close()
+
+    async def _relay(
+        self,
+        resp: web.StreamResponse,
+        member: Member,
+        adapter: Adapter,
+        *,
+        chunks: AsyncIterator[bytes],
+        first: bytes,
+        ttfb: float,
+    ) -> None:
+        x = self.x
+        try:
+            try:
+                out = adapter.transform_chunk(first)
+                if out:
+                    await resp.write(out)
+                async for data in chunks:
+                    out = adapter.transform_chunk(data)
+                    if out:
+                        await resp.write(out)
+                tail = adapter.finish_stream()
+                if tail:
+                    await resp.write(tail)
+                x.usage = adapter.usage
+                member.state.record_success(ttfb)
+            except UpstreamError as exc:
+                # the stream has started: tell the client in-band, then end cleanly
+                x.status = exc.status
+                x.usage = adapter.stream_usage_so_far()
+                self._failed(member, exc)
+                await resp.write(error_event(exc.envelope()))
+            await resp.write_eof()
+        except (ConnectionResetError, ClientConnectionResetError):
+            x.status = 499
+            x.usage = adapter.stream_usage_so_far()
+
+    def _headers(self, member: Member, ticket: Ticket) -> dict[str, str]:
+        x = self.x
+        headers = {"x-request-id": x.rid, "x-spillway-served-model": member.model}
+        if ticket.headers:
+            headers.update(ticket.headers)
+        if ticket.clamped:
+            headers["x-spillway-max-tokens-clamped"] = str(ticket.out)
+        if self.rt.route_headers:
+            assert x.decision is not None
+            headers["x-spillway-route"] = x.decision.route_name
+            headers["x-spillway-pool"] = member.pool
+            headers["x-spillway-backend"] = member.backend
+        return headers
+
+    def _settle(self, ticket: Ticket, outcome: Outcome) -> None:
+        if ticket.settled:
+            return
+        x = self.x
+        if outcome == "refund" and not x.committed:
+            self.rt.quota.settle(ticket, 0, 0, refund=True)
+            return
+        if x.usage is None and x.adapter is not None:
+            x.usage = x.adapter.stream_usage_so_far()  # ended early
+            if x.usage is None and outcome == "cancelled":
+                x.usage = Usage(0, 0, reported=False)  # the upstream had it: charge the prompt
+        prompt, completion = billable(x)
+        self.rt.quota.settle(ticket, prompt, completion)
