@@ -181,13 +181,16 @@ class Walk:
         finally:
             self.admissions += 1
         try:
-            return await self._serve_pool(pool, ticket, panic)
+            last_pool = i + 1 == len(x.decision.pools)
+            return await self._serve_pool(pool, ticket, panic, last_pool)
         except PoolFailed as failed:
             reason = "error" if failed.error is not None or self.stopped else "saturated"
             self._fallback(pool, i, reason)
             return None
 
-    async def _serve_pool(self, pool: str, ticket: Ticket, panic: bool) -> web.StreamResponse:
+    async def _serve_pool(
+        self, pool: str, ticket: Ticket, panic: bool, last_pool: bool
+    ) -> web.StreamResponse:
         rt, x, req = self.rt, self.x, self.x.request
         assert req is not None
         x.pool, x.out, x.clamped = pool, ticket.out, ticket.clamped
@@ -238,10 +241,10 @@ class Walk:
                     self.last_backend = member.backend
                     rest = members[i + 1 :]
                     if (
-                        not again and getattr(exc, "retry_after", None) is not None
+                        not again and last_pool and getattr(exc, "retry_after", None) is not None
                         and not any(bal.available(m) for m in rest)
                     ):  # fmt: skip
-                        again = True  # nothing else here: wait as asked, try it once more
+                        again = True  # nowhere else to go: wait as asked, try it once more
                         continue
                     again = False
                     i += 1
