@@ -323,16 +323,11 @@ class Walk:
         chunks: AsyncIterator[bytes] | None = None
         try:
             try:
-                async with asyncio.timeout(limit):  # to the first byte of the answer
-                    opened = await adapter.open()
-                    if call.stream and opened.is_stream:
-                        chunks, first = await _first_chunk(opened, member.backend)
-                    else:
-                        try:
-                            body = await opened.read()
-                        finally:
-                            opened.close()
-                        out = adapter.transform_body(body)
+                if limit is None:
+                    opened, chunks, first, out = await self._open(member, adapter, call)
+                else:
+                    async with asyncio.timeout(limit):  # to the first byte of the answer
+                        opened, chunks, first, out = await self._open(member, adapter, call)
             except TimeoutError:
                 exc: UpstreamError = UpstreamTimeout(
                     f"Backend {member.backend!r} did not answer within the attempt timeout "
@@ -367,6 +362,21 @@ class Walk:
         finally:
             state.inflight -= 1
             inflight.dec()
+
+    @staticmethod
+    async def _open(
+        member: Member, adapter: Adapter, call: Call
+    ) -> tuple[Opened, AsyncIterator[bytes] | None, bytes, bytes]:
+        """Send, and read to the first byte (a stream) or the whole answer."""
+        opened = await adapter.open()
+        if call.stream and opened.is_stream:
+            chunks, first = await _first_chunk(opened, member.backend)
+            return opened, chunks, first, b""
+        try:
+            body = await opened.read()
+        finally:
+            opened.close()
+        return opened, None, b"", adapter.transform_body(body)
 
     async def _stream(
         self,

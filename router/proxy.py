@@ -52,6 +52,8 @@ async def read_body(request: web.Request, max_bytes: int, seconds: float) -> byt
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {max_bytes}.")
     try:
+        if request.content.is_eof():  # the whole body came with the headers
+            return await request.read()
         async with asyncio.timeout(seconds):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
