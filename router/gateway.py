@@ -1,6 +1,7 @@
 """The process-wide services behind the app: upstream session, stores, runtime.
 
-Created with the app, started and stopped by its ``cleanup_ctx``. ``reload``
+Created with the app, started and stopped by its ``cleanup_ctx`` (with the
+task that refreshes the budget and health gauges). ``reload``
 builds a new :class:`Runtime` from a new config and swaps it in; requests in
 flight keep the one they started with.
 """
@@ -12,6 +13,7 @@ import logging
 import time
 
 from router.config import Config
+from router.gauges import GaugeRefresher
 from router.metrics import Metrics
 from router.proxy import Proxy
 from router.quota.base import Store
@@ -35,6 +37,7 @@ class Gateway:
         self._redis_url = ""
         self._holder: RuntimeHolder | None = None
         self._proxy: Proxy | None = None
+        self._gauges: GaugeRefresher | None = None
 
     @property
     def holder(self) -> RuntimeHolder:
@@ -47,6 +50,11 @@ class Gateway:
         return self._proxy
 
     @property
+    def gauges(self) -> GaugeRefresher:
+        assert self._gauges is not None, "gateway not started"
+        return self._gauges
+
+    @property
     def runtime(self) -> Runtime:
         return self.holder.current
 
@@ -56,6 +64,8 @@ class Gateway:
         self._store = RedisStore(self.cfg.redis) if self.cfg.redis.url else None
         self._holder = RuntimeHolder(self._build(self.cfg))
         self._proxy = Proxy(self._holder)
+        self._gauges = GaugeRefresher(self._holder, self.metrics)
+        self._gauges.start()
 
     def _build(self, cfg: Config) -> Runtime:
         assert self._upstream is not None
@@ -73,6 +83,8 @@ class Gateway:
         self.cfg = cfg
 
     async def stop(self) -> None:
+        if self._gauges is not None:
+            await self._gauges.stop()
         if self._store is not None:
             await self._store.aclose()
         if self._upstream is not None:
