@@ -112,7 +112,9 @@ async def settled(gw: Running, want: float) -> str:
         if value(text, "spillway_budget_used", **labels) == want:
             return text
         await asyncio.sleep(0.05)
-    raise AssertionError(f"team budget never reached {want}: {value(text, 'spillway_budget_used', **labels)}")
+    raise AssertionError(
+        f"team budget never reached {want}: {value(text, 'spillway_budget_used', **labels)}"
+    )
 
 
 async def test_request_metrics_add_up(gw: Running) -> None:
@@ -172,7 +174,9 @@ async def test_budget_gauges_match_the_quota_store(gw: Running) -> None:
     assert {s["pools"] for s in series(text, "spillway_budget_used")} == {"", "local"}
 
 
-async def test_reload_drops_the_series_of_removed_budgets(gw: Running, upstream: FakeOpenAI) -> None:
+async def test_reload_drops_the_series_of_removed_budgets(
+    gw: Running, upstream: FakeOpenAI
+) -> None:
     await gw.gateway.gauges.refresh(gw.gateway.runtime)
     before = series(await metrics_text(gw), "spillway_budget_limit")
     assert any(s["owner"] == "research" for s in before)
