@@ -95,7 +95,7 @@ def test_dashboard_model(path: Path) -> None:
     cells: set[tuple[int, int]] = set()
     for p in panels(doc):
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
                 for y in range(g["y"], g["y"] + g["h"])}  # fmt: skip
         assert not cells & mine, f"panel {p['title']!r} overlaps another"

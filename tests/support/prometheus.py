@@ -73,10 +73,13 @@ class Prometheus:
     def _wait_ready(self) -> None:
         end = time.monotonic() + 30
         while True:
-            with contextlib.suppress(OSError):  # not listening yet, or 503 while starting
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
+            # not listening yet, or 503 while starting
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r,
+            ):
+                if r.status == 200:
+                    return
             if self.proc.poll() is not None or time.monotonic() > end:
                 raise TimeoutError("prometheus did not become ready:\n" + self.log())
             time.sleep(0.1)
