@@ -50,7 +50,7 @@ def config(redis_url: str, prefix: str, refresh_seconds: float = 0.5) -> dict[st
             "research": {"budgets": [{"tokens_per_day": 10_000_000},
                                      {"usd_per_month": 100, "pools": ["hosted"]}]},
             "limited": {"limits": {"requests_per_minute": 5}},
-            "broke": {"budgets": [{"tokens_per_day": 300, "pools": ["local"]}]},
+            "broke": {"budgets": [{"tokens_per_day": 600, "pools": ["local"]}]},
         },
         "keys": [
             {"id": "research-bot", "team": "research", "key": KEYS["research"],
