@@ -308,7 +308,7 @@ def test_bad_values_are_rejected(why: str, values: dict[str, Any]) -> None:
 
 
 def test_external_redis_needs_an_address() -> None:
-    with pytest.raises(helm.HelmRenderError, match="needs redis.url or redis.existingSecret"):
+    with pytest.raises(helm.HelmRenderError, match=r"needs redis\.url or redis\.existingSecret"):
         render({"redis": {"mode": "external"}})
     r = render({"redis": {"mode": "external", "url": "rediss://cache.internal:6380/0"}})
     assert {"name": "REDIS_URL", "value": "rediss://cache.internal:6380/0"} in container(r)["env"]
