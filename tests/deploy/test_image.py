@@ -29,8 +29,8 @@ def instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined, comments dropped."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     out = []
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             word, _, rest = line.partition(" ")
             out.append((word.upper(), rest.strip()))
@@ -120,8 +120,8 @@ def test_the_build_stage_wheel_serves(tmp_path: Path, redis_url: str, key_prefix
     assert "spillway = router.cli:main" in entry
 
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-                    str(target), str(wheel)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
+    subprocess.run([*install, str(wheel)], check=True, capture_output=True, timeout=300)
     # the installed copy only: no current directory on sys.path (python -P)
     env = {"PYTHONPATH": str(target), "PYTHONSAFEPATH": "1"}
     where = subprocess.run([sys.executable, "-c", "import router; print(router.__file__)"],
