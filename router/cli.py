@@ -8,9 +8,11 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from router import __version__, logs
+from router import __version__, logs, metrics
 from router.app import create_app, make_runner
 from router.config import Config, ConfigError, SimulateSettings, load_config
 from router.keys import GATEWAY
@@ -97,35 +99,55 @@ async def _serve(
 
 
 def _run_workers(n: int, target: Sequence[object]) -> int:
-    """Fork ``n`` workers sharing the port (SO_REUSEPORT); wait; forward signals."""
+    """Fork ``n`` workers sharing the port (SO_REUSEPORT); wait; forward signals.
+
+    The workers share one metrics directory (``$PROMETHEUS_MULTIPROC_DIR`` when
+    set, else a fresh temporary one removed at exit), so ``/metrics`` on any of
+    them reports the whole process group.
+    """
+    owned: str | None = None
+    path = os.environ.get(metrics.MULTIPROC_ENV)
+    if path:
+        metrics.prepare_multiprocess_dir(path)
+    else:
+        path = owned = tempfile.mkdtemp(prefix="spillway-metrics-")
+    os.environ[metrics.MULTIPROC_ENV] = path
     children: list[int] = []
-    for i in range(n):
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
-            os.environ["SPILLWAY_WORKER"] = str(i)
-            code = 0
-            try:
-                fn, args = target[0], target[1]
-                assert callable(fn) and isinstance(args, tuple)
-                fn(*args, i == 0)
-            except BaseException:  # noqa: BLE001 - a worker must never return into the parent
-                code = 1
-            os._exit(code)
-        children.append(pid)
+    try:
+        for i in range(n):
+            pid = os.fork()
+            if pid == 0:
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
+                os.environ["SPILLWAY_WORKER"] = str(i)
+                code = 0
+                try:
+                    metrics.use_multiprocess(path)
+                    fn, args = target[0], target[1]
+                    assert callable(fn) and isinstance(args, tuple)
+                    fn(*args, i == 0)
+                except BaseException:  # noqa: BLE001 - a worker must never return into the parent
+                    code = 1
+                os._exit(code)
+            children.append(pid)
 
-    def forward(signum: int, _frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+        def forward(signum: int, _frame: object) -> None:
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    status = 0
-    for pid in children:
-        _, code = os.waitpid(pid, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return status
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, forward)
+        status = 0
+        while children:
+            pid, code = os.wait()
+            if pid in children:
+                children.remove(pid)
+                metrics.mark_worker_dead(pid, path)
+                status = status or os.waitstatus_to_exitcode(code)
+        return status
+    finally:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
 
 
 def _serve_one(
@@ -145,6 +167,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.setup(cfg.logging.level, cfg.logging.format)
     host = args.host or cfg.listen.host
     port = cfg.listen.port if args.port is None else args.port
+    shared = os.environ.get(metrics.MULTIPROC_ENV)
+    if args.workers == 1 and shared:
+        metrics.prepare_multiprocess_dir(shared)
     if args.workers > 1:
         if port == 0:
             print("--workers needs a fixed --port", file=sys.stderr)

@@ -297,6 +297,12 @@ class LoggingSettings(_Strict):
     requests: bool = True
 
 
+class MetricsSettings(_Strict):
+    """How often the gauges read off the request path (budgets, backend health) refresh."""
+
+    refresh_seconds: PositiveFloat = 10.0
+
+
 class Config(_Strict):
     listen: Listen = Listen()
     redis: RedisSettings = RedisSettings()
@@ -304,6 +310,7 @@ class Config(_Strict):
     quota: QuotaSettings = QuotaSettings()
     routing: RoutingSettings = RoutingSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     backends: dict[str, Backend]
     pools: dict[str, Pool]
     models: dict[str, ModelEntry]

@@ -1,6 +1,7 @@
 """The process-wide services behind the app: upstream session, stores, runtime, tasks.
 
-Created with the app, started and stopped by its ``cleanup_ctx``. ``reload``
+Created with the app, started and stopped by its ``cleanup_ctx`` (with the
+task that refreshes the budget and health gauges). ``reload``
 builds a new :class:`Runtime` from a new config and swaps it in; requests in
 flight keep the one they started with. ``reload_file`` re-reads the config
 file (on SIGHUP, and when the watcher sees the file change): a config that
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from router.config import Config, ConfigError, parse_config
+from router.gauges import GaugeRefresher
 from router.metrics import Metrics
 from router.monitor import Monitor
 from router.proxy import Proxy
@@ -64,6 +66,7 @@ class Gateway:
         self._retry_budget = RetryBudget(cfg.routing.retries)
         self._digest = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self._gauges: GaugeRefresher | None = None
 
     @property
     def holder(self) -> RuntimeHolder:
@@ -74,6 +77,11 @@ class Gateway:
     def proxy(self) -> Proxy:
         assert self._proxy is not None, "gateway not started"
         return self._proxy
+
+    @property
+    def gauges(self) -> GaugeRefresher:
+        assert self._gauges is not None, "gateway not started"
+        return self._gauges
 
     @property
     def runtime(self) -> Runtime:
@@ -91,6 +99,8 @@ class Gateway:
         if self.config_path is not None:
             self._digest = _digest_of(self.config_path)
             self._tasks.append(asyncio.create_task(self._watch(), name="spillway-config-watch"))
+        self._gauges = GaugeRefresher(self._holder, self.metrics)
+        self._gauges.start()
 
     def _build(self, cfg: Config) -> Runtime:
         assert self._upstream is not None
@@ -173,6 +183,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._gauges is not None:
+            await self._gauges.stop()
         if self._store is not None:
             await self._store.aclose()
         if self._upstream is not None:

@@ -1,16 +1,34 @@
 """Prometheus metrics: a :class:`Metrics` object owning its CollectorRegistry.
 
 Names carry the ``spillway_`` prefix; durations are seconds, counters end in
-``_total``. Labels come only from config (model, pool, backend, team, limit
-names, status class), never from a key or a request. Label children are bound
-once and cached, so the hot path does a dict lookup and an ``inc``.
+``_total``. Labels come only from config (model, pool, backend, team, key id,
+limit names, status class), never from a key or a request. Label children are
+bound once and cached, so the hot path does a dict lookup and an ``inc``.
+
+``spillway serve --workers N`` runs N processes behind one port. Each writes
+its samples to memory-mapped files in a shared directory
+(``PROMETHEUS_MULTIPROC_DIR``, prometheus-client's multiprocess mode) and
+``/metrics`` on any worker merges them: counters and histograms add up across
+workers, in-flight gauges are summed over live workers, budget gauges take the
+most recent value, backend health the highest.
+
+Fixed label values (reload results, Redis operations) are created up front so
+their series exist, at zero, before the first event.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as _values
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RELOAD_RESULTS = ("success", "error")  # spillway_config_reloads_total{result}
+REDIS_OPS = ("admit", "settle", "status")  # spillway_redis_errors_total{op}
 
 # LLM latencies run from milliseconds (cache hits, errors) to minutes (long generations)
 LATENCY_BUCKETS = (
@@ -27,6 +45,35 @@ OVERHEAD_BUCKETS = (
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+def multiprocess_dir() -> str | None:
+    """The shared directory this process writes its samples to, if any."""
+    if getattr(_values.ValueClass, "_multiprocess", False):
+        return os.environ.get(MULTIPROC_ENV) or None
+    return None
+
+
+def prepare_multiprocess_dir(path: str) -> None:
+    """Empty ``path`` of samples left by an earlier run (prometheus-client's rule)."""
+    os.makedirs(path, exist_ok=True)
+    for f in glob.glob(os.path.join(path, "*.db")):
+        os.remove(f)
+
+
+def use_multiprocess(path: str) -> None:
+    """Keep every metric created from now on in ``path``, shared with sibling workers.
+
+    prometheus-client picks its value store when it is imported; a worker forked
+    by ``--workers`` switches it here, before it creates any metric.
+    """
+    os.environ[MULTIPROC_ENV] = path
+    _values.ValueClass = _values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def mark_worker_dead(pid: int, path: str) -> None:
+    """Drop the live gauges of a worker that exited (its counters stay counted)."""
+    mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -66,13 +113,20 @@ class Metrics:
             "spillway_quota_rejections_total", "Requests refused by a rate limit or budget.",
             ("team", "kind", "limit"), registry=r,
         )  # fmt: skip
+        # scope: team | key | pool; owner: its name; team: the owning team ('' for a pool);
+        # pools: the budget's pool scope ('' when it covers every pool); unit: tokens | usd
+        bk = ("scope", "owner", "team", "pools", "unit", "window")
         self.budget_used = Gauge(
             "spillway_budget_used", "Amount of a budget used in its current window.",
-            ("scope", "owner", "unit", "window"), registry=r,
+            bk, registry=r, multiprocess_mode="livemostrecent",
         )  # fmt: skip
         self.budget_remaining = Gauge(
             "spillway_budget_remaining", "Amount of a budget left in its current window.",
-            ("scope", "owner", "unit", "window"), registry=r,
+            bk, registry=r, multiprocess_mode="livemostrecent",
+        )  # fmt: skip
+        self.budget_limit = Gauge(
+            "spillway_budget_limit", "Amount of a budget per window, as configured.",
+            bk, registry=r, multiprocess_mode="livemostrecent",
         )  # fmt: skip
         self.upstream_errors = Counter(
             "spillway_upstream_errors_total", "Failed upstream attempts.",
@@ -98,11 +152,11 @@ class Metrics:
         )  # fmt: skip
         self.inflight = Gauge(
             "spillway_inflight_requests", "Requests in flight per backend.",
-            ("backend",), registry=r,
+            ("backend",), registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.backend_up = Gauge(
             "spillway_backend_healthy", "1 when a backend takes traffic, 0 when ejected.",
-            ("backend",), registry=r,
+            ("backend",), registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
         self.reloads = Counter(
             "spillway_config_reloads_total", "Config reloads by result.", ("result",), registry=r
@@ -121,6 +175,11 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
+        for result in RELOAD_RESULTS:
+            self.child(self.reloads, result)
+        for op in REDIS_OPS:
+            self.child(self.redis_errors, op)
+        self.multiprocess_dir = multiprocess_dir()
 
     def child(self, metric: Any, *labels: str) -> Any:
         """A bound label child, cached."""
@@ -130,5 +189,15 @@ class Metrics:
             c = self._children[key] = metric.labels(*labels)
         return c
 
+    def forget(self, metric: Any, *labels: str) -> None:
+        """Remove one series (single-process mode only)."""
+        if self._children.pop((id(metric), *labels), None) is not None:
+            metric.remove(*labels)
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text format: this process's registry, or every worker's samples merged."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

@@ -35,7 +35,6 @@ from router.routing.rules import Facts
 from router.runtime import Runtime, RuntimeHolder
 
 log = logging.getLogger("spillway.proxy")
-access = logging.getLogger("spillway.access")
 
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -158,17 +157,14 @@ class Proxy:
                 if x.read_at:
                     overhead += now - x.read_at
                 m.child(m.overhead, x.model).observe(overhead)
-        if rt.cfg.logging.requests and access.isEnabledFor(logging.INFO):
+        if rt.access.enabled:
             prompt, completion = billable(x)
-            access.info(
-                "request",
-                extra={"fields": {
-                    "request_id": x.rid, "team": team,
-                    "key_id": x.principal.key_id if x.principal else None,
-                    "model": x.model or None, "pool": x.pool or None,
-                    "backend": x.backend or None, "status": x.status,
-                    "prompt_tokens": prompt, "completion_tokens": completion,
-                    "latency_ms": round(duration * 1000, 2),
-                    "ttft_ms": round(x.ttft * 1000, 2) if x.ttft is not None else None,
-                }},
-            )  # fmt: skip
+            rt.access.write({
+                "request_id": x.rid, "team": team or None,
+                "key_id": x.principal.key_id if x.principal else None,
+                "model": x.model or None, "pool": x.pool or None,
+                "backend": x.backend or None, "status": x.status,
+                "prompt_tokens": prompt, "completion_tokens": completion,
+                "latency_ms": round(duration * 1000, 2),
+                "ttft_ms": round(x.ttft * 1000, 2) if x.ttft is not None else None,
+            })  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from router.auth import Authenticator
 from router.config import Config
+from router.logs import AccessLog
 from router.metrics import Metrics
 from router.providers import ProviderBackend, build_backend
 from router.quota import Quota
@@ -60,6 +61,7 @@ class Runtime:
             name: Balancer(name, pool, self.states) for name, pool in cfg.pools.items()
         }
         self.route_headers = cfg.server.route_headers
+        self.access = AccessLog(cfg.logging)
 
 
 class RuntimeHolder:

@@ -141,6 +141,7 @@ class Upstream:
             text = b""
         finally:
             resp.close()
+        text = redact(text, headers)
         if 300 <= resp.status < 400:
             raise UpstreamError(
                 f"Backend {backend!r} answered a redirect (HTTP {resp.status}); "
@@ -173,6 +174,20 @@ class Upstream:
             raise UpstreamTimeout(f"{url} did not answer in time.") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"{url} is unreachable ({type(exc).__name__}).") from None
+
+
+CREDENTIAL_HEADERS = frozenset(("authorization", "api-key", "x-api-key"))
+
+
+def redact(body: bytes, headers: Mapping[str, str]) -> bytes:
+    """``body`` with the credentials sent in ``headers`` masked: some servers quote
+    the key they refused, and their error message is passed on to the client."""
+    for name, value in headers.items():
+        if name.lower() in CREDENTIAL_HEADERS:
+            secret = value.rsplit(" ", 1)[-1].encode()
+            if len(secret) >= 8 and secret in body:
+                body = body.replace(secret, b"***")
+    return body
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -122,6 +122,7 @@ class Planner:
         self._prefix = cfg.redis.key_prefix
         self._cache: dict[tuple[str, str], tuple[Check, ...]] = {}
         self._keys = {k.id: k for k in cfg.keys}
+        self._budgets: tuple[tuple[Check, str], ...] | None = None
 
     def checks(self, key_id: str, pool: str) -> tuple[Check, ...]:
         hit = self._cache.get((key_id, pool))
@@ -166,6 +167,29 @@ class Planner:
                     pool_cfg.budget, ptag, f"{self._prefix}:{ptag}:b", "pool", pool, price
                 )
         return out
+
+    def budget_checks(self) -> tuple[tuple[Check, str], ...]:
+        """Every budget amount of the config with its team ('' for a pool budget).
+
+        The same counters admission uses, for the budget gauges.
+        """
+        if self._budgets is not None:
+            return self._budgets
+        out: list[tuple[Check, str]] = []
+        for name, team in self._cfg.teams.items():
+            tag = f"{{team:{name}}}"
+            for budget in team.budgets:
+                checks = _budget(budget, tag, f"{self._prefix}:{tag}:team:b", "team", name, None)
+                out += [(c, name) for c in checks]
+        for key in self._cfg.keys:
+            tag = f"{{team:{key.team}}}"
+            base = f"{self._prefix}:{tag}:key:{key.id}:b"
+            for budget in key.budgets:
+                out += [(c, key.team) for c in _budget(budget, tag, base, "key", key.id, None)]
+        for pool in self._cfg.pools:
+            out += [(c, "") for c in self.pool_budget_checks(pool)]
+        self._budgets = tuple(out)
+        return self._budgets
 
     def pool_budget_checks(self, pool: str) -> tuple[Check, ...]:
         cfg = self._cfg.pools[pool]

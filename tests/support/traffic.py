@@ -1,0 +1,100 @@
+"""A gateway config and a traffic mix that make every metric move.
+
+Simulated backends (one always failing), a priced hosted pool, a route that
+spills on error and one that spills on a spent budget, a rate-limited team,
+streamed and plain requests: answered 2xx, refused 4xx and failed 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+KEYS = {
+    "research": "sk-traffic-research-0001",
+    "limited": "sk-traffic-limited-0002",
+    "broke": "sk-traffic-broke-0003",
+}
+
+
+def config(redis_url: str, prefix: str, refresh_seconds: float = 0.5) -> dict[str, Any]:
+    return {
+        "redis": {"url": redis_url, "key_prefix": prefix},
+        "metrics": {"refresh_seconds": refresh_seconds},
+        "backends": {
+            "sim-a": {"provider": "simulate",
+                      "simulate": {"ttft_ms": 15, "tokens_per_second": 3000}},
+            "sim-b": {"provider": "simulate", "simulate": {"ttft_ms": 5}},
+            "broken": {"provider": "simulate",
+                       "simulate": {"failure_rate": 1.0, "failure_status": 503}},
+        },
+        "pools": {
+            "local": {"members": [{"backend": "sim-a", "model": "llama-8b"}],
+                      "budget": {"tokens_per_day": 50_000_000}},
+            "flaky": {"members": [{"backend": "broken", "model": "x"},
+                                  {"backend": "sim-b", "model": "llama-8b"}]},
+            "dead": {"members": [{"backend": "broken", "model": "x"}]},
+            "hosted": {"members": [{"backend": "sim-b", "model": "gpt-4o-mini"}],
+                       "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.60},
+                       "budget": {"usd_per_month": 1000}},
+        },
+        "models": {
+            "chat": {"routes": [{"pools": ["local", "hosted"]}]},
+            "flaky": {"routes": [{"pools": ["flaky"]}]},
+            "spill": {"routes": [{"pools": ["dead", "hosted"]}]},
+            "down": {"routes": [{"pools": ["dead"]}]},
+        },
+        "teams": {
+            "research": {"budgets": [{"tokens_per_day": 10_000_000},
+                                     {"usd_per_month": 100, "pools": ["hosted"]}]},
+            "limited": {"limits": {"requests_per_minute": 5}},
+            "broke": {"budgets": [{"tokens_per_day": 600, "pools": ["local"]}]},
+        },
+        "keys": [
+            {"id": "research-bot", "team": "research", "key": KEYS["research"],
+             "budgets": [{"tokens_per_hour": 5_000_000}]},
+            {"id": "limited-bot", "team": "limited", "key": KEYS["limited"]},
+            {"id": "broke-bot", "team": "broke", "key": KEYS["broke"]},
+        ],
+    }  # fmt: skip
+
+
+# (team, model, stream)
+MIX: tuple[tuple[str, str, bool], ...] = (
+    ("research", "chat", False),
+    ("research", "chat", True),
+    ("research", "flaky", False),
+    ("research", "spill", True),
+    ("research", "down", False),
+    ("limited", "chat", False),
+    ("broke", "chat", True),
+)
+
+
+async def _one(s: aiohttp.ClientSession, url: str, team: str, model: str, stream: bool) -> int:
+    body: dict[str, Any] = {
+        "model": model, "messages": [{"role": "user", "content": "tell me about dams"}],
+        "max_tokens": 12, "stream": stream,
+    }  # fmt: skip
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    headers = {"Authorization": f"Bearer {KEYS[team]}"}
+    async with s.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+        await r.read()
+        return r.status
+
+
+async def drive(url: str, seconds: float, pause: float = 0.15) -> dict[int, int]:
+    """Send the mix over and over for ``seconds``; the count of each status."""
+    loop = asyncio.get_running_loop()
+    counts: dict[int, int] = {}
+    async with aiohttp.ClientSession() as s:
+        end = loop.time() + seconds
+        while loop.time() < end:
+            statuses = await asyncio.gather(*(_one(s, url, *m) for m in MIX))
+            for st in statuses:
+                counts[st] = counts.get(st, 0) + 1
+            await asyncio.sleep(pause)
+    return counts
