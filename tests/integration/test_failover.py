@@ -41,8 +41,8 @@ async def test_member_killed_during_a_burst_fails_no_request() -> None:
         assert statuses == {200: 300}, statuses
         served = Counter(be for _, be in results)
         assert served["a"] >= 20 and served["b"] >= 150
-        assert cut_off > 0  # requests were cut off mid-answer, and retried
-        assert metric(gw, "spillway_retries_total", pool="local", backend="b") >= cut_off
+        # requests cut off mid-answer, or refused before the ejection, were retried on b
+        assert metric(gw, "spillway_retries_total", pool="local", backend="b") >= max(cut_off, 1)
         assert metric(gw, "spillway_backend_ejections_total", backend="a") == 1
         assert metric(gw, "spillway_backend_healthy", backend="a") == 0
         assert metric(gw, "spillway_backend_healthy", backend="b") == 1

@@ -159,12 +159,12 @@ class FakeOpenAI:
         if runner is None:
             return
         self._runner = None
-        for site in list(runner.sites):
-            await site.stop()
-        if runner.server is not None:
+        if runner.server is not None:  # reset what is open before anything can finish
             for handler in runner.server.connections:
                 if handler.transport is not None:
                     handler.transport.abort()
+        for site in list(runner.sites):
+            await site.stop()
         await runner.cleanup()
 
     async def revive(self) -> FakeOpenAI:
