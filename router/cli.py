@@ -55,7 +55,7 @@ def _banner(cfg: Config, host: str, port: int, default: bool) -> str:
             "  try it:",
             f"    curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             "-H 'Content-Type: application/json' "
-            "-d '{\"model\": \"demo\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'",
+            '-d \'{"model": "demo", "messages": [{"role": "user", "content": "Hello!"}]}\'',
         ]
     return "\n".join(lines)
 

@@ -323,9 +323,7 @@ class Config(_Strict):
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _interpolate(
-    node: Any, env: Mapping[str, str], path: str, problems: list[str]
-) -> Any:
+def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
@@ -467,7 +465,9 @@ def default_config_text() -> str:
     return resources.files("router").joinpath(DEFAULT_CONFIG).read_text(encoding="utf-8")
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
     """Load ``path``; ``None`` loads the packaged default config."""
     if path is None:
         return parse_config(default_config_text(), "default config", env)

@@ -365,7 +365,9 @@ class ChatCompletionRequest(_Open):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ChatCompletionRequest:
         if self.stream_options is not None and not self.stream:
-            raise _field_error("stream_options", "stream_options can only be set when stream is true")
+            raise _field_error(
+                "stream_options", "stream_options can only be set when stream is true"
+            )
         if self.stop is not None:
             stops = [self.stop] if isinstance(self.stop, str) else self.stop
             if any(s == "" for s in stops):

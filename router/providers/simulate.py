@@ -91,7 +91,7 @@ def count_prompt_tokens(req: ChatCompletionRequest) -> int:
 def _schema_value(schema: Any, name: str) -> Any:
     if not isinstance(schema, dict):
         return name
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     kind = schema.get("type")
     if isinstance(kind, list):
@@ -219,7 +219,12 @@ async def stream_events(
             args = tc["function"]["arguments"]
             for start in range(0, len(args), 8):
                 yield chunk(
-                    i, {"tool_calls": [{"index": k, "function": {"arguments": args[start:start + 8]}}]}
+                    i,
+                    {
+                        "tool_calls": [
+                            {"index": k, "function": {"arguments": args[start : start + 8]}}
+                        ]
+                    },
                 )
         for j, token in enumerate(c.tokens):
             if gap and j:
@@ -251,7 +256,9 @@ class _SimOpened:
         return completion_body(self._gen, self._call.client_model)
 
     def chunks(self) -> AsyncIterator[bytes]:
-        return stream_events(self._gen, self._call.client_model, self._call.wants_usage, self._knobs)
+        return stream_events(
+            self._gen, self._call.client_model, self._call.wants_usage, self._knobs
+        )
 
     def close(self) -> None:
         return None
@@ -285,10 +292,14 @@ class SimulateAdapter:
         be, call = self._backend, self._call
         if be.should_fail():
             status = be.cfg.simulate.failure_status
-            raise UpstreamStatus(status, f"Simulated failure of backend {be.name!r} (HTTP {status}).")
+            raise UpstreamStatus(
+                status, f"Simulated failure of backend {be.name!r} (HTTP {status})."
+            )
         req = call.request
         if call.max_tokens is not None:
-            req = req.model_copy(update={"max_tokens": call.max_tokens, "max_completion_tokens": None})
+            req = req.model_copy(
+                update={"max_tokens": call.max_tokens, "max_completion_tokens": None}
+            )
         self._gen = generate(req, call.default_max_tokens)
         return _SimOpened(call, self._gen, be.cfg.simulate)
 

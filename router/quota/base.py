@@ -26,8 +26,14 @@ class Reply:
 
 class Store(Protocol):
     async def admit(
-        self, rid: str, checks: Sequence[Check], prompt: int, out: int, n: int,
-        min_out: int, lease: int,
+        self,
+        rid: str,
+        checks: Sequence[Check],
+        prompt: int,
+        out: int,
+        n: int,
+        min_out: int,
+        lease: int,
     ) -> Reply:
         """Reserve on every check, or none. ``min_out`` 0 forbids clamping."""
         ...

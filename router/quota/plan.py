@@ -104,8 +104,10 @@ def reset_at(window: str, now: float) -> float:
     if window == "day":
         return (now // 86400 + 1) * 86400
     start = bucket_start("month", now)
-    nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(
-        month=start.month + 1
+    nxt = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
     )
     return nxt.timestamp()
 
@@ -199,7 +201,9 @@ class Planner:
         return tuple(_budget(cfg.budget, ptag, f"{self._prefix}:{ptag}:b", "pool", pool, cfg.price))
 
 
-def _limits(limits: Limits, tag: str, base: str, scope: Literal["key", "team"], owner: str) -> list[Check]:
+def _limits(
+    limits: Limits, tag: str, base: str, scope: Literal["key", "team"], owner: str
+) -> list[Check]:
     out = []
     if limits.requests_per_minute:
         out.append(Check("r", f"{base}:rpm", tag, "minute", limits.requests_per_minute,

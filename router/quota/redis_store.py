@@ -29,7 +29,7 @@ from redis.exceptions import NoScriptError, RedisError
 from router.config import RedisSettings
 from router.quota.base import ADMITTED, Reply, StoreUnavailable
 from router.quota.plan import Check
-from router.quota.resp import ReplyError, RedisUnavailable, RespClient, bulk, command
+from router.quota.resp import RedisUnavailable, ReplyError, RespClient, bulk, command
 
 log = logging.getLogger("spillway.quota")
 
@@ -68,7 +68,9 @@ class _Item:
 
     def pack(self) -> bytes:
         if self.packed is None:
-            self.packed = command("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+            self.packed = command(
+                "EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args
+            )
         return self.packed
 
 
@@ -172,7 +174,9 @@ class RedisStore:
             try:
                 return _parse(await fut)
             except asyncio.CancelledError:
-                fut.add_done_callback(self._release_on_cancel(rid, checks[0].tag, len(checks), lease))
+                fut.add_done_callback(
+                    self._release_on_cancel(rid, checks[0].tag, len(checks), lease)
+                )
                 raise
         groups = self._groups(checks)
         futures = []
@@ -369,7 +373,7 @@ class RedisStore:
     async def ping(self) -> bool:
         try:
             if self._resp is not None:
-                return (await self._resp.execute([command("PING")]))[0] == b"PONG"
+                return bool((await self._resp.execute([command("PING")]))[0] == b"PONG")
             async with asyncio.timeout(self._timeout * 2):
                 return bool(await self._rc.ping())
         except (RedisUnavailable, RedisError, OSError, TimeoutError):

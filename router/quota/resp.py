@@ -100,7 +100,7 @@ class RespClient:
     """``await client.execute([cmd, ...])`` -> replies (ReplyError for errors)."""
 
     def __init__(self, url: str, *, timeout: float, connect_timeout: float) -> None:
-        opts = parse_url(url)
+        opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
         self._host = str(opts.get("host") or "127.0.0.1")
         self._port = int(opts.get("port") or 6379)
         self._path = opts.get("path")
@@ -111,7 +111,9 @@ class RespClient:
         if opts.get("password"):
             user = opts.get("username")
             hello.append(
-                command("AUTH", user, opts["password"]) if user else command("AUTH", opts["password"])
+                command("AUTH", user, opts["password"])
+                if user
+                else command("AUTH", opts["password"])
             )
         if opts.get("db"):
             hello.append(command("SELECT", int(opts["db"])))

@@ -92,7 +92,9 @@ def _rate_headers(checks: Sequence[Check], reply: Reply) -> dict[str, str]:
     for unit, (left, c) in best.items():
         headers[f"x-ratelimit-limit-{unit}"] = str(int(c.limit))
         headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, int(left)))
-        headers[f"x-ratelimit-reset-{unit}"] = go_duration(reset_at(c.window, reply.now) - reply.now)
+        headers[f"x-ratelimit-reset-{unit}"] = go_duration(
+            reset_at(c.window, reply.now) - reply.now
+        )
     return headers
 
 
@@ -117,7 +119,15 @@ class Quota:
         return self.planner.checks(key_id, pool)
 
     async def admit(
-        self, *, key_id: str, team: str, pool: str, rid: str, prompt: int, out: int, n: int,
+        self,
+        *,
+        key_id: str,
+        team: str,
+        pool: str,
+        rid: str,
+        prompt: int,
+        out: int,
+        n: int,
         clamp: bool,
     ) -> Ticket:
         """Reserve for one attempt on ``pool``. Raises RateLimited or BudgetShort."""
@@ -222,11 +232,10 @@ class Quota:
             }  # fmt: skip
             if c.window:
                 entry["window"] = c.window
-                entry["resets_at"] = datetime.fromtimestamp(
-                    reset_at(c.window, now), UTC
-                ).strftime("%Y-%m-%dT%H:%M:%SZ")
+                entry["resets_at"] = datetime.fromtimestamp(reset_at(c.window, now), UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                )
             if c.pools is not None:
                 entry["pools"] = list(c.pools)
             (budgets if c.kind == "b" else limits).append(entry)
         return {"object": "quota", "limits": limits, "budgets": budgets}
-

@@ -292,7 +292,7 @@ async def test_images(client: openai.AsyncOpenAI, fake: FakeAnthropic) -> None:
         (529, "overloaded_error", openai.InternalServerError, 503),
     ],
 )
-async def test_errors_map_to_sdk_classes(  # noqa: PLR0917
+async def test_errors_map_to_sdk_classes(
     client: openai.AsyncOpenAI,
     fake: FakeAnthropic,
     status: int,

@@ -95,20 +95,34 @@ def test_serve_from_env_config_with_workers(
     wait_http(f"http://127.0.0.1:{port}/healthz")
     with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-workers-1") as c:
         for _ in range(6):
-            assert c.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "x"}]
-            ).choices[0].message.content
+            assert (
+                c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+                .choices[0]
+                .message.content
+            )
 
 
 def test_check_reports_yaml_paths(tmp_path: Path) -> None:
     good = Path(__file__).parents[2] / "config" / "spillway.yaml"
-    ok = subprocess.run([*CLI, "check", str(good)], capture_output=True, text=True, timeout=30)
+    ok = subprocess.run(
+        [*CLI, "check", str(good)], capture_output=True, text=True, timeout=30, check=False
+    )
     assert ok.returncode == 0 and "ok (1 backends, 1 pools" in ok.stdout
     bad = tmp_path / "bad.yaml"
-    bad.write_text(good.read_text().replace("strategy", "x").replace("members:", "membres:")
-                   .replace('"${SPILLWAY_DEMO_KEY:-sk-spillway-demo}"', '"${NOT_SET_ANYWHERE}"'))
-    res = subprocess.run([*CLI, "check", str(bad)], capture_output=True, text=True, timeout=30,
-                         env={k: v for k, v in os.environ.items() if k != "NOT_SET_ANYWHERE"})
+    bad.write_text(
+        good.read_text()
+        .replace("strategy", "x")
+        .replace("members:", "membres:")
+        .replace('"${SPILLWAY_DEMO_KEY:-sk-spillway-demo}"', '"${NOT_SET_ANYWHERE}"')
+    )
+    res = subprocess.run(
+        [*CLI, "check", str(bad)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if k != "NOT_SET_ANYWHERE"},
+    )
     assert res.returncode == 1
     assert "keys[0].key: environment variable NOT_SET_ANYWHERE is not set" in res.stderr
 
@@ -130,6 +144,8 @@ def test_simulate_server_speaks_openai(spawn: list[subprocess.Popen[str]]) -> No
         assert chunks[-2].choices[0].finish_reason == "length"
         with pytest.raises(openai.BadRequestError):
             c.with_options(max_retries=0).chat.completions.create(model="sim-a", messages=[])
-    metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/metrics"],
-                             capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    metrics = subprocess.run(
+        ["curl", "-s", f"http://127.0.0.1:{port}/metrics"],
+        capture_output=True, text=True, timeout=10, check=True,
+    ).stdout  # fmt: skip
     assert re.search(r'vllm:num_requests_waiting\{engine="0",model_name="sim-a"\} 0', metrics)

@@ -29,8 +29,9 @@ def config(*urls: str, **server: Any) -> dict[str, Any]:
         "backends": {**backends, "sim": {"provider": "simulate"}},
         "pools": {
             "same": {"members": [{"backend": "b0", "model": "chat"}]},
-            "renamed": {"members": [{"backend": f"b{i}", "model": "served-model"}
-                                    for i in range(len(urls))]},  # fmt: skip
+            "renamed": {
+                "members": [{"backend": f"b{i}", "model": "served-model"} for i in range(len(urls))]
+            },
             "sim": {"members": [{"backend": "sim", "model": "sim-1"}]},
         },
         "models": {
@@ -54,14 +55,16 @@ async def gw(upstream: FakeOpenAI) -> AsyncIterator[Running]:
 async def post(gw: Running, body: bytes | dict[str, Any], headers: dict[str, str] | None = None,
                path: str = "/v1/chat/completions") -> tuple[int, Any, Any]:  # fmt: skip
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    async with aiohttp.ClientSession() as s:
-        async with s.post(gw.url + path, data=data, headers={**AUTH, **(headers or {})}) as r:
-            raw = await r.read()
-            try:
-                doc = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                doc = raw
-            return r.status, doc, r.headers
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(gw.url + path, data=data, headers={**AUTH, **(headers or {})}) as r,
+    ):
+        raw = await r.read()
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            doc = raw
+        return r.status, doc, r.headers
 
 
 def assert_envelope(doc: Any, code: str | None = None, param: str | None = None) -> None:
@@ -80,8 +83,16 @@ async def test_body_forwarded_unchanged_with_extras(gw: Running, upstream: FakeO
             "return_tokens_as_token_ids": True, "chat_template_kwargs": {"x": 1},
             "brand_new_field": {"a": [1, 2]}, "temperature": 0.7}  # fmt: skip
     raw = json.dumps(body, indent=1).encode()  # the client's exact bytes, odd spacing and all
-    status, _, _ = await post(gw, raw, {"traceparent": "00-abc-def-01", "Cookie": "s=1",
-                                        "X-Forwarded-For": "1.2.3.4", "x-request-id": "req-42"})
+    status, _, _ = await post(
+        gw,
+        raw,
+        {
+            "traceparent": "00-abc-def-01",
+            "Cookie": "s=1",
+            "X-Forwarded-For": "1.2.3.4",
+            "x-request-id": "req-42",
+        },
+    )
     assert status == 200
     seen = upstream.seen[-1]
     assert seen.raw == raw  # nothing had to change, so nothing did
@@ -191,7 +202,7 @@ async def test_failover_to_next_member(upstream: FakeOpenAI) -> None:
     running = await start_gateway(config(broken.url, upstream.url))
     try:
         for _ in range(4):
-            status, doc, headers = await post(running, {"model": "alias", "messages": MSG})
+            status, _, headers = await post(running, {"model": "alias", "messages": MSG})
             assert status == 200
             assert headers["x-spillway-backend"] == "b1"
         assert len(upstream.seen) == 4
@@ -213,8 +224,19 @@ async def test_trickled_body_is_cut_off(gw: Running) -> None:
 
 
 async def test_tool_calls_multi_turn_on_simulate(gw: Running) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
     async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0) as c:
         first = await c.chat.completions.create(
             model="tools", messages=[{"role": "user", "content": "weather in Oslo?"}],

@@ -59,7 +59,9 @@ async def test_plain_completion(client: openai.AsyncOpenAI, upstream: FakeOpenAI
     assert DEMO_KEY not in str(dict(seen.headers))
 
 
-async def test_stream_without_usage_request(client: openai.AsyncOpenAI, upstream: FakeOpenAI) -> None:
+async def test_stream_without_usage_request(
+    client: openai.AsyncOpenAI, upstream: FakeOpenAI
+) -> None:
     stream = await client.chat.completions.create(
         model="chat", messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=3
     )
@@ -101,7 +103,9 @@ async def test_errors_map_to_sdk_classes(gw: Running, client: openai.AsyncOpenAI
             )
     good = client
     with pytest.raises(openai.NotFoundError) as nf:
-        await good.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+        await good.chat.completions.create(
+            model="nope", messages=[{"role": "user", "content": "x"}]
+        )
     assert nf.value.body["param"] == "model"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError) as br:
         await good.chat.completions.create(

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from router.quota.plan import bucket_id
 from tests.support.fakes import Behaviour, FakeOpenAI
 from tests.support.gateway import GatewayProcess
+from tests.support.net import eventually
 
 KEY = "sk-test-exact-0001"
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "write a poem please"}]}
@@ -113,10 +114,10 @@ async def test_token_budget_never_overspent_and_exact(
     async def stored() -> int:
         return await counter(redis_url, key_prefix, ":tokens:day:all:*")
 
-    deadline = time.monotonic() + 5
-    while await stored() != spent and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert await stored() == spent  # the counters equal the upstream-reported usage
+    async def exact() -> bool:
+        return await stored() == spent
+
+    await eventually(exact, within=5)  # the counters equal the upstream-reported usage
     # every answer the upstream gave was admitted and charged: nothing ran unaccounted
     assert len(slow_upstream.seen) == len(usages)
 
@@ -152,10 +153,11 @@ async def test_killed_process_slots_and_reservations_come_back(
         async with aiohttp.ClientSession() as session:
             held = [asyncio.ensure_future(post(session, victim.url, {**BODY, "max_tokens": 100}))
                     for _ in range(2)]  # fmt: skip
-            deadline = time.monotonic() + 10
-            while hung.inflight < 2 and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert hung.inflight == 2
+
+            async def holding() -> bool:
+                return hung.inflight == 2
+
+            await eventually(holding, within=10)
             reserved = await counter(redis_url, key_prefix, ":tokens:day:all:*")
             assert reserved > 200
             victim.kill()  # dies holding two slots and two reservations

@@ -18,32 +18,39 @@ KEY = "sk-test-fail-0001"
 BODY = {"model": "chat", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def config(upstream: FakeOpenAI, url: str, prefix: str, on_error: str, **extra: Any) -> dict[str, Any]:
+def config(
+    upstream: FakeOpenAI, url: str, prefix: str, on_error: str, **extra: Any
+) -> dict[str, Any]:
     return {
-        "redis": {"url": url, "key_prefix": prefix, "on_error": on_error,
-                  "socket_timeout_seconds": 0.3, "connect_timeout_seconds": 0.3,
-                  **extra.pop("redis", {})},  # fmt: skip
+        "redis": {
+            "url": url,
+            "key_prefix": prefix,
+            "on_error": on_error,
+            "socket_timeout_seconds": 0.3,
+            "connect_timeout_seconds": 0.3,
+            **extra.pop("redis", {}),
+        },
         "backends": {"gpu": {"provider": "openai", "url": upstream.url}},
-        "pools": {"local": {"members": [{"backend": "gpu", "model": "llama"}],
-                            **extra.pop("pool", {})}},  # fmt: skip
+        "pools": {
+            "local": {"members": [{"backend": "gpu", "model": "llama"}], **extra.pop("pool", {})}
+        },
         "models": {"chat": {"routes": [{"pools": ["local"]}]}},
-        "teams": {"t": {"limits": {"requests_per_minute": 1000},
-                        "budgets": [{"tokens_per_day": 100_000}]}},  # fmt: skip
+        "teams": {
+            "t": {"limits": {"requests_per_minute": 1000}, "budgets": [{"tokens_per_day": 100_000}]}
+        },
         "keys": [{"id": "k", "team": "t", "key": KEY}],
     }
 
 
 async def call(url: str) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as s:
-        async with s.post(url + "/v1/chat/completions", json=BODY,
-                          headers={"Authorization": f"Bearer {KEY}"}) as r:  # fmt: skip
-            return r.status, await r.json()
+    async with aiohttp.ClientSession() as s, s.post(url + "/v1/chat/completions", json=BODY,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:  # fmt: skip
+        return r.status, await r.json()
 
 
 async def metric(url: str, name: str) -> float:
-    async with aiohttp.ClientSession() as s:
-        async with s.get(url + "/metrics") as r:
-            text = await r.text()
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
+        text = await r.text()
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name) and not line.startswith("#"):
@@ -79,14 +86,16 @@ async def test_redis_down_allow_then_reconnect(upstream: FakeOpenAI, key_prefix:
                     finally:
                         client.close()
 
-                await eventually(back, timeout=5)
+                await eventually(back, within=5)
         finally:
             await gw.stop()
 
 
 async def test_redis_down_deny_answers_503(upstream: FakeOpenAI, key_prefix: str) -> None:
     with redis_process() as (port, proc, _):
-        gw = await start_gateway(config(upstream, f"redis://127.0.0.1:{port}/0", key_prefix, "deny"))
+        gw = await start_gateway(
+            config(upstream, f"redis://127.0.0.1:{port}/0", key_prefix, "deny")
+        )
         try:
             assert (await call(gw.url))[0] == 200
             proc.terminate()
@@ -123,6 +132,7 @@ async def test_cluster_team_and_pool_budgets(upstream: FakeOpenAI, key_prefix: s
 
             cluster = syncredis.RedisCluster(host="127.0.0.1", port=ports[0])
             try:
+
                 async def exact() -> bool:
                     team = list(cluster.scan_iter(f"{key_prefix}:*team:b:tokens*"))
                     pool = list(cluster.scan_iter(f"{key_prefix}:*pool:local*tokens*"))
@@ -131,7 +141,7 @@ async def test_cluster_team_and_pool_budgets(upstream: FakeOpenAI, key_prefix: s
                             and int(cluster.get(pool[0]) or 0) == used)  # fmt: skip
 
                 # refusals on the pool's slot gave back what the team's slot reserved
-                await eventually(exact, timeout=5)
+                await eventually(exact, within=5)
                 team_key = next(cluster.scan_iter(f"{key_prefix}:*team:b:tokens*"))
                 pool_key = next(cluster.scan_iter(f"{key_prefix}:*pool:local*tokens*"))
                 assert cluster.keyslot(team_key) != cluster.keyslot(pool_key)

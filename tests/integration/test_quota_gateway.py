@@ -171,9 +171,16 @@ async def test_default_output_cap_is_forwarded(
 async def test_quota_endpoint_reports_use(
     upstream: FakeOpenAI, hosted: FakeOpenAI, store_url: str, key_prefix: str
 ) -> None:
-    gw = await gateway(upstream, hosted, store_url, key_prefix, {
-        "limits": {"requests_per_minute": 10, "concurrent": 5},
-        "budgets": [{"tokens_per_day": 10_000}, {"usd_per_month": 100, "pools": ["hosted"]}]})
+    gw = await gateway(
+        upstream,
+        hosted,
+        store_url,
+        key_prefix,
+        {
+            "limits": {"requests_per_minute": 10, "concurrent": 5},
+            "budgets": [{"tokens_per_day": 10_000}, {"usd_per_month": 100, "pools": ["hosted"]}],
+        },
+    )
     try:
         async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0) as c:
             done = await c.chat.completions.create(model="chat", messages=MSG, max_tokens=5)
@@ -181,11 +188,10 @@ async def test_quota_endpoint_reports_use(
         doc: dict[str, Any] = {}
 
         async def settled() -> bool:
-            async with aiohttp.ClientSession() as s:
-                async with s.get(gw.base_url + "/quota",
-                                 headers={"Authorization": f"Bearer {KEY}"}) as r:  # fmt: skip
-                    assert r.status == 200
-                    doc.update(await r.json())
+            async with aiohttp.ClientSession() as s, s.get(gw.base_url + "/quota",
+                             headers={"Authorization": f"Bearer {KEY}"}) as r:  # fmt: skip
+                assert r.status == 200
+                doc.update(await r.json())
             return bool(next(x for x in doc["limits"] if x["name"] == "concurrent")["used"] == 0
                         and _used(doc, "tokens_per_day") < 50)  # fmt: skip
 
@@ -196,7 +202,7 @@ async def test_quota_endpoint_reports_use(
         assert tokens["used"] == done.usage.total_tokens
         assert tokens["resets_at"].endswith("T00:00:00Z")
         usd = next(x for x in doc["budgets"] if x["name"] == "usd_per_month")
-        expected = (done.usage.prompt_tokens * 0.15 + done.usage.completion_tokens * 0.6)
+        expected = done.usage.prompt_tokens * 0.15 + done.usage.completion_tokens * 0.6
         assert usd["used"] == pytest.approx(expected, rel=1e-6)
         assert usd["pools"] == ["hosted"]
     finally:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import asyncio
 import random
 import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 
 
 def free_port() -> int:
@@ -46,9 +45,9 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
             time.sleep(0.05)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 2.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 2.0) -> None:
     """Poll an async predicate until it holds (settlements are queued off the response)."""
-    end = time.monotonic() + timeout
+    end = time.monotonic() + within
     while not await check():
         if time.monotonic() > end:
             raise AssertionError("condition not met in time")

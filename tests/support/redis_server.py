@@ -92,7 +92,9 @@ def redis_cluster(nodes: int = 3) -> Iterator[list[int]]:
             while time.monotonic() < deadline:
                 infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
                 text = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
-                if all("cluster_state:ok" in t and f"cluster_known_nodes:{nodes}" in t for t in text):
+                if all(
+                    "cluster_state:ok" in t and f"cluster_known_nodes:{nodes}" in t for t in text
+                ):
                     break
                 time.sleep(0.1)
             else:

@@ -41,7 +41,8 @@ teams:
       - {usd_per_month: 500, pools: [gpt-hosted]}
 keys:
   - {id: ci-bot, team: research, sha256: "%s"}
-  - {id: alice, team: research, key: "${ALICE_KEY:-sk-alice-default}", limits: {requests_per_minute: 60}}
+  - {id: alice, team: research, key: "${ALICE_KEY:-sk-alice-default}",
+     limits: {requests_per_minute: 60}}
 """ % hashlib.sha256(b"sk-ci-bot-secret").hexdigest()  # noqa: UP031
 
 
@@ -91,13 +92,20 @@ def test_undefined_references_name_their_path() -> None:
 
 
 def test_value_errors_name_their_path() -> None:
-    found = problems(GOOD.replace("weight: 2", "weight: -1").replace("max_concurrency: 64", "max_concurrency: many"))
+    found = problems(
+        GOOD.replace("weight: 2", "weight: -1").replace(
+            "max_concurrency: 64", "max_concurrency: many"
+        )
+    )
     assert any(p.startswith("pools.llama-local.members[0].weight:") for p in found)
     assert any(p.startswith("backends.gpu.max_concurrency:") for p in found)
 
 
 def test_key_needs_one_secret_and_duplicates_are_errors() -> None:
-    text = GOOD.replace('key: "${ALICE_KEY:-sk-alice-default}"', 'sha256: "%s"' % hashlib.sha256(b"sk-ci-bot-secret").hexdigest())  # noqa: UP031
+    text = GOOD.replace(
+        'key: "${ALICE_KEY:-sk-alice-default}"',
+        f'sha256: "{hashlib.sha256(b"sk-ci-bot-secret").hexdigest()}"',
+    )
     assert "keys[1]: the same secret is already used by another key" in problems(text)
     text = GOOD.replace("{id: alice,", "{id: ci-bot,")
     assert "keys[1].id: duplicate key id 'ci-bot'" in problems(text)
@@ -105,13 +113,19 @@ def test_key_needs_one_secret_and_duplicates_are_errors() -> None:
 
 def test_budget_needs_an_amount_and_provider_urls() -> None:
     found = problems(GOOD.replace("budget: {tokens_per_day: 50000000}", "budget: {}"))
-    assert found == ["pools.llama-local.budget: a budget needs at least one of tokens_per_* or usd_per_*"]
-    found = problems(GOOD.replace('gpu: {provider: openai, url: "http://10.0.0.11:8000/v1",', "gpu: {provider: openai,"))
+    assert found == [
+        "pools.llama-local.budget: a budget needs at least one of tokens_per_* or usd_per_*"
+    ]
+    found = problems(
+        GOOD.replace(
+            'gpu: {provider: openai, url: "http://10.0.0.11:8000/v1",', "gpu: {provider: openai,"
+        )
+    )
     assert found == ["backends.gpu: provider 'openai' needs url"]
 
 
 def test_env_default_and_dollar_escape() -> None:
-    text = GOOD.replace('model: gpt-4o-mini}]', 'model: "${MODEL:-gpt-4o}$$"}]')
+    text = GOOD.replace("model: gpt-4o-mini}]", 'model: "${MODEL:-gpt-4o}$$"}]')
     cfg = parse_config(text, "t.yaml", {"OPENAI_API_KEY": "x"})
     assert cfg.pools["gpt-hosted"].members[0].model == "gpt-4o$"
 

@@ -12,8 +12,13 @@ from router.streaming import DONE, SSERelay, event
 def stream(model: str, n: int, usage: bool, openai_style_nulls: bool = False) -> bytes:
     out = b""
     for i in range(n):
-        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": model,
-                 "choices": [{"index": 0, "delta": {"content": f" t{i}"}, "finish_reason": None}]}
+        chunk = {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": f" t{i}"}, "finish_reason": None}],
+        }
         if openai_style_nulls:
             chunk["usage"] = None
         out += event(chunk)  # fmt: skip

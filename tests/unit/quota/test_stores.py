@@ -129,9 +129,7 @@ async def test_usd_budget_uses_pool_price(store: Store, key_prefix: str) -> None
     assert (await store.admit("c", checks, 1000, 1500, 1, 0, LEASE)).code == ADMITTED
 
 
-async def test_expired_lease_gives_back_slot_and_reservation(
-    store: Store, key_prefix: str
-) -> None:
+async def test_expired_lease_gives_back_slot_and_reservation(store: Store, key_prefix: str) -> None:
     cfg = quota_config(key_prefix, limits={"concurrent": 1}, budgets=[{"tokens_per_day": 1000}])
     checks = Planner(cfg).checks("k", "local")
     clock = Clock()
