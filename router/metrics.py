@@ -175,11 +175,20 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._series: dict[tuple[str, str, str, str], Series] = {}
         for result in RELOAD_RESULTS:
             self.child(self.reloads, result)
         for op in REDIS_OPS:
             self.child(self.redis_errors, op)
         self.multiprocess_dir = multiprocess_dir()
+
+    def series(self, model: str, pool: str, backend: str, team: str) -> Series:
+        """Every per-request child of one (model, pool, backend, team), bound once."""
+        key = (model, pool, backend, team)
+        got = self._series.get(key)
+        if got is None:
+            got = self._series[key] = Series(self, model, pool, backend, team)
+        return got
 
     def child(self, metric: Any, *labels: str) -> Any:
         """A bound label child, cached."""
@@ -201,3 +210,33 @@ class Metrics:
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
+
+
+class Series:
+    """The label children one request records, looked up once per combination."""
+
+    __slots__ = (
+        "_key", "_m", "_status", "completion", "cost", "duration", "model", "overhead", "pool",
+        "prompt", "team", "tpot", "ttft",
+    )  # fmt: skip
+
+    def __init__(self, m: Metrics, model: str, pool: str, backend: str, team: str) -> None:
+        self._m = m
+        self.model, self.pool, self.team = model, pool, team
+        self._status: dict[str, Any] = {}
+        self.duration = m.child(m.duration, model, pool, backend)
+        self.ttft = m.child(m.ttft, model, pool, backend)
+        self.tpot = m.child(m.tpot, model, pool, backend)
+        self.prompt = m.child(m.prompt_tokens, model, pool, backend, team)
+        self.completion = m.child(m.completion_tokens, model, pool, backend, team)
+        self.cost = m.child(m.cost, model, pool, team)
+        self.overhead = m.child(m.overhead, model)
+        self._key = (model, pool, backend, team)
+
+    def requests(self, status_class: str) -> Any:
+        got = self._status.get(status_class)
+        if got is None:
+            got = self._status[status_class] = self._m.child(
+                self._m.requests, *self._key, status_class
+            )
+        return got

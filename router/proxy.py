@@ -132,31 +132,33 @@ class Proxy:
         return await Walk(rt, request, x, raw).run()
 
     def _finish(self, rt: Runtime, x: Exchange, now: float) -> None:
-        m = rt.metrics
         team = x.principal.team if x.principal else ""
         sc = "4xx" if x.status == 499 else status_class(x.status)
-        m.child(m.requests, x.model, x.pool, x.backend, team, sc).inc()
         duration = now - x.started
-        if x.pool:
-            labels = (x.model, x.pool, x.backend)
-            m.child(m.duration, *labels).observe(duration)
+        if not x.pool:  # refused before routing: no pool or backend series to touch
+            m = rt.metrics
+            m.child(m.requests, x.model, "", x.backend, team, sc).inc()
+        else:
+            series = rt.metrics.series(x.model, x.pool, x.backend, team)
+            series.requests(sc).inc()
+            series.duration.observe(duration)
             prompt, completion = billable(x)
             if x.ttft is not None and x.request is not None and x.request.stream:
-                m.child(m.ttft, *labels).observe(x.ttft)
+                series.ttft.observe(x.ttft)
                 if completion > 1:
-                    m.child(m.tpot, *labels).observe((duration - x.ttft) / (completion - 1))
+                    series.tpot.observe((duration - x.ttft) / (completion - 1))
             if prompt or completion:
-                m.child(m.prompt_tokens, *labels, team).inc(prompt)
-                m.child(m.completion_tokens, *labels, team).inc(completion)
+                series.prompt.inc(prompt)
+                series.completion.inc(completion)
                 price = rt.cfg.pools[x.pool].price
                 cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1e6
                 if cost:
-                    m.child(m.cost, x.model, x.pool, team).inc(cost)
+                    series.cost.inc(cost)
             if x.opened_at:
                 overhead = x.opened_at - x.started
                 if x.read_at:
                     overhead += now - x.read_at
-                m.child(m.overhead, x.model).observe(overhead)
+                series.overhead.observe(overhead)
         if rt.access.enabled:
             prompt, completion = billable(x)
             rt.access.write({

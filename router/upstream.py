@@ -44,6 +44,37 @@ class Limits:
         )
 
 
+class _Deadline:
+    """Cancel the current task after ``seconds`` (a lighter ``asyncio.timeout``).
+
+    The timer can only fire while the task waits, so once the awaited call has
+    returned, ``cancel()`` runs before it could.
+    """
+
+    __slots__ = ("_fired", "_handle", "_task")
+
+    def __init__(self, seconds: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._fired = False
+        self._handle = asyncio.get_running_loop().call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self._fired = True
+        self._task.cancel()
+
+    def expired(self) -> bool:
+        """True when the deadline caused the cancellation (which is then undone)."""
+        if self._fired:
+            self._task.uncancel()
+            return True
+        return False
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 class HTTPOpened:
     """A 2xx upstream response, to be read whole or relayed as it arrives."""
 
@@ -117,22 +148,28 @@ class Upstream:
     ) -> HTTPOpened:
         """POST and wait for a 2xx status line; raise an UpstreamError otherwise
         (``on_error`` reads the error body of a 4xx/5xx answer)."""
+        deadline = _Deadline(limits.first_byte)
         try:
-            async with asyncio.timeout(limits.first_byte):
-                resp = await self.session.post(
-                    url,
-                    data=body,
-                    headers=headers,
-                    params=params,
-                    allow_redirects=False,
-                    timeout=limits.client_timeout,
-                )
+            resp = await self.session.post(
+                url,
+                data=body,
+                headers=headers,
+                params=params,
+                allow_redirects=False,
+                timeout=limits.client_timeout,
+            )
+        except asyncio.CancelledError:
+            if deadline.expired():
+                raise UpstreamTimeout(f"Backend {backend!r} did not answer in time.") from None
+            raise
         except TimeoutError:
             raise UpstreamTimeout(f"Backend {backend!r} did not answer in time.") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(
                 f"Backend {backend!r} is unreachable ({type(exc).__name__})."
             ) from None
+        finally:
+            deadline.cancel()
         if resp.status < 300:
             return HTTPOpened(resp)
         try:
