@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from importlib import resources
 from typing import Any
 
@@ -134,6 +134,7 @@ class RedisStore:
         self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._handle_soon = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sent: set[asyncio.Future[list[Any]]] = set()  # written, not yet answered
 
     # ------------------------------------------------------------------ groups
     def _groups(self, checks: Sequence[Check]) -> list[tuple[str, list[int]]]:
@@ -255,10 +256,28 @@ class RedisStore:
     def _flush(self) -> None:
         self._handle = None
         batch, self._queue = self._queue, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if not batch:
+            return
+        resp = self._resp
+        if resp is not None and resp.connected:  # the usual case: write now, no task
+            sent = resp.send_now([item.pack() for item in batch])
+            self._sent.add(sent)
+            sent.add_done_callback(lambda f: self._answered(batch, f))
+            return
+        self._spawn(self._send(batch))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _answered(self, batch: list[_Item], sent: asyncio.Future[list[Any]]) -> None:
+        self._sent.discard(sent)
+        exc = sent.exception()
+        if exc is not None:
+            self._failed(batch, exc)
+        else:
+            self._deliver(batch, sent.result(), reloaded=False)
 
     async def _execute(self, batch: list[_Item]) -> list[Any]:
         """One pipeline on standalone Redis; on a Cluster one call per item in parallel
@@ -283,14 +302,13 @@ class RedisStore:
             log.exception("redis batch failed")
             self._failed(batch, exc)
             return
+        self._deliver(batch, results, reloaded)
+
+    def _deliver(self, batch: list[_Item], results: list[Any], reloaded: bool) -> None:
+        """Hand each result to its waiter; reload lost scripts and resend their calls."""
         missing = [i for i, r in zip(batch, results, strict=True) if _noscript(r)]
         if missing and not reloaded:
-            try:
-                await self._load_scripts()
-            except (RedisUnavailable, RedisError, OSError, TimeoutError) as exc:
-                self._failed(missing, exc)
-            else:
-                await self._send(missing, reloaded=True)
+            self._spawn(self._reload_and_send(missing))
         errors: list[_Item] = []
         first_error: BaseException | None = None
         for item, result in zip(batch, results, strict=True):
@@ -304,6 +322,14 @@ class RedisStore:
         if errors and first_error is not None:
             log.error("redis script failed: %s", first_error)
             self._failed(errors, first_error)
+
+    async def _reload_and_send(self, batch: list[_Item]) -> None:
+        try:
+            await self._load_scripts()
+        except (RedisUnavailable, RedisError, OSError, TimeoutError) as exc:
+            self._failed(batch, exc)
+            return
+        await self._send(batch, reloaded=True)
 
     def _failed(self, batch: list[_Item], exc: BaseException) -> None:
         retry: list[_Item] = []
@@ -385,9 +411,10 @@ class RedisStore:
             if self._handle is not None:
                 self._handle.cancel()
                 self._flush()
-            if not self._tasks:
+            if not self._tasks and not self._sent:
                 break
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks, *self._sent, return_exceptions=True)
+            await asyncio.sleep(0)  # let the answers' callbacks run
         if self._resp is not None:
             await self._resp.close()
         else:

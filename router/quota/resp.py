@@ -173,6 +173,16 @@ class RespClient:
         if not batch.future.done():
             proto.fail(RedisUnavailable(f"redis did not answer within {self._timeout:g}s"))
 
+    @property
+    def connected(self) -> bool:
+        return self._proto is not None
+
+    def send_now(self, commands: Sequence[bytes]) -> asyncio.Future[list[Any]]:
+        """Write now on the open connection (``connected`` must be true); no task needed."""
+        proto = self._proto
+        assert proto is not None
+        return self._send(proto, b"".join(commands), len(commands))
+
     async def execute(self, commands: Sequence[bytes]) -> list[Any]:
         proto = await self._connection()
         return await self._send(proto, b"".join(commands), len(commands))
