@@ -1,8 +1,9 @@
 """SSE framing on bytes.
 
 The relay works per received buffer, not per event: it holds back a partial
-event, swaps the model name with one ``bytes.replace`` and looks for the usage
-event with one regex search. JSON is parsed only for the usage event.
+event, swaps the model name (one split and join, which also counts the chunks)
+and looks for the usage chunk only near the end of the buffer, since it is the
+last chunk before ``[DONE]``. JSON is parsed only for the usage chunk.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import orjson
 
 DONE = b"data: [DONE]\n\n"
 _USAGE = re.compile(rb'"usage":\s*\{')
+USAGE_WINDOW = 8192  # bytes at the end of a buffer searched for the usage chunk
 _MODEL = re.compile(rb'"model":\s*"(?:[^"\\]|\\.)+"')
 
 
@@ -79,33 +81,32 @@ class SSERelay:
                 served = found.group(0)
                 self._from = None if served == self._to else served
         if self._from is not None:
-            head = head.replace(self._from, self._to)
-        self.events += head.count(b"data:")
-        match = _USAGE.search(head)
-        if match is None:
+            parts = head.split(self._from)  # one pass: swap, and count the chunks
+            self.events += len(parts) - 1
+            head = self._to.join(parts)
+        else:
+            self.events += head.count(b"\n") // 2
+        # the usage chunk is the last one before [DONE]: look only near the end
+        pos = head.rfind(b'"usage"', max(0, len(head) - USAGE_WINDOW))
+        if pos < 0 or _USAGE.match(head, pos) is None:
             return head
-        return self._take_usage(head, match.start())
+        return self._take_usage(head, pos)
 
     def _take_usage(self, head: bytes, pos: int) -> bytes:
-        # with continuous usage every event carries usage: the last one counts
-        while True:
-            start = head.rfind(b"data:", 0, pos)
-            end = head.find(b"\n", pos)
-            if end < 0:
-                end = len(head)
-            try:
-                doc = orjson.loads(head[start + 5 : end])
-            except orjson.JSONDecodeError:
-                doc = None
-            if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
-                self.usage = doc["usage"]
-                if not self._keep_usage and not doc.get("choices"):
-                    cut_end = end + 1
-                    if head[cut_end : cut_end + 1] == b"\n":
-                        cut_end += 1
-                    head = head[:start] + head[cut_end:]
-                    end = start - 1
-            nxt = _USAGE.search(head, end + 1)
-            if nxt is None:
-                return head
-            pos = nxt.start()
+        start = head.rfind(b"data:", 0, pos)
+        end = head.find(b"\n", pos)
+        if end < 0:
+            end = len(head)
+        try:
+            doc = orjson.loads(head[start + 5 : end])
+        except orjson.JSONDecodeError:
+            return head
+        if not isinstance(doc, dict) or not isinstance(doc.get("usage"), dict):
+            return head
+        self.usage = doc["usage"]
+        if self._keep_usage or doc.get("choices"):
+            return head
+        cut_end = end + 1
+        if head[cut_end : cut_end + 1] == b"\n":
+            cut_end += 1
+        return head[:start] + head[cut_end:]

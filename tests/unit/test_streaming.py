@@ -47,7 +47,7 @@ def test_model_swapped_usage_read_and_dropped_in_any_split() -> None:
         relay = SSERelay("meta-llama/Llama-3.1-8B", "chat", keep_usage=False)
         assert relay_in_pieces(data, relay, seed) == expected
         assert relay.usage == {"prompt_tokens": 5, "completion_tokens": 30, "total_tokens": 35}
-        assert relay.events == 32  # 30 chunks, the usage chunk, [DONE]
+        assert relay.events == 31  # 30 chunks and the usage chunk carry a model
 
 
 def test_usage_kept_when_asked_and_nulls_ignored() -> None:
