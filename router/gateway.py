@@ -177,6 +177,8 @@ class Gateway:
                 log.exception("config reload failed")
 
     async def stop(self) -> None:
+        if self._holder is not None:
+            self._holder.current.access.flush()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

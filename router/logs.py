@@ -10,6 +10,7 @@ It carries ids, names and numbers only: the key id, never the key.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -23,6 +24,7 @@ from router.config import LoggingSettings
 
 ACCESS_LOGGER = "spillway.access"
 STDERR = 2
+PIPE_BUF = 4096  # writes up to this size are atomic on a pipe
 
 
 def _timestamp(created: float, msecs: float) -> str:
@@ -67,9 +69,14 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
 
 
 class AccessLog:
-    """The one line per request, as configured by ``logging``."""
+    """The one line per request, as configured by ``logging``.
 
-    __slots__ = ("_fd", "_json", "_logger", "_second", "_stamp", "enabled")
+    Inside a running event loop, JSON lines are gathered and written once per
+    loop iteration, in writes of whole lines no larger than ``PIPE_BUF`` (so
+    lines from several worker processes never interleave on a pipe).
+    """
+
+    __slots__ = ("_fd", "_json", "_lines", "_logger", "_second", "_stamp", "enabled")
 
     def __init__(self, settings: LoggingSettings, fd: int = STDERR) -> None:
         level = logging.getLevelName(settings.level)
@@ -79,6 +86,7 @@ class AccessLog:
         self._logger = logging.getLogger(ACCESS_LOGGER)
         self._second = -1
         self._stamp = ""
+        self._lines: list[bytes] = []
 
     def write(self, fields: dict[str, Any]) -> None:
         if not self._json:
@@ -92,6 +100,28 @@ class AccessLog:
         head = {"ts": f"{self._stamp}.{int((now - second) * 1000):03d}Z", "level": "info",
                 "logger": ACCESS_LOGGER, "msg": "request"}  # fmt: skip
         line = orjson.dumps(head | fields, option=orjson.OPT_APPEND_NEWLINE)
+        if not self._lines:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: write now
+                self._write(line)
+                return
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > PIPE_BUF:
+                self._write(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
         # A closed or full stderr must not fail the request that was answered.
         with contextlib.suppress(OSError):
-            os.write(self._fd, line)
+            os.write(self._fd, data)

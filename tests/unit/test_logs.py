@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -84,3 +85,33 @@ def test_a_broken_stderr_does_not_fail_the_request() -> None:
         AccessLog(LoggingSettings(), fd=w).write(FIELDS)
     finally:
         os.close(w)
+
+
+async def test_lines_of_one_loop_iteration_go_out_together() -> None:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    try:
+        log = AccessLog(LoggingSettings(), fd=w)
+        for i in range(40):  # ~90 bytes each: more than one pipe-atomic write
+            log.write({**FIELDS, "request_id": f"req_{i}"})
+        with pytest.raises(BlockingIOError):
+            os.read(r, 65536)  # nothing written yet
+        await asyncio.sleep(0)
+        lines = read_all_nonblocking(r).decode().splitlines()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert [json.loads(line)["request_id"] for line in lines] == [f"req_{i}" for i in range(40)]
+
+
+def read_all_nonblocking(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
