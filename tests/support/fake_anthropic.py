@@ -28,7 +28,6 @@ in small ``input_json_delta`` fragments. Knobs make it fail.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +37,7 @@ from aiohttp import web
 from anthropic.types.message_create_params import MessageCreateParamsBase
 
 from tests.support.anthropic_types import validate_request
-from tests.support.fakes import Seen
-from tests.support.net import free_port
+from tests.support.fakes import FakeServer, Seen, play
 
 # Sampling parameters Anthropic deprecated: the SDK no longer has them, current models
 # answer 400 to them, older models still take them.
@@ -211,31 +209,19 @@ def _words_in(body: dict[str, Any]) -> int:
     return n
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeServer):
     """``await start()``; ``url`` is the base (the API path is ``/v1/messages``)."""
 
     def __init__(self, behaviour: AnthropicBehaviour | None = None) -> None:
         self.behaviour = behaviour or AnthropicBehaviour()
         self.seen: list[Seen] = []
-        self.port = free_port()
-        self.app = web.Application()
-        self.app.router.add_post("/v1/messages", self._messages)
-        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._messages)
+        super().__init__(app)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> FakeAnthropic:
-        self._runner = web.AppRunner(self.app, handler_cancellation=True)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return self.base
 
     def _error(
         self, status: int, etype: str, message: str, headers: dict[str, str] | None = None
@@ -428,13 +414,6 @@ class FakeAnthropic:
                 )
             )
             events.append(ev("message_stop", {"type": "message_stop"}))
-        for i, data in enumerate(events):
-            if b.break_after is not None and i >= b.break_after:
-                assert request.transport is not None
-                request.transport.close()
-                return resp
-            if b.chunk_delay and i:
-                await asyncio.sleep(b.chunk_delay)
-            await resp.write(data)
-        await resp.write_eof()
-        return resp
+        return await play(
+            request, resp, events, break_after=b.break_after, chunk_delay=b.chunk_delay
+        )

@@ -23,8 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.support.fakes import Seen
-from tests.support.net import free_port
+from tests.support.fakes import FakeServer, Seen
 from tests.support.schema import _bundle
 
 API_VERSIONS = {"2024-06-01", "2024-10-21", "2025-04-01-preview"}
@@ -69,32 +68,20 @@ def _schema_value(schema: Any, name: str) -> Any:
     return {"integer": 3, "number": 2.5, "boolean": False}.get(schema.get("type"), f"{name}-value")
 
 
-class FakeAzure:
+class FakeAzure(FakeServer):
     """``await start()``; ``url`` is the resource endpoint (``https://x.openai.azure.com``)."""
 
     def __init__(self, behaviour: AzureBehaviour | None = None) -> None:
         self.behaviour = behaviour or AzureBehaviour()
         self.seen: list[Seen] = []
-        self.port = free_port()
         self.known = _known_params()
-        self.app = web.Application()
-        self.app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
-        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
+        super().__init__(app)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> FakeAzure:
-        self._runner = web.AppRunner(self.app, handler_cancellation=True)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        return self.base
 
     @staticmethod
     def _error(status: int, code: str, message: str) -> web.Response:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
@@ -104,7 +104,52 @@ def count_words(body: dict[str, Any]) -> int:
     return n + 3 * len(body.get("messages", []))
 
 
-class FakeOpenAI:
+class FakeServer:
+    """A real aiohttp server on a free port of 127.0.0.1; ``await start()`` first."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.port = free_port()
+        self.app = app
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> Self:
+        self._runner = web.AppRunner(self.app, handler_cancellation=True)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def play(
+    request: web.Request,
+    resp: web.StreamResponse,
+    events: list[bytes],
+    *,
+    break_after: int | None,
+    chunk_delay: float,
+) -> web.StreamResponse:
+    """Write prepared SSE events, pausing between them, or drop the connection midway."""
+    for i, data in enumerate(events):
+        if break_after is not None and i >= break_after:
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        if chunk_delay and i:
+            await asyncio.sleep(chunk_delay)
+        await resp.write(data)
+    await resp.write_eof()
+    return resp
+
+
+class FakeOpenAI(FakeServer):
     """An OpenAI-compatible upstream on a free port; ``await start()`` first."""
 
     def __init__(
@@ -121,9 +166,7 @@ class FakeOpenAI:
         self.chats = 0  # chat requests received
         self.scrapes = 0  # GET /metrics
         self.probes = 0  # GET /v1/models
-        self.port = free_port()
-        self.app = self._make_app()
-        self._runner: web.AppRunner | None = None
+        super().__init__(self._make_app())
         self.inflight = 0
 
     def _make_app(self) -> web.Application:
@@ -136,22 +179,11 @@ class FakeOpenAI:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> FakeOpenAI:
-        self._runner = web.AppRunner(self.app, handler_cancellation=True)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
+        return self.base + "/v1"
 
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/metrics"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
     async def kill(self) -> None:
         """Die like a crashed server: the port refuses connections, open ones are reset."""
@@ -267,13 +299,6 @@ class FakeOpenAI:
         if b.send_usage and opts.get("include_usage"):
             chunks.append(ev({**base, "choices": [], "usage": self._usage(body, n)}))
         chunks.append(b"data: [DONE]\n\n")
-        for i, chunk in enumerate(chunks):
-            if b.break_after is not None and i >= b.break_after:
-                assert request.transport is not None
-                request.transport.close()
-                return resp
-            if b.chunk_delay and i:
-                await asyncio.sleep(b.chunk_delay)
-            await resp.write(chunk)
-        await resp.write_eof()
-        return resp
+        return await play(
+            request, resp, chunks, break_after=b.break_after, chunk_delay=b.chunk_delay
+        )
