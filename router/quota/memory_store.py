@@ -91,18 +91,6 @@ class MemoryStore:
         min_out: int,
         lease: int,
     ) -> Reply:
-        return self.admit_now(rid, checks, prompt, out, n, min_out, lease)
-
-    def admit_now(
-        self,
-        rid: str,
-        checks: Sequence[Check],
-        prompt: int,
-        out: int,
-        n: int,
-        min_out: int,
-        lease: int,
-    ) -> Reply:
         now = self._now()
         prev = self._records.get(rid)
         if prev is not None:
