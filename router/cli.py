@@ -174,6 +174,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if port == 0:
             print("--workers needs a fixed --port", file=sys.stderr)
             return 2
+        if not cfg.redis.url:
+            logging.getLogger("spillway").warning(
+                "no redis.url: each of the %d workers keeps its own rate limits and budgets "
+                "(set redis.url to share them)", args.workers,
+            )  # fmt: skip
         return _run_workers(args.workers, (_serve_one, (cfg, host, port, True, path)))
     _serve_one(cfg, host, port, False, path, True)
     return 0
