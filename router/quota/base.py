@@ -38,8 +38,12 @@ class Store(Protocol):
         """Reserve on every check, or none. ``min_out`` 0 forbids clamping."""
         ...
 
-    def settle(self, rid: str, checks: Sequence[Check], actual: Sequence[int], lease: int) -> None:
-        """Queue the settlement of ``rid`` (idempotent); never blocks the caller."""
+    def settle(
+        self, rid: str, checks: Sequence[Check], prompt: int, completion: int, refund: bool,
+        lease: int,
+    ) -> None:  # fmt: skip
+        """Queue the settlement of ``rid`` with the tokens used (idempotent); never blocks
+        the caller. ``refund`` undoes the attempt, its request count included."""
         ...
 
     async def status(self, checks: Sequence[Check]) -> tuple[float, list[float]]:

@@ -145,16 +145,20 @@ class MemoryStore:
         self._records[rid] = _Record("r", out, keys, stored, now + lease, now + lease * 4)
         return Reply(ADMITTED, out, -1, now, tuple(used))
 
-    def settle(self, rid: str, checks: Sequence[Check], actual: Sequence[int], lease: int) -> None:
+    def settle(
+        self, rid: str, checks: Sequence[Check], prompt: int, completion: int, refund: bool,
+        lease: int,
+    ) -> None:  # fmt: skip
         now = self._now()
         rec = self._records.get(rid)
         if rec is None or rec.state == "s":
             return
-        for key, reserved, amount in zip(rec.keys, rec.amounts, actual, strict=True):
+        for check, key, reserved in zip(checks, rec.keys, rec.amounts, strict=True):
             if reserved == -1:
                 if rec.state == "r":
                     self._slots.get(key, {}).pop(rid, None)
                 continue
+            amount = 0 if refund else check.charge(prompt, completion)
             delta = amount - reserved if rec.state == "r" else amount
             counter = self._counters.get(key)
             if delta and counter is not None and counter.expires > now:

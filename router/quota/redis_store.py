@@ -50,10 +50,6 @@ class _Script:
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
 
-def _num(x: float) -> bytes:
-    return b"%d" % x if x == int(x) else repr(x).encode()
-
-
 class _Item:
     """One queued script call: packed for standalone, as arguments for a Cluster."""
 
@@ -74,37 +70,47 @@ class _Item:
         return self.packed
 
 
-class _AdmitTemplate:
-    """The constant bytes of one plan's admission command, packed once."""
+class _Template:
+    """The constant bytes of one plan's admission and settlement commands, packed once;
+    per call only the request id and its numbers are encoded."""
 
-    __slots__ = ("checks", "parts", "record_prefix")
+    __slots__ = ("_lease", "admit_head", "admit_mid", "admit_tail", "checks", "record",
+                 "settle_head", "settle_mid")  # fmt: skip
 
-    def __init__(self, sha: str, record_prefix: str, pending: str, checks: Sequence[Check],
-                 lease: int) -> None:  # fmt: skip
-        n = len(checks)
-        nkeys = 2 + n
+    def __init__(self, admit_sha: str, settle_sha: str, record_prefix: str, pending: str,
+                 checks: Sequence[Check], lease: int) -> None:  # fmt: skip
         self.checks = checks
-        self.record_prefix = record_prefix
-        head = b"*%d\r\n" % (3 + nkeys + 5 + 5 * n) + bulk(b"EVALSHA") + bulk(sha.encode())
-        head += bulk(b"%d" % nkeys)
+        self.record = record_prefix.encode()
+        spec = bulk(";".join(c.spec() for c in checks).encode())
+        lease_b = bulk(b"%d" % lease)
         keys = bulk(pending.encode()) + b"".join(bulk(c.key.encode()) for c in checks)
-        # [head] record [keys] rid [lease] out min_out [n, kind, window, limit] base per ...
-        self.parts = [head, keys, bulk(b"%d" % lease), bulk(b"%d" % n)]
-        self.parts += [
-            bulk(c.kind.encode()) + bulk(c.window.encode()) + bulk(_num(c.limit)) for c in checks
-        ]
+        nkeys = 2 + len(checks)
+        # EVALSHA sha nkeys record pending keys.. | rid lease out min_out prompt n spec
+        self.admit_head = (
+            b"*%d\r\n" % (3 + nkeys + 7) + bulk(b"EVALSHA") + bulk(admit_sha.encode())
+            + bulk(b"%d" % nkeys)
+        )  # fmt: skip
+        self.admit_mid = keys
+        self.admit_tail = spec
+        # EVALSHA sha 2 record pending | rid lease prompt completion refund
+        self.settle_head = b"*10\r\n" + bulk(b"EVALSHA") + bulk(settle_sha.encode()) + bulk(b"2")
+        self.settle_mid = bulk(pending.encode())
+        self._lease = lease_b
 
-    def pack(self, rid: str, prompt: int, out: int, n: int, min_out: int) -> bytes:
-        p = self.parts
-        rid_b = rid.encode()
-        buf = [p[0], bulk(self.record_prefix.encode() + rid_b), p[1], bulk(rid_b), p[2],
-               bulk(b"%d" % out), bulk(b"%d" % min_out), p[3]]  # fmt: skip
-        for i, c in enumerate(self.checks):
-            base, per = c.amounts(prompt, n)
-            buf.append(p[4 + i])
-            buf.append(bulk(_num(base)))
-            buf.append(bulk(_num(per)))
-        return b"".join(buf)
+    def admit(self, rid: str, out: int, min_out: int, prompt: int, n: int) -> bytes:
+        r = rid.encode()
+        return b"".join((
+            self.admit_head, bulk(self.record + r), self.admit_mid, bulk(r), self._lease,
+            bulk(b"%d" % out), bulk(b"%d" % min_out), bulk(b"%d" % prompt), bulk(b"%d" % n),
+            self.admit_tail,
+        ))  # fmt: skip
+
+    def settle(self, rid: str, prompt: int, completion: int, refund: bool) -> bytes:
+        r = rid.encode()
+        return b"".join((
+            self.settle_head, bulk(self.record + r), self.settle_mid, bulk(r), self._lease,
+            bulk(b"%d" % prompt), bulk(b"%d" % completion), bulk(b"1" if refund else b"0"),
+        ))  # fmt: skip
 
 
 class RedisStore:
@@ -129,7 +135,7 @@ class RedisStore:
         self._admit = _Script("admit.lua")
         self._settle = _Script("settle.lua")
         self._status = _Script("status.lua")
-        self._templates: dict[tuple[int, str, int], _AdmitTemplate] = {}
+        self._templates: dict[tuple[int, str, int], _Template] = {}
         self._queue: list[_Item] = []
         self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._handle_soon = False
@@ -148,14 +154,14 @@ class RedisStore:
     def _record_keys(self, tag: str, rid: str) -> list[str]:
         return [f"{self._prefix}:{tag}:rec:{rid}", f"{self._prefix}:{tag}:pending"]
 
-    def _template(self, checks: Sequence[Check], lease: int) -> _AdmitTemplate:
+    def _template(self, checks: Sequence[Check], lease: int) -> _Template:
         key = (id(checks), checks[0].tag, lease)
         t = self._templates.get(key)
         if t is None or t.checks is not checks:
             tag = checks[0].tag
-            t = self._templates[key] = _AdmitTemplate(
-                self._admit.sha, f"{self._prefix}:{tag}:rec:", f"{self._prefix}:{tag}:pending",
-                checks, lease,
+            t = self._templates[key] = _Template(
+                self._admit.sha, self._settle.sha, f"{self._prefix}:{tag}:rec:",
+                f"{self._prefix}:{tag}:pending", checks, lease,
             )  # fmt: skip
         return t
 
@@ -169,25 +175,20 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         if not self._cluster:
             fut: asyncio.Future[Any] = loop.create_future()
-            packed = self._template(checks, lease).pack(rid, prompt, out, n, min_out)
+            packed = self._template(checks, lease).admit(rid, out, min_out, prompt, n)
             self._queue.append(_Item(self._admit, [], [], packed, fut))
             self._schedule(soon=True)
             try:
                 return _parse(await fut)
             except asyncio.CancelledError:
-                fut.add_done_callback(
-                    self._release_on_cancel(rid, checks[0].tag, len(checks), lease)
-                )
+                fut.add_done_callback(self._release_on_cancel(rid, checks, lease))
                 raise
         groups = self._groups(checks)
         futures = []
         for tag, idx in groups:
             keys = self._record_keys(tag, rid) + [checks[i].key for i in idx]
-            args: list[Any] = [rid, lease, out, min_out, len(idx)]
-            for i in idx:
-                c = checks[i]
-                base, per = c.amounts(prompt, n)
-                args += [c.kind, c.window, _num(c.limit), _num(base), _num(per)]
+            spec = ";".join(checks[i].spec() for i in idx)
+            args: list[Any] = [rid, lease, out, min_out, prompt, n, spec]
             f: asyncio.Future[Any] = loop.create_future()
             self._queue.append(_Item(self._admit, keys, args, None, f))
             futures.append(f)
@@ -195,25 +196,27 @@ class RedisStore:
         try:
             raw = [await f for f in futures]
         except asyncio.CancelledError:
-            for (tag, idx), f in zip(groups, futures, strict=True):
-                f.add_done_callback(self._release_on_cancel(rid, tag, len(idx), lease))
+            for (_, idx), f in zip(groups, futures, strict=True):
+                f.add_done_callback(self._release_on_cancel(rid, [checks[i] for i in idx], lease))
             raise
-        return self._merge(rid, groups, raw, len(checks), lease)
+        return self._merge(rid, groups, raw, checks, lease)
 
-    def _release_on_cancel(self, rid: str, tag: str, n: int, lease: int) -> Any:
+    def _release_on_cancel(self, rid: str, checks: Sequence[Check], lease: int) -> Any:
         """The waiter went away: give back what its admission reserved, if it did."""
 
         def done(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:
                 return
             if int(f.result()[0]) == ADMITTED:
-                self._enqueue_settle(tag, rid, [0] * n, lease)
+                self._enqueue_settle(checks, rid, 0, 0, True, lease)
 
         return done
 
     def _merge(
-        self, rid: str, groups: list[tuple[str, list[int]]], raw: list[Any], n: int, lease: int
-    ) -> Reply:
+        self, rid: str, groups: list[tuple[str, list[int]]], raw: list[Any],
+        checks: Sequence[Check], lease: int,
+    ) -> Reply:  # fmt: skip
+        n = len(checks)
         replies = [_parse(r) for r in raw]
         used: list[float] = [0.0] * n
         for reply, (_, idx) in zip(replies, groups, strict=True):
@@ -223,22 +226,37 @@ class RedisStore:
         bad = next((r for r in replies if r.code != ADMITTED), None)
         if bad is None:
             return Reply(ADMITTED, min(r.out for r in replies), -1, replies[0].now, tuple(used))
-        for reply, (tag, idx) in zip(replies, groups, strict=True):
+        for reply, (_, idx) in zip(replies, groups, strict=True):
             if reply.code == ADMITTED:
-                self._enqueue_settle(tag, rid, [0] * len(idx), lease)
+                self._enqueue_settle([checks[i] for i in idx], rid, 0, 0, True, lease)
         bad_group = groups[replies.index(bad)][1]
         return Reply(bad.code, bad.out, bad_group[bad.failed], bad.now, tuple(used))
 
     # --------------------------------------------------------------- settlement
-    def settle(self, rid: str, checks: Sequence[Check], actual: Sequence[int], lease: int) -> None:
+    def settle(
+        self, rid: str, checks: Sequence[Check], prompt: int, completion: int, refund: bool,
+        lease: int,
+    ) -> None:  # fmt: skip
         if not checks:
             return
-        for tag, idx in self._groups(checks):
-            self._enqueue_settle(tag, rid, [actual[i] for i in idx], lease)
+        if not self._cluster:
+            self._enqueue_settle(checks, rid, prompt, completion, refund, lease)
+            return
+        for _tag, idx in self._groups(checks):
+            group = [checks[i] for i in idx]
+            self._enqueue_settle(group, rid, prompt, completion, refund, lease)
 
-    def _enqueue_settle(self, tag: str, rid: str, actual: list[int], lease: int) -> None:
-        keys = self._record_keys(tag, rid)
-        self._queue.append(_Item(self._settle, keys, [rid, lease, *actual], None, None))
+    def _enqueue_settle(
+        self, checks: Sequence[Check], rid: str, prompt: int, completion: int, refund: bool,
+        lease: int,
+    ) -> None:  # fmt: skip
+        if self._cluster:
+            keys = self._record_keys(checks[0].tag, rid)
+            args = [rid, lease, prompt, completion, 1 if refund else 0]
+            self._queue.append(_Item(self._settle, keys, args, None, None))
+        else:
+            packed = self._template(checks, lease).settle(rid, prompt, completion, refund)
+            self._queue.append(_Item(self._settle, [], [], packed, None))
         self._schedule(soon=False)
 
     # ----------------------------------------------------------------- batching

@@ -203,11 +203,7 @@ class Quota:
             ticket.settled = True
             return
         ticket.settled = True
-        actual = [0 if refund else c.charge(prompt, completion) for c in ticket.checks]
-        try:
-            ticket.store.settle(ticket.rid, ticket.checks, actual, self.lease)
-        except StoreUnavailable as exc:  # pragma: no cover - stores queue, never raise
-            log.error("settlement of %s failed: %s", ticket.rid, exc)
+        ticket.store.settle(ticket.rid, ticket.checks, prompt, completion, refund, self.lease)
 
     async def status(self, key_id: str) -> dict[str, Any]:
         """The caller's limits and budgets with what is used and left (GET /v1/quota)."""

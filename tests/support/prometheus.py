@@ -1,8 +1,9 @@
 """A real Prometheus server for the suite (Debian package ``prometheus``).
 
 The binary comes from PATH, else from the Debian package fetched and unpacked
-into a cache by the suite itself; ``.ci/run`` installs the package when missing. The server scrapes the given targets every
-second, optionally evaluates rule files, and is queried over its HTTP API.
+into a cache by the suite itself; ``.ci/run`` installs the package when missing.
+The server scrapes the given targets every second, optionally evaluates rule
+files, and is queried over its HTTP API.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 -- Admission: every rate limit, the concurrency slots and the budget
 -- reservations of one request, all or nothing.
 -- KEYS[1] record (prefix .. rid), KEYS[2] pending leases (zset), KEYS[2+i] check i base key
--- ARGV: rid, lease, out, min_out (0: never clamp), n, then per check:
---       kind ('r' rate counter | 'c' concurrency | 'b' budget), window, limit, base, per_out
+-- ARGV: rid, lease, out, min_out (0: never clamp), prompt, n, spec (see parse_spec)
 -- Reply: {code, out, failed (0-based, -1), now, used_1..used_n}
 --   code 1 admitted (used = after), 2 rate limited, 3 budget short (used = before)
 local rid, lease = ARGV[1], tonumber(ARGV[2])
-local out, min_out, n = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local out, min_out = tonumber(ARGV[3]), tonumber(ARGV[4])
+local prompt, nchoices, spec = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local record, pending = KEYS[1], KEYS[2]
 local now = clock()
 
@@ -19,22 +19,23 @@ local prefix = string.sub(record, 1, #record - #rid)
 local expired = redis.call('ZRANGEBYSCORE', pending, '-inf', now, 'LIMIT', 0, 16)
 for _, old in ipairs(expired) do reclaim(pending, prefix, old) end
 
-local kinds, limits, bases, pers, keys, windows, used = {}, {}, {}, {}, {}, {}, {}
+local checks = parse_spec(spec)
+local n = #checks
+local bases, pers, keys, used = {}, {}, {}, {}
 local fit, short = out, -1
 for i = 1, n do
-  local o = 5 + (i - 1) * 5
-  local kind, window = ARGV[o + 1], ARGV[o + 2]
-  local limit, base, per = tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
-  local key = window_key(KEYS[2 + i], kind, window, now)
-  kinds[i], windows[i], limits[i], bases[i], pers[i], keys[i] = kind, window, limit, base, per, key
-  if kind == 'c' then
+  local c = checks[i]
+  local base, per = amounts(c, prompt, nchoices)
+  local key = window_key(KEYS[2 + i], c.kind, c.window, now)
+  bases[i], pers[i], keys[i] = base, per, key
+  if c.kind == 'c' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
     used[i] = redis.call('ZCARD', key)
   else
     used[i] = tonumber(redis.call('GET', key) or '0')
   end
-  if kind == 'b' then
-    local avail = limit - used[i] - base
+  if c.kind == 'b' then
+    local avail = c.limit - used[i] - base
     if avail < per * out then
       local f = -1
       if per > 0 then f = math.floor(avail / per) elseif avail >= 0 then f = out end
@@ -48,9 +49,9 @@ if fit < out then
   if min_out > 0 and fit >= min_out then out = fit else budget_fail = short end
 end
 for i = 1, n do
-  local k = kinds[i]
-  if (k == 'r' and used[i] + bases[i] + pers[i] * out > limits[i])
-      or (k == 'c' and used[i] + 1 > limits[i]) then
+  local k = checks[i].kind
+  if (k == 'r' and used[i] + bases[i] + pers[i] * out > checks[i].limit)
+      or (k == 'c' and used[i] + 1 > checks[i].limit) then
     return {2, out, i - 1, tostring(now), unpack(used)}
   end
 end
@@ -58,11 +59,11 @@ if budget_fail > 0 then
   return {3, fit, budget_fail - 1, tostring(now), unpack(used)}
 end
 
-local fields = {'state', 'r', 'n', n, 'out', out}
+local fields = {'state', 'r', 'n', n, 'out', out, 'spec', spec}
 for i = 1, n do
   local key = keys[i]
   local amount = -1
-  if kinds[i] == 'c' then
+  if checks[i].kind == 'c' then
     redis.call('ZADD', key, now + lease, rid)
     redis.call('EXPIRE', key, lease * 2)
     used[i] = used[i] + 1
@@ -70,7 +71,7 @@ for i = 1, n do
     amount = math.ceil(bases[i] + pers[i] * out)
     if amount > 0 then
       redis.call('INCRBY', key, int(amount))
-      redis.call('EXPIRE', key, TTL[windows[i]])
+      redis.call('EXPIRE', key, TTL[checks[i].window])
     end
     used[i] = used[i] + amount
   end

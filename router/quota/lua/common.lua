@@ -62,3 +62,30 @@ local function reclaim(pending, record_prefix, rid)
   end
   redis.call('ZREM', pending, rid)
 end
+
+-- A plan's checks, one per ';': kind,window,limit,unit,in_price,out_price
+-- kind: r rate counter | c concurrency | b budget; unit: q requests | t tokens | u usd
+local function parse_spec(spec)
+  local checks = {}
+  for kind, window, limit, unit, pin, pout in
+      string.gmatch(spec, '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*)') do
+    checks[#checks + 1] = {kind = kind, window = window, limit = tonumber(limit),
+                           unit = unit, pin = tonumber(pin), pout = tonumber(pout)}
+  end
+  return checks
+end
+
+-- what a request reserves on a check: base + per * out
+local function amounts(c, prompt, n)
+  if c.kind == 'c' or c.unit == 'q' then return 1, 0 end
+  if c.unit == 'u' then return prompt * c.pin, n * c.pout end
+  return prompt, n
+end
+
+-- what actual usage costs on a check
+local function charge(c, prompt, completion)
+  if c.kind == 'c' then return 0 end
+  if c.unit == 'q' then return 1 end
+  if c.unit == 'u' then return math.ceil(prompt * c.pin + completion * c.pout) end
+  return prompt + completion
+end

@@ -1,18 +1,22 @@
 -- Settlement: replace a reservation with what was used, free the slots.
 -- Applied once per request id: a retried settlement is a no-op.
--- KEYS[1] record, KEYS[2] pending leases; ARGV: rid, lease, actual_1..actual_n
--- (same order as the admission's checks; ignored for concurrency slots).
+-- KEYS[1] record, KEYS[2] pending leases
+-- ARGV: rid, lease, prompt tokens, completion tokens, refund (1: the attempt is
+-- undone, its request uncounted; the next pool's admission counts it)
 local record, pending, rid, lease = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local prompt, completion = tonumber(ARGV[3]), tonumber(ARGV[4])
+local refund = ARGV[5] == '1'
 local state = redis.call('HGET', record, 'state')
 if not state or state == 's' then return 0 end
-local n = tonumber(redis.call('HGET', record, 'n'))
-for i = 1, n do
+local checks = parse_spec(redis.call('HGET', record, 'spec'))
+for i = 1, #checks do
   local kv = redis.call('HMGET', record, 'k' .. i, 'a' .. i)
   local reserved = tonumber(kv[2])
-  local actual = tonumber(ARGV[2 + i] or '0')
   if reserved == -1 then
     if state == 'r' then redis.call('ZREM', kv[1], rid) end
   else
+    local actual = 0
+    if not refund then actual = charge(checks[i], prompt, completion) end
     -- a reclaimed ('x') reservation was already given back: charge in full
     local delta = actual
     if state == 'r' then delta = actual - reserved end

@@ -88,9 +88,8 @@ async def test_settle_replaces_reservation_once(store: Store, key_prefix: str) -
     assert (await store.status(checks))[1] == [500, 1, 500]
     busy = await store.admit("b", checks, 100, 400, 1, 0, LEASE)
     assert busy.code == RATE_LIMITED and checks[busy.failed].name == "concurrent"
-    actual = [c.charge(20, 30) for c in checks]
-    store.settle("a", checks, actual, LEASE)
-    store.settle("a", checks, actual, LEASE)  # a retried settlement is applied once
+    store.settle("a", checks, 20, 30, False, LEASE)
+    store.settle("a", checks, 20, 30, False, LEASE)  # a retried settlement is applied once
     await settle_now(store)
     assert (await store.status(checks))[1] == [50, 0, 50]
     again = await store.admit("a", checks, 100, 400, 1, 0, LEASE)  # replayed admission
@@ -120,7 +119,7 @@ async def test_usd_budget_uses_pool_price(store: Store, key_prefix: str) -> None
     # $1/Mtok in, $4/Mtok out: 1000 in + 500 out = $0.001 + $0.002
     reply = await store.admit("a", checks, 1000, 500, 1, 0, LEASE)
     assert reply.code == ADMITTED
-    store.settle("a", checks, [c.charge(1000, 500) for c in checks], LEASE)
+    store.settle("a", checks, 1000, 500, False, LEASE)
     await settle_now(store)
     _, used = await store.status(checks)
     assert used[checks.index(usd)] == pytest.approx(0.003 * NANO_PER_USD)
@@ -146,7 +145,7 @@ async def test_expired_lease_gives_back_slot_and_reservation(store: Store, key_p
     assert reply.code == ADMITTED
     assert (await store.status(checks))[1] == [1, 20]
     # a late settlement of the reclaimed request still charges what it used
-    store.settle("dead", checks, [0, 150], 60)
+    store.settle("dead", checks, 100, 50, False, 60)
     await settle_now(store)
     assert (await store.status(checks))[1] == [1, 170]
 
@@ -189,7 +188,7 @@ async def test_script_reloaded_after_flush(redis_url: str, key_prefix: str) -> N
         assert (await store.admit("a", checks, 1, 1, 1, 0, LEASE)).code == ADMITTED
         await client.script_flush()  # as after a restart or a failover
         assert (await store.admit("b", checks, 1, 1, 1, 0, LEASE)).code == ADMITTED
-        store.settle("b", checks, [1], LEASE)
+        store.settle("b", checks, 1, 1, False, LEASE)
         await client.script_flush()
         await asyncio.sleep(0.05)
         state = await client.hget(f"{key_prefix}:{{team:t}}:rec:b", "state")
