@@ -115,14 +115,17 @@ class Proxy:
             raise PermissionDenied(
                 f"Team {principal.team!r} may not use model `{req.model}`.", param="model"
             )
-        facts = Facts(
-            team=principal.team,
-            stream=bool(req.stream),
-            tools=bool(req.tools),
-            headers=headers,
-            prompt_tokens=lambda: tokenest.estimate(req),
-        )
-        decision = x.decision = rt.rules.decide(model, facts)
+        decision = rt.rules.unconditional(model)
+        if decision is None:
+            facts = Facts(
+                team=principal.team,
+                stream=bool(req.stream),
+                tools=bool(req.tools),
+                headers=headers,
+                prompt_tokens=lambda: tokenest.estimate(req),
+            )
+            decision = rt.rules.decide(model, facts)
+        x.decision = decision
         if decision is None:
             raise NotFound(
                 f"No route of model `{req.model}` matches this request.", param="model",

@@ -39,6 +39,10 @@ class Check:
     out_price: float = 0.0  # nano-USD per output token
 
     @property
+    def limit_text(self) -> str:
+        return str(int(self.limit))
+
+    @property
     def pool_specific(self) -> bool:
         """A pool budget or a team/key budget scoped to pools: another pool may fit."""
         return self.scope == "pool" or self.pools is not None

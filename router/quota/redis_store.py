@@ -447,5 +447,5 @@ def _noscript(result: Any) -> bool:
 
 def _parse(raw: Any) -> Reply:
     code, out, failed, now = int(raw[0]), int(raw[1]), int(raw[2]), float(raw[3])
-    used = tuple(float(x) for x in raw[4:])
+    used = tuple(map(float, raw[4:]))
     return Reply(code, out, failed, now, used)

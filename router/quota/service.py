@@ -78,23 +78,32 @@ def go_duration(seconds: float) -> str:
     return f"{sec}s"
 
 
-def _rate_headers(checks: Sequence[Check], reply: Reply) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    if not reply.used:
-        return headers
+def _rate_headers(
+    checks: Sequence[Check], reply: Reply, resets: dict[tuple[str, int], str]
+) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers from the tightest rate limit of each unit."""
+    used = reply.used
+    if not used:
+        return {}
     best: dict[str, tuple[float, Check]] = {}
-    for c, used in zip(checks, reply.used, strict=True):
-        if c.kind != "r":
-            continue
-        left = c.limit - used
-        if c.unit not in best or left < best[c.unit][0]:
-            best[c.unit] = (left, c)
+    for c, u in zip(checks, used, strict=True):
+        if c.kind == "r":
+            left = c.limit - u
+            got = best.get(c.unit)
+            if got is None or left < got[0]:
+                best[c.unit] = (left, c)
+    headers: dict[str, str] = {}
+    now = reply.now
     for unit, (left, c) in best.items():
-        headers[f"x-ratelimit-limit-{unit}"] = str(int(c.limit))
-        headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, int(left)))
-        headers[f"x-ratelimit-reset-{unit}"] = go_duration(
-            reset_at(c.window, reply.now) - reply.now
-        )
+        key = (c.window, int(now))
+        reset = resets.get(key)
+        if reset is None:
+            if len(resets) > 64:
+                resets.clear()
+            reset = resets[key] = go_duration(reset_at(c.window, now) - int(now))
+        headers[f"x-ratelimit-limit-{unit}"] = c.limit_text
+        headers[f"x-ratelimit-remaining-{unit}"] = str(int(left)) if left > 0 else "0"
+        headers[f"x-ratelimit-reset-{unit}"] = reset
     return headers
 
 
@@ -114,6 +123,7 @@ class Quota:
         self.clamp = cfg.quota.on_budget_short == "clamp"
         self.metrics = metrics
         self._warned_at = 0.0
+        self._resets: dict[tuple[str, int], str] = {}  # (window, second) -> reset text
 
     def checks(self, key_id: str, pool: str) -> tuple[Check, ...]:
         return self.planner.checks(key_id, pool)
@@ -144,7 +154,7 @@ class Quota:
         if reply.code == ADMITTED:
             return Ticket(
                 rid, checks, store, reply.out, reply.out < out, prompt,
-                _rate_headers(checks, reply),
+                _rate_headers(checks, reply, self._resets),
             )  # fmt: skip
         check = checks[reply.failed]
         used = reply.used[reply.failed] if reply.used else 0.0
@@ -178,7 +188,7 @@ class Quota:
     def _rate_error(
         self, check: Check, used: float, reply: Reply, checks: Sequence[Check]
     ) -> RateLimited:
-        headers = _rate_headers(checks, reply)
+        headers = _rate_headers(checks, reply, self._resets)
         if check.kind == "c":
             wait = 1.0
             msg = (

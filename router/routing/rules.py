@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from router.config import Config, Route, When
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Facts:
     """What a ``when`` clause may look at."""
 
@@ -83,6 +83,7 @@ def _route_name(model: str, index: int, route: Route) -> str:
 class Rules:
     def __init__(self, cfg: Config) -> None:
         self._routes: dict[str, list[tuple[_CompiledWhen, Decision]]] = {}
+        self._first: dict[str, Decision] = {}
         self._exact: dict[str, str] = {}
         self._globs: list[tuple[str, str]] = []
         for name, entry in cfg.models.items():
@@ -95,6 +96,8 @@ class Rules:
                     )
                 )
             self._routes[name] = compiled
+            if entry.routes[0].when is None:
+                self._first[name] = compiled[0][1]
             for alias in [name, *entry.aliases]:
                 if any(c in alias for c in "*?["):
                     self._globs.append((alias, name))
@@ -126,6 +129,10 @@ class Rules:
             return team in self._allow
         exact, globs = rule
         return model in exact or any(fnmatch.fnmatchcase(model, g) for g in globs)
+
+    def unconditional(self, model: str) -> Decision | None:
+        """The decision when the model's first route has no ``when`` (no facts needed)."""
+        return self._first.get(model)
 
     def decide(self, model: str, facts: Facts) -> Decision | None:
         for when, decision in self._routes[model]:
