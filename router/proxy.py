@@ -39,11 +39,21 @@ log = logging.getLogger("spillway.proxy")
 _RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def request_id(request: web.Request) -> str:
-    given = request.headers.get("x-request-id")
-    if given and _RID.match(given):
-        return given
-    return "req_" + os.urandom(12).hex()
+class RequestIds:
+    """``req_<random process prefix><counter>``: unique without a syscall per request."""
+
+    __slots__ = ("_n", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + os.urandom(8).hex()
+        self._n = 0
+
+    def next(self, request: web.Request) -> str:
+        given = request.headers.get("x-request-id")
+        if given and _RID.match(given):
+            return given
+        self._n += 1
+        return f"{self._prefix}{self._n:08x}"
 
 
 async def read_body(request: web.Request, max_bytes: int, seconds: float) -> bytes:
@@ -79,11 +89,12 @@ def parse_request(raw: bytes) -> ChatCompletionRequest:
 class Proxy:
     def __init__(self, holder: RuntimeHolder) -> None:
         self.holder = holder
+        self.ids = RequestIds()
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         rt = self.holder.current
         loop = asyncio.get_running_loop()
-        x = Exchange(request_id(request), loop.time())
+        x = Exchange(self.ids.next(request), loop.time())
         try:
             return await self._chat(rt, request, x)
         except SpillwayError as exc:
