@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,7 +10,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.support.fakes import FakeOpenAI, count_words
+from tests.support.fakes import Behaviour, FakeOpenAI, count_words
 from tests.support.gateway import Running, start_gateway
 from tests.support.net import eventually
 
@@ -233,3 +234,37 @@ async def test_stream_usage_is_charged(
 
 def _used(doc: dict[str, Any], name: str) -> float:
     return float(next(x for x in doc["budgets"] if x["name"] == name)["used"])
+
+
+async def test_client_gone_frees_its_slot(
+    upstream: FakeOpenAI, hosted: FakeOpenAI, store_url: str, key_prefix: str
+) -> None:
+    """A request cancelled mid-flight leaves no concurrency slot held."""
+    hosted.behaviour = Behaviour(first_byte_delay=5)
+    gw = await gateway(upstream, hosted, store_url, key_prefix, {"limits": {"concurrent": 1}})
+    try:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "hosted-only", "messages": MSG}
+            auth = {"Authorization": f"Bearer {KEY}"}
+            held = asyncio.create_task(s.post(gw.base_url + "/chat/completions", json=body,
+                                              headers=auth))  # fmt: skip
+
+            async def upstream_has_it() -> bool:
+                return len(hosted.seen) == 1
+
+            await eventually(upstream_has_it)
+            async with s.post(gw.base_url + "/chat/completions", json=body, headers=auth) as r:
+                assert r.status == 429  # the one slot is taken
+            held.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await held
+            hosted.behaviour = Behaviour()
+
+            async def admitted() -> bool:
+                async with s.post(gw.base_url + "/chat/completions", json=body,
+                                  headers=auth) as r:  # fmt: skip
+                    return r.status == 200
+
+            await eventually(admitted, within=2)
+    finally:
+        await gw.stop()
