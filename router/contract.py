@@ -2,9 +2,10 @@
 
 The request model covers every OpenAI field and every vLLM extra (vLLM 0.33's
 ``ChatCompletionRequest``). Unknown fields are kept (``extra="allow"``) so that
-they are forwarded untouched. Responses and chunks are modelled for the
-providers that build them (simulate, translators); relayed OpenAI responses are
-never re-validated.
+they are forwarded untouched. Answers are not modelled here: relayed answers are
+never re-validated, and the providers that build answers (simulate, the
+translators) write OpenAI's JSON directly; the suite checks them against OpenAI's
+published JSON Schema.
 """
 
 from __future__ import annotations
@@ -21,15 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-__all__ = [
-    "VLLM_EXTRAS",
-    "ChatCompletion",
-    "ChatCompletionChunk",
-    "ChatCompletionRequest",
-    "Usage",
-    "ValidationError",
-    "error_param",
-]
+__all__ = ["VLLM_EXTRAS", "ChatCompletionRequest", "ValidationError", "error_param"]
 
 
 class _Open(BaseModel):
@@ -365,24 +358,24 @@ class ChatCompletionRequest(_Open):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ChatCompletionRequest:
         if self.stream_options is not None and not self.stream:
-            raise _field_error(
+            raise _FieldError(
                 "stream_options", "stream_options can only be set when stream is true"
             )
         if self.stop is not None:
             stops = [self.stop] if isinstance(self.stop, str) else self.stop
             if any(s == "" for s in stops):
-                raise _field_error("stop", "stop strings must not be empty")
+                raise _FieldError("stop", "stop strings must not be empty")
         if (
             self.tool_choice is not None
             and self.tool_choice != "none"
             and not self.tools
             and not self.functions
         ):
-            raise _field_error("tool_choice", "tool_choice requires tools")
+            raise _FieldError("tool_choice", "tool_choice requires tools")
         if isinstance(self.tool_choice, NamedToolChoice) and self.tools:
             names = {t.function.name for t in self.tools if isinstance(t, FunctionTool)}
             if self.tool_choice.function.name not in names:
-                raise _field_error(
+                raise _FieldError(
                     "tool_choice",
                     f"tool_choice names function {self.tool_choice.function.name!r}, "
                     "which is not in tools",
@@ -423,10 +416,6 @@ class _FieldError(ValueError):
         self.param = param
 
 
-def _field_error(param: str, message: str) -> _FieldError:
-    return _FieldError(param, message)
-
-
 _UNION_LABELS = ("str", "int", "float", "bool", "list[", "dict[", "tagged-union[", "function-",
                  "literal[")  # fmt: skip
 _TAGS = _ROLES | _KNOWN_PARTS | {
@@ -458,64 +447,3 @@ def error_param(exc: ValidationError) -> tuple[str | None, str]:
     if err["type"] == "missing":
         msg = "field required"
     return param, f"{param}: {msg}" if param else msg
-
-
-# ------------------------------------------------------------------------ responses
-
-
-class Usage(_Open):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-class ResponseMessage(_Open):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    refusal: str | None = None
-    tool_calls: list[ToolCall] | None = None
-
-
-class Choice(_Open):
-    index: int
-    message: ResponseMessage
-    finish_reason: str | None
-    logprobs: dict[str, Any] | None = None
-
-
-class ChatCompletion(_Open):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: Usage | None = None
-
-
-class ToolCallDelta(_Open):
-    index: int
-    id: str | None = None
-    type: Literal["function"] | None = None
-    function: dict[str, str] | None = None
-
-
-class Delta(_Open):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    tool_calls: list[ToolCallDelta] | None = None
-
-
-class ChunkChoice(_Open):
-    index: int
-    delta: Delta
-    finish_reason: str | None = None
-    logprobs: dict[str, Any] | None = None
-
-
-class ChatCompletionChunk(_Open):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
