@@ -16,6 +16,7 @@ from typing import Protocol
 
 import aiohttp
 
+from router import http1
 from router.config import Timeouts
 from router.errors import UpstreamError, UpstreamStatus, UpstreamTimeout, status_error
 
@@ -35,91 +36,23 @@ class Limits:
 
     client_timeout: aiohttp.ClientTimeout
     first_byte: float
+    lean: http1.Timeouts
 
     @classmethod
     def from_config(cls, t: Timeouts) -> Limits:
         return cls(
             aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.idle),
             t.first_byte,
+            http1.Timeouts(t.connect, t.first_byte, t.idle, t.total),
         )
-
-
-class _Deadline:
-    """Cancel the current task after ``seconds`` (a lighter ``asyncio.timeout``).
-
-    The timer can only fire while the task waits, so once the awaited call has
-    returned, ``cancel()`` runs before it could.
-    """
-
-    __slots__ = ("_fired", "_handle", "_task")
-
-    def __init__(self, seconds: float) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._fired = False
-        self._handle = asyncio.get_running_loop().call_later(seconds, self._fire)
-
-    def _fire(self) -> None:
-        self._fired = True
-        self._task.cancel()
-
-    def expired(self) -> bool:
-        """True when the deadline caused the cancellation (which is then undone)."""
-        if self._fired:
-            self._task.uncancel()
-            return True
-        return False
-
-    def cancel(self) -> None:
-        self._handle.cancel()
-
-
-class HTTPOpened:
-    """A 2xx upstream response, to be read whole or relayed as it arrives."""
-
-    __slots__ = ("_resp",)
-
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self._resp = resp
-
-    @property
-    def is_stream(self) -> bool:
-        return self._resp.content_type == "text/event-stream"
-
-    async def read(self) -> bytes:
-        try:
-            return await self._resp.read()
-        except TimeoutError:
-            raise UpstreamTimeout("The upstream stopped sending its answer (timeout).") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"The upstream connection failed: {type(exc).__name__}.") from None
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._resp.content
-        try:
-            while True:
-                data = await content.readany()
-                if not data:
-                    return
-                yield data
-        except TimeoutError:
-            raise UpstreamTimeout("The upstream went idle mid-stream (timeout).") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"The upstream stream broke: {type(exc).__name__}.") from None
-
-    def close(self) -> None:
-        # close(), not release(): an unfinished body must not go back to the pool
-        if self._resp.content.at_eof():
-            self._resp.release()
-        else:
-            self._resp.close()
 
 
 class Upstream:
     """Sends requests to backends. Create inside the running event loop."""
 
     def __init__(self, *, limit_per_host: int = 0) -> None:
+        self._pools: dict[tuple[str, str, int], http1.Pool] = {}
+        self._targets: dict[tuple[str, int], tuple[Mapping[str, str], Limits, http1.Target]] = {}
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=0,
@@ -133,6 +66,7 @@ class Upstream:
         )
 
     async def close(self) -> None:
+        http1.close_pools(self._pools)
         await self.session.close()
 
     async def post(
@@ -143,38 +77,26 @@ class Upstream:
         limits: Limits,
         *,
         backend: str,
-        params: Mapping[str, str] | None = None,
+        extra: Mapping[str, str] | None = None,
         on_error: StatusMapper = status_error,
-    ) -> HTTPOpened:
+    ) -> http1.Response:
         """POST and wait for a 2xx status line; raise an UpstreamError otherwise
-        (``on_error`` reads the error body of a 4xx/5xx answer)."""
-        deadline = _Deadline(limits.first_byte)
+        (``on_error`` reads the error body of a 4xx/5xx answer). ``headers`` are the
+        backend's constant ones (packed once); ``extra`` are this request's own."""
+        target = self._target(url, headers, limits)
         try:
-            resp = await self.session.post(
-                url,
-                data=body,
-                headers=headers,
-                params=params,
-                allow_redirects=False,
-                timeout=limits.client_timeout,
-            )
-        except asyncio.CancelledError:
-            if deadline.expired():
-                raise UpstreamTimeout(f"Backend {backend!r} did not answer in time.") from None
-            raise
-        except TimeoutError:
+            resp = await target.post(body, extra or {})
+        except http1.ConnectFailed as exc:
+            raise UpstreamError(f"Backend {backend!r} is unreachable: {exc.message}") from None
+        except UpstreamTimeout:
             raise UpstreamTimeout(f"Backend {backend!r} did not answer in time.") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"Backend {backend!r} is unreachable ({type(exc).__name__})."
-            ) from None
-        finally:
-            deadline.cancel()
+        except UpstreamError as exc:
+            raise UpstreamError(f"Backend {backend!r}: {exc.message}") from None
         if resp.status < 300:
-            return HTTPOpened(resp)
+            return resp
         try:
             text = await resp.read()
-        except (aiohttp.ClientError, TimeoutError):
+        except UpstreamError:
             text = b""
         finally:
             resp.close()
@@ -186,6 +108,17 @@ class Upstream:
             )
         retry_after = _retry_after(resp.headers)
         raise on_error(resp.status, text, retry_after=retry_after, backend=f"backend {backend!r}")
+
+    def _target(self, url: str, headers: Mapping[str, str], limits: Limits) -> http1.Target:
+        key = (url, id(headers))
+        hit = self._targets.get(key)
+        if hit is not None and hit[0] is headers and hit[1] is limits:
+            return hit[2]
+        if len(self._targets) > 4096:  # configs come and go with reloads
+            self._targets.clear()
+        target = http1.Target(url, headers, limits.lean, self._pools)
+        self._targets[key] = (headers, limits, target)
+        return target
 
     async def get(
         self, url: str, headers: Mapping[str, str], seconds: float, *, max_bytes: int = 4 << 20
@@ -228,7 +161,7 @@ def redact(body: bytes, headers: Mapping[str, str]) -> bytes:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
+    value = headers.get("retry-after") or headers.get("Retry-After")
     if value is None:
         return None
     try:

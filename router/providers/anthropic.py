@@ -139,11 +139,9 @@ class AnthropicAdapter:
     async def open(self) -> Opened:
         call, be = self._call, self._backend
         body = orjson.dumps(self.request_body())
-        headers = be.headers
-        if call.forward_headers:
-            headers = {**headers, **call.forward_headers}
         opened = await be.upstream.post(
-            be.url, headers, body, be.limits, backend=be.name, on_error=anthropic_status_error
+            be.url, be.headers, body, be.limits, backend=be.name, extra=call.forward_headers,
+            on_error=anthropic_status_error,
         )
         if call.stream and opened.is_stream:
             self._stream = AnthropicStream(

@@ -146,11 +146,10 @@ class OpenAIAdapter:
             body = orjson.dumps(patch_body(call, be.name, be.blocked, be.unsupported))
         else:
             body = call.raw
-        headers = be.headers
-        if call.forward_headers:
-            headers = {**headers, **call.forward_headers}
         url = be.endpoint(call.member_model)
-        opened = await be.upstream.post(url, headers, body, be.limits, backend=be.name)
+        opened = await be.upstream.post(
+            url, be.headers, body, be.limits, backend=be.name, extra=call.forward_headers
+        )
         if call.stream and opened.is_stream:
             self._relay = SSERelay(call.member_model, call.client_model, call.wants_usage)
         return opened
