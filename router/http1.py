@@ -14,6 +14,7 @@ read to its end is never put back in the pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -141,7 +142,9 @@ class _Conn(asyncio.Protocol):
         self._disarm()
         resp = self.response
         if resp is not None and not resp._done and resp.error is None:
-            resp.error = UpstreamError("The upstream stream broke: the connection closed mid-answer.")
+            resp.error = UpstreamError(
+                "The upstream stream broke: the connection closed mid-answer."
+            )
             resp._wake()
         self.pool.forget(self)
 
@@ -243,7 +246,9 @@ class Pool:
 
     def __init__(self, scheme: str, host: str, port: int, max_idle: int = 256) -> None:
         self.host, self.port = host, port
-        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if scheme == "https" else None
+        self.ssl: ssl.SSLContext | None = (
+            ssl.create_default_context() if scheme == "https" else None
+        )
         self.idle: deque[_Conn] = deque()
         self.max_idle = max_idle
 
@@ -274,10 +279,8 @@ class Pool:
             conn.abort()
 
     def forget(self, conn: _Conn) -> None:
-        try:
+        with contextlib.suppress(ValueError):  # not idle: nothing to forget
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
     def close(self) -> None:
         while self.idle:

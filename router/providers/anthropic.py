@@ -140,7 +140,12 @@ class AnthropicAdapter:
         call, be = self._call, self._backend
         body = orjson.dumps(self.request_body())
         opened = await be.upstream.post(
-            be.url, be.headers, body, be.limits, backend=be.name, extra=call.forward_headers,
+            be.url,
+            be.headers,
+            body,
+            be.limits,
+            backend=be.name,
+            extra=call.forward_headers,
             on_error=anthropic_status_error,
         )
         if call.stream and opened.is_stream:

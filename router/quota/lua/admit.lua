@@ -69,9 +69,8 @@ for i = 1, n do
     used[i] = used[i] + 1
   else
     amount = math.ceil(bases[i] + pers[i] * out)
-    if amount > 0 then
-      redis.call('INCRBY', key, int(amount))
-      redis.call('EXPIRE', key, TTL[checks[i].window])
+    if amount > 0 and redis.call('INCRBY', key, int(amount)) == amount then
+      redis.call('EXPIRE', key, TTL[checks[i].window])  -- a new window's counter
     end
     used[i] = used[i] + amount
   end
