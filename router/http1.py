@@ -142,9 +142,13 @@ class _Conn(asyncio.Protocol):
         self._disarm()
         resp = self.response
         if resp is not None and not resp._done and resp.error is None:
-            resp.error = UpstreamError(
-                "The upstream stream broke: the connection closed mid-answer."
-            )
+            h = resp.headers
+            if resp.head and "content-length" not in h and "transfer-encoding" not in h:
+                resp._done = True  # a body delimited by the end of the connection
+            else:
+                resp.error = UpstreamError(
+                    "The upstream stream broke: the connection closed mid-answer."
+                )
             resp._wake()
         self.pool.forget(self)
 

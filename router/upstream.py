@@ -1,6 +1,8 @@
-"""The only owner of the outbound ``aiohttp.ClientSession``.
+"""The only owner of outbound connections.
 
-One session per process with keep-alive pools. Upstream calls never follow
+Chat calls go through :mod:`router.http1` (keep-alive pools per host, one
+packed request head per backend); health probes and ``/metrics`` scrapes use
+one ``aiohttp.ClientSession``. Upstream calls never follow
 redirects (a redirect must not carry credentials anywhere), never ask for a
 compressed body (usage is read on the bytes) and are bounded by the backend's
 timeouts: connect, time to first byte (response headers), idle between reads

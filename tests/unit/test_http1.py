@@ -201,3 +201,20 @@ async def test_errors_and_timeouts(serve: Callable[..., Awaitable[RawServer]]) -
     with pytest.raises(http1.ConnectFailed):
         await dead.post(b"{}", {})
     http1.close_pools(pools)
+
+
+async def test_body_delimited_by_the_end_of_the_connection(
+    serve: Callable[..., Awaitable[RawServer]],
+) -> None:
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await srv.read_request(r)
+        w.write(b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"ok": true}')
+        await w.drain()
+
+    srv = await serve(handler)
+    pools: dict[tuple[str, str, int], http1.Pool] = {}
+    resp = await target(srv.url, pools).post(b"{}", {})
+    assert await resp.read() == b'{"ok": true}'
+    resp.close()
+    assert not next(iter(pools.values())).idle  # HTTP/1.0: not kept alive
+    http1.close_pools(pools)
