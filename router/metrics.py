@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import glob
 import os
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -212,6 +213,29 @@ class Metrics:
         return generate_latest(merged)
 
 
+class _Fast:
+    """``inc``/``observe`` straight on a child's value objects, skipping the
+    per-call checks prometheus-client repeats (the child is known to be valid)."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum", "inc")
+
+    def __init__(self, child: Any) -> None:
+        if hasattr(child, "_buckets"):  # a histogram
+            self._sum = child._sum.inc
+            self._bounds = list(child._upper_bounds)
+            self._buckets = [b.inc for b in child._buckets]
+            self.inc = self._sum
+        else:
+            self.inc = child._value.inc
+            self._bounds = []
+            self._buckets = []
+            self._sum = self.inc
+
+    def observe(self, value: float) -> None:
+        self._sum(value)
+        self._buckets[bisect_left(self._bounds, value)](1)
+
+
 class Series:
     """The label children one request records, looked up once per combination."""
 
@@ -223,20 +247,20 @@ class Series:
     def __init__(self, m: Metrics, model: str, pool: str, backend: str, team: str) -> None:
         self._m = m
         self.model, self.pool, self.team = model, pool, team
-        self._status: dict[str, Any] = {}
-        self.duration = m.child(m.duration, model, pool, backend)
-        self.ttft = m.child(m.ttft, model, pool, backend)
-        self.tpot = m.child(m.tpot, model, pool, backend)
-        self.prompt = m.child(m.prompt_tokens, model, pool, backend, team)
-        self.completion = m.child(m.completion_tokens, model, pool, backend, team)
-        self.cost = m.child(m.cost, model, pool, team)
-        self.overhead = m.child(m.overhead, model)
+        self._status: dict[str, _Fast] = {}
+        self.duration = _Fast(m.child(m.duration, model, pool, backend))
+        self.ttft = _Fast(m.child(m.ttft, model, pool, backend))
+        self.tpot = _Fast(m.child(m.tpot, model, pool, backend))
+        self.prompt = _Fast(m.child(m.prompt_tokens, model, pool, backend, team))
+        self.completion = _Fast(m.child(m.completion_tokens, model, pool, backend, team))
+        self.cost = _Fast(m.child(m.cost, model, pool, team))
+        self.overhead = _Fast(m.child(m.overhead, model))
         self._key = (model, pool, backend, team)
 
-    def requests(self, status_class: str) -> Any:
+    def requests(self, status_class: str) -> _Fast:
         got = self._status.get(status_class)
         if got is None:
-            got = self._status[status_class] = self._m.child(
-                self._m.requests, *self._key, status_class
+            got = self._status[status_class] = _Fast(
+                self._m.child(self._m.requests, *self._key, status_class)
             )
         return got

@@ -154,7 +154,7 @@ class Proxy:
             m.child(m.requests, x.model, "", x.backend, team, sc).inc()
         else:
             series = rt.metrics.series(x.model, x.pool, x.backend, team)
-            series.requests(sc).inc()
+            series.requests(sc).inc(1)
             series.duration.observe(duration)
             prompt, completion = billable(x)
             if x.ttft is not None and x.request is not None and x.request.stream:

@@ -85,15 +85,15 @@ class _Template:
         lease_b = bulk(b"%d" % lease)
         keys = bulk(pending.encode()) + b"".join(bulk(c.key.encode()) for c in checks)
         nkeys = 2 + len(checks)
-        # EVALSHA sha nkeys record pending keys.. | rid lease out min_out prompt n spec
+        # EVALSHA sha nkeys record pending keys.. | rid lease "out,min_out,prompt,n" spec
         self.admit_head = (
-            b"*%d\r\n" % (3 + nkeys + 7) + bulk(b"EVALSHA") + bulk(admit_sha.encode())
+            b"*%d\r\n" % (3 + nkeys + 4) + bulk(b"EVALSHA") + bulk(admit_sha.encode())
             + bulk(b"%d" % nkeys)
         )  # fmt: skip
         self.admit_mid = keys
         self.admit_tail = spec
-        # EVALSHA sha 2 record pending | rid lease prompt completion refund
-        self.settle_head = b"*10\r\n" + bulk(b"EVALSHA") + bulk(settle_sha.encode()) + bulk(b"2")
+        # EVALSHA sha 2 record pending | rid lease "prompt,completion,refund"
+        self.settle_head = b"*8\r\n" + bulk(b"EVALSHA") + bulk(settle_sha.encode()) + bulk(b"2")
         self.settle_mid = bulk(pending.encode())
         self._lease = lease_b
 
@@ -101,15 +101,14 @@ class _Template:
         r = rid.encode()
         return b"".join((
             self.admit_head, bulk(self.record + r), self.admit_mid, bulk(r), self._lease,
-            bulk(b"%d" % out), bulk(b"%d" % min_out), bulk(b"%d" % prompt), bulk(b"%d" % n),
-            self.admit_tail,
+            bulk(b"%d,%d,%d,%d" % (out, min_out, prompt, n)), self.admit_tail,
         ))  # fmt: skip
 
     def settle(self, rid: str, prompt: int, completion: int, refund: bool) -> bytes:
         r = rid.encode()
         return b"".join((
             self.settle_head, bulk(self.record + r), self.settle_mid, bulk(r), self._lease,
-            bulk(b"%d" % prompt), bulk(b"%d" % completion), bulk(b"1" if refund else b"0"),
+            bulk(b"%d,%d,%d" % (prompt, completion, refund)),
         ))  # fmt: skip
 
 
@@ -188,7 +187,7 @@ class RedisStore:
         for tag, idx in groups:
             keys = self._record_keys(tag, rid) + [checks[i].key for i in idx]
             spec = ";".join(checks[i].spec() for i in idx)
-            args: list[Any] = [rid, lease, out, min_out, prompt, n, spec]
+            args: list[Any] = [rid, lease, f"{out},{min_out},{prompt},{n}", spec]
             f: asyncio.Future[Any] = loop.create_future()
             self._queue.append(_Item(self._admit, keys, args, None, f))
             futures.append(f)
@@ -252,7 +251,7 @@ class RedisStore:
     ) -> None:  # fmt: skip
         if self._cluster:
             keys = self._record_keys(checks[0].tag, rid)
-            args = [rid, lease, prompt, completion, 1 if refund else 0]
+            args = [rid, lease, f"{prompt},{completion},{int(refund)}"]
             self._queue.append(_Item(self._settle, keys, args, None, None))
         else:
             packed = self._template(checks, lease).settle(rid, prompt, completion, refund)

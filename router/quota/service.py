@@ -78,6 +78,13 @@ def go_duration(seconds: float) -> str:
     return f"{sec}s"
 
 
+_HEADER_NAMES = {
+    unit: (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}",
+           f"x-ratelimit-reset-{unit}")
+    for unit in ("requests", "tokens")
+}  # fmt: skip
+
+
 def _rate_headers(
     checks: Sequence[Check], reply: Reply, resets: dict[tuple[str, int], str]
 ) -> dict[str, str]:
@@ -101,9 +108,10 @@ def _rate_headers(
             if len(resets) > 64:
                 resets.clear()
             reset = resets[key] = go_duration(reset_at(c.window, now) - int(now))
-        headers[f"x-ratelimit-limit-{unit}"] = c.limit_text
-        headers[f"x-ratelimit-remaining-{unit}"] = str(int(left)) if left > 0 else "0"
-        headers[f"x-ratelimit-reset-{unit}"] = reset
+        limit_name, remaining_name, reset_name = _HEADER_NAMES[unit]
+        headers[limit_name] = c.limit_text
+        headers[remaining_name] = str(int(left)) if left > 0 else "0"
+        headers[reset_name] = reset
     return headers
 
 

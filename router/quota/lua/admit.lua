@@ -1,12 +1,12 @@
 -- Admission: every rate limit, the concurrency slots and the budget
 -- reservations of one request, all or nothing.
 -- KEYS[1] record (prefix .. rid), KEYS[2] pending leases (zset), KEYS[2+i] check i base key
--- ARGV: rid, lease, out, min_out (0: never clamp), prompt, n, spec (see parse_spec)
+-- ARGV: rid, lease, "out,min_out,prompt,n" (min_out 0: never clamp), spec (see parse_spec)
 -- Reply: {code, out, failed (0-based, -1), now, used_1..used_n}
 --   code 1 admitted (used = after), 2 rate limited, 3 budget short (used = before)
-local rid, lease = ARGV[1], tonumber(ARGV[2])
-local out, min_out = tonumber(ARGV[3]), tonumber(ARGV[4])
-local prompt, nchoices, spec = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local rid, lease, spec = ARGV[1], tonumber(ARGV[2]), ARGV[4]
+local a, b, c, d = string.match(ARGV[3], '^(%d+),(%d+),(%d+),(%d+)$')
+local out, min_out, prompt, nchoices = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
 local record, pending = KEYS[1], KEYS[2]
 local now = clock()
 

@@ -1,11 +1,11 @@
 -- Settlement: replace a reservation with what was used, free the slots.
 -- Applied once per request id: a retried settlement is a no-op.
 -- KEYS[1] record, KEYS[2] pending leases
--- ARGV: rid, lease, prompt tokens, completion tokens, refund (1: the attempt is
--- undone, its request uncounted; the next pool's admission counts it)
+-- ARGV: rid, lease, "prompt,completion,refund" (refund 1: the attempt is undone,
+-- its request uncounted; the next pool's admission counts it)
 local record, pending, rid, lease = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
-local prompt, completion = tonumber(ARGV[3]), tonumber(ARGV[4])
-local refund = ARGV[5] == '1'
+local p, c, r = string.match(ARGV[3], '^(%d+),(%d+),(%d)$')
+local prompt, completion, refund = tonumber(p), tonumber(c), r == '1'
 local state = redis.call('HGET', record, 'state')
 if not state or state == 's' then return 0 end
 local checks = parse_spec(redis.call('HGET', record, 'spec'))
