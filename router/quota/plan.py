@@ -71,12 +71,11 @@ class Check:
             return math.ceil(prompt * self.in_price + completion * self.out_price)
         return prompt + completion
 
-    def spec(self) -> str:
-        """This check as the Lua scripts read it (see ``parse_spec`` in common.lua)."""
+    def script_args(self) -> list[str]:
+        """This check as the Lua scripts read it (see ``read_checks`` in common.lua)."""
         unit = {"requests": "q", "tokens": "t", "usd": "u", "slots": "s"}[self.unit]
-        return (
-            f"{self.kind},{self.window},{self.limit!r},{unit},{self.in_price!r},{self.out_price!r}"
-        )
+        return [self.kind, self.window, repr(self.limit), unit, repr(self.in_price),
+                repr(self.out_price)]  # fmt: skip
 
     def display(self, amount: float) -> float | int:
         """Stored units -> the config's units (nano-USD -> USD; counts as integers)."""

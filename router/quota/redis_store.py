@@ -81,19 +81,23 @@ class _Template:
                  checks: Sequence[Check], lease: int) -> None:  # fmt: skip
         self.checks = checks
         self.record = record_prefix.encode()
-        spec = bulk(";".join(c.spec() for c in checks).encode())
+        spec = b"".join(bulk(a.encode()) for c in checks for a in c.script_args())
         lease_b = bulk(b"%d" % lease)
         keys = bulk(pending.encode()) + b"".join(bulk(c.key.encode()) for c in checks)
         nkeys = 2 + len(checks)
-        # EVALSHA sha nkeys record pending keys.. | rid lease "out,min_out,prompt,n" spec
+        # EVALSHA sha nkeys record pending keys.. | rid lease "out,min_out,prompt,n" checks..
         self.admit_head = (
-            b"*%d\r\n" % (3 + nkeys + 4) + bulk(b"EVALSHA") + bulk(admit_sha.encode())
+            b"*%d\r\n" % (3 + nkeys + 3 + 6 * len(checks)) + bulk(b"EVALSHA")
+            + bulk(admit_sha.encode())
             + bulk(b"%d" % nkeys)
         )  # fmt: skip
         self.admit_mid = keys
         self.admit_tail = spec
-        # EVALSHA sha 2 record pending | rid lease "prompt,completion,refund"
-        self.settle_head = b"*8\r\n" + bulk(b"EVALSHA") + bulk(settle_sha.encode()) + bulk(b"2")
+        # EVALSHA sha 2 record pending | rid lease "prompt,completion,refund" checks..
+        self.settle_head = (
+            b"*%d\r\n" % (8 + 6 * len(checks)) + bulk(b"EVALSHA") + bulk(settle_sha.encode())
+            + bulk(b"2")
+        )  # fmt: skip
         self.settle_mid = bulk(pending.encode())
         self._lease = lease_b
 
@@ -108,7 +112,7 @@ class _Template:
         r = rid.encode()
         return b"".join((
             self.settle_head, bulk(self.record + r), self.settle_mid, bulk(r), self._lease,
-            bulk(b"%d,%d,%d" % (prompt, completion, refund)),
+            bulk(b"%d,%d,%d" % (prompt, completion, refund)), self.admit_tail,
         ))  # fmt: skip
 
 
@@ -186,8 +190,9 @@ class RedisStore:
         futures = []
         for tag, idx in groups:
             keys = self._record_keys(tag, rid) + [checks[i].key for i in idx]
-            spec = ";".join(checks[i].spec() for i in idx)
-            args: list[Any] = [rid, lease, f"{out},{min_out},{prompt},{n}", spec]
+            args: list[Any] = [rid, lease, f"{out},{min_out},{prompt},{n}"]
+            for i in idx:
+                args += checks[i].script_args()
             f: asyncio.Future[Any] = loop.create_future()
             self._queue.append(_Item(self._admit, keys, args, None, f))
             futures.append(f)
@@ -252,6 +257,8 @@ class RedisStore:
         if self._cluster:
             keys = self._record_keys(checks[0].tag, rid)
             args = [rid, lease, f"{prompt},{completion},{int(refund)}"]
+            for c in checks:
+                args += c.script_args()
             self._queue.append(_Item(self._settle, keys, args, None, None))
         else:
             packed = self._template(checks, lease).settle(rid, prompt, completion, refund)

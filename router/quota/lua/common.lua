@@ -44,48 +44,53 @@ local function window_key(base, kind, window, now)
   return base .. ':' .. int(bucket(window, now))
 end
 
+-- Checks come in ARGV, 6 values each from a given offset o:
+--   kind (r rate counter | c concurrency | b budget), window, limit,
+--   unit (q requests | t tokens | u usd | s slots), in_price, out_price (nano-USD/token)
+
+-- what a request reserves on check o: base + per * out
+local function amounts(o, prompt, n)
+  local kind, unit = ARGV[o], ARGV[o + 3]
+  if kind == 'c' or unit == 'q' then return 1, 0 end
+  if unit == 'u' then return prompt * tonumber(ARGV[o + 4]), n * tonumber(ARGV[o + 5]) end
+  return prompt, n
+end
+
+-- what actual usage costs on check o
+local function charge(o, prompt, completion)
+  local kind, unit = ARGV[o], ARGV[o + 3]
+  if kind == 'c' then return 0 end
+  if unit == 'q' then return 1 end
+  if unit == 'u' then
+    return math.ceil(prompt * tonumber(ARGV[o + 4]) + completion * tonumber(ARGV[o + 5]))
+  end
+  return prompt + completion
+end
+
+-- a reservation record holds its keys ('k', space-separated) and the amounts
+-- reserved on them ('a', comma-separated; -1 marks a concurrency slot)
+local function record_entries(keys_text, amounts_text)
+  local keys, amounts = {}, {}
+  for k in string.gmatch(keys_text, '%S+') do keys[#keys + 1] = k end
+  for a in string.gmatch(amounts_text, '[^,]+') do amounts[#amounts + 1] = tonumber(a) end
+  return keys, amounts
+end
+
 -- give back what an expired (leaked) reservation still holds
 local function reclaim(pending, record_prefix, rid)
   local record = record_prefix .. rid
-  if redis.call('HGET', record, 'state') == 'r' then
-    local n = tonumber(redis.call('HGET', record, 'n'))
-    for i = 1, n do
-      local kv = redis.call('HMGET', record, 'k' .. i, 'a' .. i)
-      local amount = tonumber(kv[2])
+  local rec = redis.call('HMGET', record, 'state', 'k', 'a')
+  if rec[1] == 'r' then
+    local keys, amounts = record_entries(rec[2], rec[3])
+    for i = 1, #keys do
+      local amount = amounts[i]
       if amount == -1 then
-        redis.call('ZREM', kv[1], rid)
-      elseif amount > 0 and redis.call('EXISTS', kv[1]) == 1 then
-        redis.call('DECRBY', kv[1], int(amount))
+        redis.call('ZREM', keys[i], rid)
+      elseif amount > 0 and redis.call('EXISTS', keys[i]) == 1 then
+        redis.call('DECRBY', keys[i], int(amount))
       end
     end
     redis.call('HSET', record, 'state', 'x')
   end
   redis.call('ZREM', pending, rid)
-end
-
--- A plan's checks, one per ';': kind,window,limit,unit,in_price,out_price
--- kind: r rate counter | c concurrency | b budget; unit: q requests | t tokens | u usd
-local function parse_spec(spec)
-  local checks = {}
-  for kind, window, limit, unit, pin, pout in
-      string.gmatch(spec, '([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*),([^,;]*)') do
-    checks[#checks + 1] = {kind = kind, window = window, limit = tonumber(limit),
-                           unit = unit, pin = tonumber(pin), pout = tonumber(pout)}
-  end
-  return checks
-end
-
--- what a request reserves on a check: base + per * out
-local function amounts(c, prompt, n)
-  if c.kind == 'c' or c.unit == 'q' then return 1, 0 end
-  if c.unit == 'u' then return prompt * c.pin, n * c.pout end
-  return prompt, n
-end
-
--- what actual usage costs on a check
-local function charge(c, prompt, completion)
-  if c.kind == 'c' then return 0 end
-  if c.unit == 'q' then return 1 end
-  if c.unit == 'u' then return math.ceil(prompt * c.pin + completion * c.pout) end
-  return prompt + completion
 end

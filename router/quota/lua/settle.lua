@@ -2,26 +2,26 @@
 -- Applied once per request id: a retried settlement is a no-op.
 -- KEYS[1] record, KEYS[2] pending leases
 -- ARGV: rid, lease, "prompt,completion,refund" (refund 1: the attempt is undone,
--- its request uncounted; the next pool's admission counts it)
+-- its request uncounted; the next pool's admission counts it), then the checks as
+-- the admission had them (6 per check, see common.lua)
 local record, pending, rid, lease = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 local p, c, r = string.match(ARGV[3], '^(%d+),(%d+),(%d)$')
 local prompt, completion, refund = tonumber(p), tonumber(c), r == '1'
-local state = redis.call('HGET', record, 'state')
+local rec = redis.call('HMGET', record, 'state', 'k', 'a')
+local state = rec[1]
 if not state or state == 's' then return 0 end
-local checks = parse_spec(redis.call('HGET', record, 'spec'))
-for i = 1, #checks do
-  local kv = redis.call('HMGET', record, 'k' .. i, 'a' .. i)
-  local reserved = tonumber(kv[2])
-  if reserved == -1 then
-    if state == 'r' then redis.call('ZREM', kv[1], rid) end
+local keys, reserved = record_entries(rec[2], rec[3])
+for i = 1, #keys do
+  if reserved[i] == -1 then
+    if state == 'r' then redis.call('ZREM', keys[i], rid) end
   else
     local actual = 0
-    if not refund then actual = charge(checks[i], prompt, completion) end
+    if not refund then actual = charge(4 + (i - 1) * 6, prompt, completion) end
     -- a reclaimed ('x') reservation was already given back: charge in full
     local delta = actual
-    if state == 'r' then delta = actual - reserved end
-    if delta ~= 0 and redis.call('EXISTS', kv[1]) == 1 then
-      redis.call('INCRBY', kv[1], int(delta))
+    if state == 'r' then delta = actual - reserved[i] end
+    if delta ~= 0 and redis.call('EXISTS', keys[i]) == 1 then
+      redis.call('INCRBY', keys[i], int(delta))
     end
   end
 end
