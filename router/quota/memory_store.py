@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from router.quota.base import ADMITTED, BUDGET_SHORT, RATE_LIMITED, Reply
 from router.quota.plan import Check, bucket_id
 
+SETTLED_TTL = 120  # seconds a settled record absorbs a retried settlement (as in Lua)
 _TTL = {"minute": 180, "hour": 7500, "day": 180000, "month": 2851200}
 
 
@@ -164,7 +165,7 @@ class MemoryStore:
             if delta and counter is not None and counter.expires > now:
                 counter.value += delta
         rec.state = "s"
-        rec.forget = now + lease
+        rec.forget = now + SETTLED_TTL
 
     async def status(self, checks: Sequence[Check]) -> tuple[float, list[float]]:
         now = self._now()

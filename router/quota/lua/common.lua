@@ -27,6 +27,9 @@ local function bucket(window, now)
   return 0
 end
 
+-- a settled record stays this long, so a retried settlement finds it and does nothing
+local SETTLED_TTL = 120
+
 -- counters outlive their window by a margin, then vanish
 local TTL = {minute = 180, hour = 7500, day = 180000, month = 2851200}
 

@@ -26,6 +26,6 @@ for i = 1, #keys do
   end
 end
 redis.call('HSET', record, 'state', 's')
-redis.call('EXPIRE', record, lease)
+redis.call('EXPIRE', record, SETTLED_TTL)
 redis.call('ZREM', pending, rid)
 return 1
