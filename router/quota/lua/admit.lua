@@ -22,20 +22,31 @@ for _, old in ipairs(expired) do reclaim(pending, prefix, old) end
 
 local n = (#ARGV - 3) / 6
 local bases, pers, keys, used, limits = {}, {}, {}, {}, {}
+local counters, at = {}, {}  -- the counter keys, read in one MGET
+for i = 1, n do
+  local o = 4 + (i - 1) * 6
+  local kind = ARGV[o]
+  local key = window_key(KEYS[2 + i], kind, ARGV[o + 1], now)
+  keys[i] = key
+  if kind == 'c' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    used[i] = redis.call('ZCARD', key)
+  else
+    counters[#counters + 1] = key
+    at[#counters] = i
+  end
+end
+if #counters > 0 then
+  local values = redis.call('MGET', unpack(counters))
+  for j = 1, #counters do used[at[j]] = tonumber(values[j] or '0') end
+end
 local fit, short = out, -1
 for i = 1, n do
   local o = 4 + (i - 1) * 6
   local kind = ARGV[o]
   local base, per = amounts(o, prompt, nchoices)
   local limit = tonumber(ARGV[o + 2])
-  local key = window_key(KEYS[2 + i], kind, ARGV[o + 1], now)
-  bases[i], pers[i], keys[i], limits[i] = base, per, key, limit
-  if kind == 'c' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    used[i] = redis.call('ZCARD', key)
-  else
-    used[i] = tonumber(redis.call('GET', key) or '0')
-  end
+  bases[i], pers[i], limits[i] = base, per, limit
   if kind == 'b' then
     local avail = limit - used[i] - base
     if avail < per * out then

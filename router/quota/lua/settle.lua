@@ -20,8 +20,10 @@ for i = 1, #keys do
     -- a reclaimed ('x') reservation was already given back: charge in full
     local delta = actual
     if state == 'r' then delta = actual - reserved[i] end
-    if delta ~= 0 and redis.call('EXISTS', keys[i]) == 1 then
-      redis.call('INCRBY', keys[i], int(delta))
+    -- a counter whose window ended meanwhile is gone: don't bring it back
+    if delta ~= 0 and redis.call('INCRBY', keys[i], int(delta)) == delta
+        and redis.call('TTL', keys[i]) == -1 then
+      redis.call('DEL', keys[i])
     end
   end
 end
