@@ -181,9 +181,9 @@ def _turns(
     for i, msg in enumerate(req.messages):
         where = f"messages[{i}]"
         if isinstance(msg, SystemMessage | DeveloperMessage):
-            system.extend(_text_blocks(msg.content, f"{where}.content", policy))
+            system.extend(_blocks(msg.content, f"{where}.content", policy, images=False))
         elif isinstance(msg, UserMessage):
-            add("user", _user_blocks(msg.content, f"{where}.content", policy))
+            add("user", _blocks(msg.content, f"{where}.content", policy, images=True))
         elif isinstance(msg, AssistantMessage):
             add("assistant", _assistant_blocks(msg, where, policy))
         elif isinstance(msg, ToolMessage):
@@ -203,34 +203,21 @@ def _turns(
     return system, turns
 
 
-def _text_blocks(content: Any, where: str, policy: Policy) -> list[dict[str, Any]]:
+def _blocks(content: Any, where: str, policy: Policy, *, images: bool) -> list[dict[str, Any]]:
+    """OpenAI content (a string or parts) as Anthropic blocks: text (a refusal reads
+    as text), and images where the turn may carry them (user turns, tool results)."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     out: list[dict[str, Any]] = []
     for j, part in enumerate(content):
-        if isinstance(part, TextPart):
-            if part.text:
-                out.append({"type": "text", "text": part.text})
-        elif isinstance(part, RefusalPart):
-            if part.refusal:
-                out.append({"type": "text", "text": part.refusal})
-        else:
-            raise policy.cannot(f"{where}[{j}]", f"{part.type!r} content here")
-    return out
-
-
-def _user_blocks(content: Any, where: str, policy: Policy) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    out: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        if isinstance(part, TextPart):
-            if part.text:
-                out.append({"type": "text", "text": part.text})
-        elif isinstance(part, ImagePart):
+        if isinstance(part, TextPart | RefusalPart):
+            text = part.text if isinstance(part, TextPart) else part.refusal
+            if text:
+                out.append({"type": "text", "text": text})
+        elif images and isinstance(part, ImagePart):
             out.append(_image(part.image_url.url, f"{where}[{j}].image_url.url", policy))
         else:
-            raise policy.cannot(f"{where}[{j}]", f"{part.type!r} content parts")
+            raise policy.cannot(f"{where}[{j}]", f"{part.type!r} content here")
     return out
 
 
@@ -250,7 +237,10 @@ def _image(url: str, where: str, policy: Policy) -> dict[str, Any]:
 
 
 def _assistant_blocks(msg: AssistantMessage, where: str, policy: Policy) -> list[dict[str, Any]]:
-    blocks = [] if msg.content is None else _text_blocks(msg.content, f"{where}.content", policy)
+    blocks = (
+        [] if msg.content is None
+        else _blocks(msg.content, f"{where}.content", policy, images=False)
+    )  # fmt: skip
     for k, call in enumerate(msg.tool_calls or ()):
         args = call.function.arguments
         try:
@@ -277,7 +267,7 @@ def _tool_result(msg: ToolMessage, where: str, policy: Policy) -> dict[str, Any]
         if content:
             block["content"] = content
     else:
-        parts = _user_blocks(content, f"{where}.content", policy)
+        parts = _blocks(content, f"{where}.content", policy, images=True)
         if parts:
             block["content"] = parts
     return block
