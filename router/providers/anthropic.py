@@ -87,6 +87,13 @@ def anthropic_status_error(
     return mapped
 
 
+# Anthropic delta type -> (its text field, the OpenAI delta key it becomes)
+_TEXT_DELTAS = {
+    "text_delta": ("text", b'{"content":'),
+    "thinking_delta": ("thinking", b'{"reasoning":'),
+}
+
+
 class AnthropicBackend:
     """One Anthropic account (or a Messages-API-compatible server)."""
 
@@ -348,12 +355,12 @@ class AnthropicStream:
         if kind == "content_block_delta":
             delta = doc.get("delta") or {}
             dtype = delta.get("type")
-            if dtype == "text_delta":
-                text = delta.get("text")
+            if dtype in _TEXT_DELTAS:
+                field, key = _TEXT_DELTAS[dtype]
+                text = delta.get(field)
                 if text:
                     self.chars += len(text)
-                    out.append(self._pre + _OPEN + b'{"content":' + orjson.dumps(text) + b"}"
-                               + _CLOSE)  # fmt: skip
+                    out.append(self._pre + _OPEN + key + orjson.dumps(text) + b"}" + _CLOSE)
             elif dtype == "input_json_delta":
                 part = delta.get("partial_json")
                 k = self._tools.get(doc.get("index", -1))
@@ -361,12 +368,6 @@ class AnthropicStream:
                     self.chars += len(part)
                     self._args.add(k)
                     out.append(self._tool_chunk({"index": k, "function": {"arguments": part}}))
-            elif dtype == "thinking_delta":
-                text = delta.get("thinking")
-                if text:
-                    self.chars += len(text)
-                    out.append(self._pre + _OPEN + b'{"reasoning":' + orjson.dumps(text) + b"}"
-                               + _CLOSE)  # fmt: skip
             # signature and citations deltas have no OpenAI form
         elif kind == "content_block_start":
             self._block_start(doc, out)
