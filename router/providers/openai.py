@@ -20,27 +20,25 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from yarl import URL
 
 from router.config import Backend
 from router.contract import VLLM_EXTRAS
 from router.errors import BackendRejectedParam, UpstreamError
-from router.providers.base import Call, Opened, Usage
+from router.providers.base import Call, HTTPBackend, Opened, Usage
 from router.streaming import SSERelay
-from router.upstream import Limits, Upstream
+from router.upstream import Upstream
 
 
-class CompatBackend:
-    """What every OpenAI-compatible backend shares: timeouts, headers, the
+class CompatBackend(HTTPBackend):
+    """What every OpenAI-compatible backend shares: egress, headers, the
     parameter policy. Subclasses say where a member's requests go."""
 
     provider = "openai"
     default_flavour = "vllm"
 
     def __init__(self, name: str, cfg: Backend, upstream: Upstream) -> None:
-        self.name = name
-        self.cfg = cfg
-        self.upstream = upstream
-        self.limits = Limits.from_config(cfg.timeouts)
+        super().__init__(name, cfg, upstream)
         self.flavour = cfg.flavour if "flavour" in cfg.model_fields_set else self.default_flavour
         self.unsupported = cfg.unsupported_params
         # the parameters this backend does not take: the vLLM extras for the openai
@@ -49,16 +47,8 @@ class CompatBackend:
         self.blocked: frozenset[str] = (extras - frozenset(cfg.allow_params)) | frozenset(
             cfg.deny_params
         )
-        self.headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        self.headers.update(self.auth_headers())
-        self.headers.update(cfg.headers)
-        self.unusable: str | None = None  # why every attempt must fail (set by subclasses)
 
-    def auth_headers(self) -> dict[str, str]:
-        key = self.cfg.api_key
-        return {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
-
-    def endpoint(self, member_model: str) -> str:
+    def endpoint(self, member_model: str) -> URL:
         raise NotImplementedError
 
     def adapter(self, call: Call) -> OpenAIAdapter:
@@ -72,9 +62,9 @@ class OpenAIBackend(CompatBackend):
         super().__init__(name, cfg, upstream)
         assert cfg.url is not None
         base = cfg.url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.url = URL(base if base.endswith("/chat/completions") else base + "/chat/completions")
 
-    def endpoint(self, member_model: str) -> str:
+    def endpoint(self, member_model: str) -> URL:
         return self.url
 
 
@@ -146,12 +136,14 @@ class OpenAIAdapter:
             body = orjson.dumps(patch_body(call, be.name, be.blocked, be.unsupported))
         else:
             body = call.raw
-        url = be.endpoint(call.member_model)
+        assert be.egress is not None
         opened = await be.upstream.post(
-            url, be.headers, body, be.limits, backend=be.name, extra=call.forward_headers
+            be.endpoint(call.member_model), be.headers | call.forward_headers, body, be.egress
         )
         if call.stream and opened.is_stream:
-            self._relay = SSERelay(call.member_model, call.client_model, call.wants_usage)
+            self._relay = SSERelay(
+                call.member_model, call.client_model, call.wants_usage, be.secrets
+            )
         return opened
 
     # -- non-streamed -------------------------------------------------------------

@@ -28,7 +28,7 @@ def azure(**cfg: Any) -> AzureBackend:
 
 def test_deployment_url_and_api_version() -> None:
     be = azure(api_key="k" * 32)
-    assert be.endpoint("gpt4o-prod") == (
+    assert str(be.endpoint("gpt4o-prod")) == (
         "https://contoso.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions"
         f"?api-version={DEFAULT_API_VERSION}"
     )
@@ -37,7 +37,7 @@ def test_deployment_url_and_api_version() -> None:
         api_key="k" * 32,
         api_version="2025-04-01-preview",
     )
-    assert be.endpoint("a b/c") == (
+    assert str(be.endpoint("a b/c")) == (
         "https://contoso.openai.azure.com/openai/deployments/a%20b%2Fc/chat/completions"
         "?api-version=2025-04-01-preview"
     )
@@ -77,7 +77,7 @@ def test_flavour_defaults_to_openai() -> None:
 @pytest.mark.parametrize(
     ("backend", "problem"),
     [
-        ({"provider": "azure", "url": "https://x.openai.azure.com"}, "needs api_key or token_env"),
+        ({"provider": "azure", "url": "https://x.openai.azure.com"}, "needs api_key, api_key_file"),
         ({"provider": "openai", "url": "https://x/v1", "token_env": "T"}, "only used by provider"),
         ({"provider": "azure", "url": "https://x", "token_env": "1-bad"}, "must name"),
         ({"provider": "azure"}, "needs url"),

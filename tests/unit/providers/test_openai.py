@@ -127,7 +127,7 @@ def test_url_and_headers() -> None:
         ),
         None,
     )  # type: ignore[arg-type]
-    assert be.endpoint("m") == "https://h.example/openai/v1/chat/completions"
+    assert str(be.endpoint("m")) == "https://h.example/openai/v1/chat/completions"
     assert be.headers["Authorization"] == "Bearer ps-secret"
     assert be.headers["X-Org"] == "o"
 
