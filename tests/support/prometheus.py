@@ -1,7 +1,8 @@
 """A real Prometheus server for the suite (Debian package ``prometheus``).
 
 The binary comes from PATH, else from the Debian package fetched and unpacked
-into a cache by the suite itself; ``.ci/run`` installs the package when missing.
+into a cache by the suite itself (:mod:`tests.support.debian`); ``.ci/run``
+installs the package when missing.
 The server scrapes the given targets every second, optionally evaluates rule
 files, and is queried over its HTTP API.
 """
@@ -23,50 +24,16 @@ from typing import Any
 
 import yaml
 
+from tests.support.debian import debian_tool
 from tests.support.net import free_port
 
 
 def prometheus_binary() -> str:
-    return _tool("prometheus")
+    return debian_tool("prometheus", "prometheus")
 
 
 def promtool_binary() -> str:
-    return _tool("promtool")
-
-
-CACHE = Path.home() / ".cache" / "spillway-tests" / "prometheus"
-
-
-def _tool(name: str) -> str:
-    """``name`` from PATH, else from Debian's ``prometheus`` package unpacked in a cache
-    (``apt-get download`` + ``dpkg-deb -x``: no root, nothing installed system-wide)."""
-    found = shutil.which(name)
-    if found is not None:
-        return found
-    unpacked = CACHE / "usr" / "bin" / name
-    if not unpacked.exists():
-        _unpack_debian_package()
-    if not unpacked.exists():
-        raise RuntimeError(
-            f"{name} is not on PATH and Debian's prometheus package could not be fetched: "
-            "install it (apt-get install -y prometheus); .ci/run does it when missing"
-        )
-    return str(unpacked)
-
-
-def _unpack_debian_package() -> None:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        return
-    download = Path(tempfile.mkdtemp(prefix="spillway-prometheus-deb-"))
-    try:
-        subprocess.run(["apt-get", "download", "prometheus"], cwd=download,
-                       capture_output=True, timeout=300, check=False)  # fmt: skip
-        for deb in download.glob("prometheus_*.deb"):
-            CACHE.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(CACHE)],
-                           capture_output=True, timeout=300, check=True)  # fmt: skip
-    finally:
-        shutil.rmtree(download, ignore_errors=True)
+    return debian_tool("promtool", "prometheus")
 
 
 class Prometheus:
