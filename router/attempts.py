@@ -240,6 +240,9 @@ class Walk:
                         raise
                     failed_here = self.last = exc
                     self.last_backend = member.backend
+                    if not again and getattr(exc, "credential_renewed", False):
+                        again = True  # its credential was just renewed: try it once more
+                        continue
                     rest = members[i + 1 :]
                     if (
                         not again and last_pool and getattr(exc, "retry_after", None) is not None
@@ -321,6 +324,7 @@ class Walk:
         rt = self.rt
         name = member.backend
         if rt.backends[name].refresh_credentials(now, force=True):
+            exc.credential_renewed = True
             log.error(
                 "backend %s refused the gateway's credential (HTTP %d: %s); it was renewed "
                 "and is used from now on", name, exc.upstream_status, exc.detail,

@@ -191,6 +191,7 @@ class UpstreamAuthError(UpstreamError):
         )
         self.upstream_status = upstream_status
         self.detail = detail
+        self.credential_renewed = False  # read again and changed: worth one more try
 
     def scrub(self, secrets: Iterable[str]) -> None:
         super().scrub(secrets)
