@@ -22,11 +22,13 @@ answers are bounded in size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Protocol
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from router.egress import Egress
@@ -59,36 +61,41 @@ class StatusMapper(Protocol):
 
 
 class _Watch:
-    """One timer per upstream call: to the response head, then idle between reads
-    of the body, and the total. Re-armed only when it fires early, so a read costs
-    a clock reading, not a timer."""
+    """The deadlines of one upstream call: to the response head (``first_byte``),
+    then idle between reads of the body while the gateway waits for it, and the
+    total. Checked by the :class:`Deadlines` ticker, so a call costs no timer and
+    a read costs a clock reading."""
 
-    __slots__ = (
-        "_content", "_handle", "_head_due", "_loop", "_task", "_total_due", "backend", "fired",
-        "idle", "since",
-    )  # fmt: skip
+    __slots__ = ("_task", "backend", "content", "fired", "head_due", "idle", "since", "total_due")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, egress: Egress) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._loop = loop
+    def __init__(self, task: asyncio.Task[object], egress: Egress, now: float) -> None:
         self._task = task
         self.backend = egress.backend
         self.idle = egress.idle
-        now = loop.time()
-        self._head_due = now + egress.first_byte
-        self._total_due = now + egress.total
-        self._content: aiohttp.StreamReader | None = None
+        self.head_due = now + egress.first_byte
+        self.total_due = now + egress.total
+        self.content: aiohttp.StreamReader | None = None  # set once the head is in
         self.since: float | None = None  # waiting for the body since (None: not waiting)
         self.fired: UpstreamTimeout | None = None
-        self._handle: asyncio.TimerHandle | None = loop.call_at(
-            min(self._head_due, self._total_due), self._head_timeout
-        )
 
-    def _head_timeout(self) -> None:
-        self._handle = None
-        self.fired = UpstreamTimeout(f"Backend {self.backend!r} did not answer in time.")
-        self._task.cancel()
+    def check(self, now: float) -> bool:
+        """Fire when a deadline has passed; True when it did."""
+        content = self.content
+        if content is None:
+            if now < self.head_due and now < self.total_due:
+                return False
+            self.fired = UpstreamTimeout(f"Backend {self.backend!r} did not answer in time.")
+            self._task.cancel()  # the call is waiting for its head: stop it there
+            return True
+        if now >= self.total_due:
+            message = f"Backend {self.backend!r} did not finish in time (total timeout)."
+        elif self.since is not None and now - self.since >= self.idle:
+            message = f"Backend {self.backend!r} went idle mid-answer (timeout)."
+        else:
+            return False
+        self.fired = UpstreamTimeout(message)
+        content.set_exception(self.fired)  # the pending read raises it
+        return True
 
     def expired(self) -> UpstreamTimeout | None:
         """The timeout that cancelled the call, if it was this watch (undone)."""
@@ -96,52 +103,52 @@ class _Watch:
             return self.fired
         return None
 
-    def head_received(self, content: aiohttp.StreamReader) -> None:
-        """From now on, idle and total apply to the reads of ``content``."""
-        self._content = content
-        if self._handle is not None:
-            self._handle.cancel()
-        self._handle = self._loop.call_at(
-            min(self._loop.time() + self.idle, self._total_due), self._body_timeout
-        )
 
-    def _body_timeout(self) -> None:
-        self._handle = None
-        now = self._loop.time()
-        if now >= self._total_due:
-            message = f"Backend {self.backend!r} did not finish in time (total timeout)."
-        elif self.since is not None and now - self.since >= self.idle:
-            message = f"Backend {self.backend!r} went idle mid-answer (timeout)."
-        else:
-            start = self.since if self.since is not None else now
-            self._handle = self._loop.call_at(
-                min(start + self.idle, self._total_due), self._body_timeout
-            )
-            return
-        assert self._content is not None
-        self.fired = UpstreamTimeout(message)
-        self._content.set_exception(self.fired)
+class Deadlines:
+    """Checks the deadlines of every call in flight every ``tick`` seconds: one
+    task for the process instead of a timer per call (timeouts fire up to one
+    tick late). Owned by :class:`Upstream`, stopped and awaited by its ``close``."""
 
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.05) -> None:
+        self._loop = loop
+        self.tick = tick
+        self.watches: set[_Watch] = set()
+        self.clock = loop.time
+        self._task = loop.create_task(self._run(), name="spillway-upstream-deadlines")
+
+    def watch(self, egress: Egress) -> _Watch:
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watch(task, egress, self._loop.time())
+        self.watches.add(watch)
+        return watch
+
+    async def _run(self) -> None:
+        watches, clock = self.watches, self._loop.time
+        while True:
+            await asyncio.sleep(self.tick)
+            if watches:
+                now = clock()
+                for watch in [w for w in watches if w.check(now)]:
+                    watches.discard(watch)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 class HTTPOpened:
     """A 2xx upstream answer, to be read whole or relayed as it arrives."""
 
-    __slots__ = ("_content", "_loop", "_resp", "_watch", "is_stream")
+    __slots__ = ("_content", "_deadlines", "_resp", "_watch", "is_stream")
 
-    def __init__(
-        self, resp: aiohttp.ClientResponse, watch: _Watch, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, watch: _Watch, deadlines: Deadlines) -> None:
         self._resp = resp
-        self._content = resp.content
+        self._content = watch.content = resp.content
         self._watch = watch
-        self._loop = loop
+        self._deadlines = deadlines
         self.is_stream = resp.content_type == "text/event-stream"
-        watch.head_received(resp.content)
 
     @property
     def status(self) -> int:
@@ -153,20 +160,33 @@ class HTTPOpened:
 
     async def read(self, limit: int = MAX_ANSWER_BYTES) -> bytes:
         """The whole body (at most ``limit`` bytes, else an :class:`UpstreamError`)."""
+        content, watch = self._content, self._watch
+        clock = self._deadlines.clock
         parts: list[bytes] = []
         size = 0
-        async for data in self.chunks():
-            size += len(data)
-            if size > limit:
-                raise UpstreamError(
-                    f"Backend {self._watch.backend!r} answered more than {limit} bytes."
-                )
-            parts.append(data)
+        try:
+            while True:
+                watch.since = clock()
+                data = await content.readany()
+                watch.since = None
+                if not data:
+                    break
+                size += len(data)
+                if size > limit:
+                    raise UpstreamError(
+                        f"Backend {watch.backend!r} answered more than {limit} bytes."
+                    )
+                parts.append(data)
+                if content.at_eof():
+                    break
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _body_error(watch.backend, exc) from None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body pieces as they arrive (decoded)."""
-        content, watch, clock = self._content, self._watch, self._loop.time
+        content, watch = self._content, self._watch
+        clock = self._deadlines.clock
         try:
             while True:
                 watch.since = clock()
@@ -175,22 +195,22 @@ class HTTPOpened:
                 if not data:
                     return
                 yield data
-        except UpstreamError:
-            raise
-        except TimeoutError:  # aiohttp's own timers (none are set; kept as a guard)
-            raise UpstreamTimeout(f"Backend {watch.backend!r} stopped answering.") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"The stream from backend {watch.backend!r} broke: {_reason(exc)}."
-            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _body_error(watch.backend, exc) from None
 
     def close(self) -> None:
         """Give the connection back when the body was read to its end, else drop it."""
-        self._watch.stop()
+        self._deadlines.watches.discard(self._watch)
         if self._content.at_eof():
             self._resp.release()
         else:
             self._resp.close()
+
+
+def _body_error(backend: str, exc: BaseException) -> UpstreamError:
+    if isinstance(exc, TimeoutError):  # aiohttp's own timers (none are set): a guard
+        return UpstreamTimeout(f"Backend {backend!r} stopped answering.")
+    return UpstreamError(f"The stream from backend {backend!r} broke: {_reason(exc)}.")
 
 
 class Upstream:
@@ -202,29 +222,37 @@ class Upstream:
             auto_decompress=True,
             skip_auto_headers=("User-Agent", "Accept"),
             trust_env=False,  # proxies are resolved per backend, once (router.egress)
+            cookie_jar=aiohttp.DummyCookieJar(),  # never replay one answer's cookies
+            timeout=aiohttp.ClientTimeout(total=None),  # the deadlines are ours
             max_line_size=MAX_HEADER_LINE,
             max_field_size=MAX_HEADER_LINE,
             max_headers=MAX_HEADERS,
             raise_for_status=False,
         )
-        self._loop = asyncio.get_running_loop()
+        self.deadlines = Deadlines(asyncio.get_running_loop())
 
     async def close(self) -> None:
+        await self.deadlines.close()
         await self.session.close()
 
     async def post(
         self,
         url: URL,
-        headers: Mapping[str, str],
+        headers: CIMultiDict[str],
         body: bytes,
         egress: Egress,
         *,
+        extra: Mapping[str, str] | None = None,
         on_error: StatusMapper = status_error,
     ) -> HTTPOpened:
         """POST and wait for a 2xx response head; raise an :class:`UpstreamError`
-        otherwise (``on_error`` reads the error body of a 4xx/5xx answer)."""
-        loop = self._loop
-        watch = _Watch(loop, egress)
+        otherwise (``on_error`` reads the error body of a 4xx/5xx answer).
+        ``headers`` are the backend's own (built once), ``extra`` this call's."""
+        if extra:
+            headers = headers.copy()
+            headers.update(extra)
+        deadlines = self.deadlines
+        watch = deadlines.watch(egress)
         backend = egress.backend
         try:
             resp = await self.session.post(
@@ -233,19 +261,19 @@ class Upstream:
                 proxy_headers=egress.proxy_headers,
             )  # fmt: skip
         except asyncio.CancelledError:
-            watch.stop()
+            deadlines.watches.discard(watch)
             expired = watch.expired()
             if expired is not None:
                 raise expired from None
             raise
         except BaseException as exc:
-            watch.stop()
+            deadlines.watches.discard(watch)
             if isinstance(exc, Exception):
                 raise call_error(backend, exc) from None
             raise
         status = resp.status
         if status < 300:
-            opened = HTTPOpened(resp, watch, loop)
+            opened = HTTPOpened(resp, watch, deadlines)
             encoding = resp.headers.get("Content-Encoding")
             if encoding is not None and encoding.strip().lower() not in DECODED:
                 opened.close()
@@ -254,7 +282,7 @@ class Upstream:
                     "which the gateway does not decode."
                 )
             return opened
-        opened = HTTPOpened(resp, watch, loop)
+        opened = HTTPOpened(resp, watch, deadlines)
         try:
             text = await opened.read(MAX_ERROR_BYTES)
         except UpstreamError:

@@ -150,7 +150,7 @@ class AnthropicAdapter:
         body = orjson.dumps(self.request_body())
         assert be.egress is not None
         opened = await be.upstream.post(
-            be.url, be.headers | call.forward_headers, body, be.egress,
+            be.url, be.headers, body, be.egress, extra=call.forward_headers,
             on_error=anthropic_status_error,
         )  # fmt: skip
         if call.stream and opened.is_stream:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from multidict import CIMultiDict
 
 from router.config import Backend
 from router.contract import ChatCompletionRequest
@@ -148,7 +149,7 @@ class HTTPBackend:
         self.upstream = upstream
         self.egress: Egress | None = Egress.for_backend(name, cfg, cfg.url or self.default_url)
         self.credential = Credential(name, cfg)
-        self.headers: dict[str, str] = {}
+        self.headers: CIMultiDict[str] = CIMultiDict()
         self.secrets: tuple[str, ...] = ()
         self.unusable: str | None = None  # why every attempt must fail
         self._build_headers()
@@ -164,7 +165,7 @@ class HTTPBackend:
         headers = self.base_headers()
         headers.update(self.auth_headers())
         headers.update(self.cfg.headers)
-        self.headers = headers
+        self.headers = CIMultiDict(headers)
         self.secrets = tuple(s for s in secrets_of(headers) if s)
         self.unusable = None
         if self.credential.renewable and self.credential.value is None:

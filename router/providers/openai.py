@@ -138,8 +138,9 @@ class OpenAIAdapter:
             body = call.raw
         assert be.egress is not None
         opened = await be.upstream.post(
-            be.endpoint(call.member_model), be.headers | call.forward_headers, body, be.egress
-        )
+            be.endpoint(call.member_model), be.headers, body, be.egress,
+            extra=call.forward_headers,
+        )  # fmt: skip
         if call.stream and opened.is_stream:
             self._relay = SSERelay(
                 call.member_model, call.client_model, call.wants_usage, be.secrets

@@ -1,9 +1,14 @@
 """CPU per request of the gateway's own code (see README.md in this folder).
 
 The real application and handler run against a real Redis (the config's
-``redis.url``, default ``$REDIS_URL`` or 127.0.0.1:6379); only the two sockets
-are left out: the request is built in memory and the upstream call returns the
-benchmark's canned answer. Requests go 32 at a time, as with 32 connections.
+``redis.url``, default ``$REDIS_URL`` or 127.0.0.1:6379). The client's request
+is built in memory (no client socket). The upstream call either returns the
+benchmark's canned answer (``--upstream canned``, the default: own code only)
+or goes through the real upstream client to a keep-alive server in a child
+process that writes the same answer (``--upstream socket``: own code plus the
+aiohttp client). Requests go 32 at a time, as with 32 connections.
+
+``--profile`` prints where the time goes, by function and by module.
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import socket
+import subprocess
+import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +84,106 @@ def _request(app: web.Application, loop: asyncio.AbstractEventLoop) -> web.Reque
     )
 
 
-async def run(config: Path, n: int, profile: bool) -> None:
-    upstream_module.Upstream.post = _canned_post  # type: ignore[method-assign,assignment]
-    app = create_app(load_config(config))
+class _Answers(asyncio.Protocol):
+    """The child process's upstream: every request gets :data:`ANSWER`, kept alive."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%b" % (len(ANSWER), ANSWER))  # fmt: skip
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].lower()
+            at = head.find(b"content-length:")
+            length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length :]
+            assert self.transport is not None
+            self.transport.write(self.reply)
+
+
+def serve_answers(port: int) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Answers, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(port: int) -> None:
+    end = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
+def _by_module(prof: cProfile.Profile, n: int) -> None:
+    """Own time per module, in µs per request."""
+    per: dict[str, float] = defaultdict(float)
+    for (file, _, _), row in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        path = file.replace("\\", "/")
+        if "/router/" in path:
+            key = "router/" + path.rsplit("/router/", 1)[1]
+        elif "site-packages/" in path:
+            key = path.rsplit("site-packages/", 1)[1].split("/", 1)[0]
+        elif path.startswith("~") or path.startswith("<"):
+            key = "builtins"
+        else:
+            key = "stdlib:" + path.rsplit("/", 1)[-1]
+        per[key] += row[2]
+    total = sum(per.values())
+    print(f"\nown time by module (µs per request, profiled; total {total / n * 1e6:.1f}):")
+    for key, spent in sorted(per.items(), key=lambda kv: -kv[1])[:30]:
+        print(f"  {spent / n * 1e6:8.2f}  {key}")
+
+
+async def run(config: Path, n: int, profile: bool, upstream: str) -> None:
+    cfg = load_config(config)
+    child = None
+    if upstream == "canned":
+        upstream_module.Upstream.post = _canned_post  # type: ignore[method-assign,assignment]
+    else:
+        port = _free_port()
+        child = subprocess.Popen(  # noqa: ASYNC220 - before the measurement starts
+            [sys.executable, __file__, "--serve-answers", str(port)]
+        )
+        url = f"http://127.0.0.1:{port}/v1"
+        backends = {k: b.model_copy(update={"url": url}) for k, b in cfg.backends.items()}
+        cfg = cfg.model_copy(update={"backends": backends})
+        _wait_listening(port)
+    try:
+        await _run(cfg, config.name, n, profile)
+    finally:
+        if child is not None:
+            child.kill()
+            child.wait()
+
+
+async def _run(cfg: Any, name: str, n: int, profile: bool) -> None:
+    app = create_app(cfg)
     gateway = app[GATEWAY]
     await gateway.start()
     loop = asyncio.get_running_loop()
@@ -94,9 +200,10 @@ async def run(config: Path, n: int, profile: bool) -> None:
         if prof:
             prof.disable()
         spent = time.process_time() - began
-        print(f"{config.name}: {spent / n * 1e6:.1f} µs of CPU per request (own code)")
+        print(f"{name}: {spent / n * 1e6:.1f} µs of CPU per request")
         if prof:
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+            _by_module(prof, n)
     finally:
         await gateway.stop()
 
@@ -106,14 +213,19 @@ def main() -> None:
     ap.add_argument("config", nargs="?", type=Path, default=HERE / "spillway-bench.yaml")
     ap.add_argument("requests", nargs="?", type=int, default=20000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--upstream", choices=("canned", "socket"), default="canned")
+    ap.add_argument("--serve-answers", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_answers:
+        serve_answers(args.serve_answers)
+        return
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run(args.config, args.requests, args.profile))
+    asyncio.run(run(args.config, args.requests, args.profile, args.upstream))
 
 
 if __name__ == "__main__":

@@ -115,9 +115,9 @@ async def test_a_key_file_is_read_again_after_a_refusal(tmp_path: Path) -> None:
     key_file = tmp_path / "anthropic.key"
     key_file.write_text("sk-ant-old-key-1\n")
     fake = await FakeAnthropic(AnthropicBehaviour(api_key="sk-ant-old-key-1")).start()
-    gw = await gateway_for({"provider": "anthropic", "url": fake.url,
-                            "api_key_file": str(key_file),
-                            "credential_refresh_seconds": 3600}, model="claude-sonnet-4-5")  # fmt: skip
+    backend = {"provider": "anthropic", "url": fake.url, "api_key_file": str(key_file),
+               "credential_refresh_seconds": 3600}  # fmt: skip
+    gw = await gateway_for(backend, model="claude-sonnet-4-5")
     try:
         async with aiohttp.ClientSession() as s:
             assert (await post(s, gw, max_tokens=5)).status == 200

@@ -128,9 +128,7 @@ class FakeServer:
     async def start(self) -> Self:
         self._runner = web.AppRunner(self.app, handler_cancellation=True)
         await self._runner.setup()
-        await web.TCPSite(
-            self._runner, self.host, self.port, ssl_context=self.ssl_context
-        ).start()
+        await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context).start()
         return self
 
     async def stop(self) -> None:

@@ -11,6 +11,7 @@ sent twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -39,10 +40,8 @@ class RawUpstream:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
-            try:
+            with contextlib.suppress(asyncio.CancelledError, OSError):
                 await task
-            except (asyncio.CancelledError, OSError):
-                pass
 
     @property
     def port(self) -> int:

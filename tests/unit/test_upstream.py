@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 from yarl import URL
 
 from router.config import Backend
@@ -17,8 +18,8 @@ from router.errors import UpstreamError, UpstreamTimeout
 from router.upstream import MAX_HEADERS, Upstream
 from tests.support.raw_upstream import Handler, RawUpstream, chunk, reset, response
 
-HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test-123456",
-           "Accept-Encoding": "identity"}  # fmt: skip
+HEADERS = CIMultiDict({"Content-Type": "application/json", "Authorization": "Bearer sk-test-123456",
+           "Accept-Encoding": "identity"})  # fmt: skip
 Serve = Callable[[Handler], Awaitable[RawUpstream]]
 
 
@@ -125,7 +126,7 @@ async def test_oversized_and_countless_headers_are_refused_early(
 async def test_truncated_bodies_are_errors_not_answers(upstream: Upstream, serve: Serve) -> None:
     async def short(srv: RawUpstream, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await srv.read_request(r)
-        await srv.write(w, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+        await srv.write(w, b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":')
         w.close()
 
     async def cut(srv: RawUpstream, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
