@@ -148,7 +148,8 @@ class HTTPOpened:
         self._content = watch.content = resp.content
         self._watch = watch
         self._deadlines = deadlines
-        self.is_stream = resp.content_type == "text/event-stream"
+        media = resp.headers.get("Content-Type", "")
+        self.is_stream = media.partition(";")[0].strip().lower() == "text/event-stream"
 
     @property
     def status(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import socket
 import subprocess
@@ -202,7 +203,7 @@ async def _run(cfg: Any, name: str, n: int, profile: bool) -> None:
         spent = time.process_time() - began
         print(f"{name}: {spent / n * 1e6:.1f} µs of CPU per request")
         if prof:
-            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+            pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("HOTPATH_ROWS", "25")))
             _by_module(prof, n)
     finally:
         await gateway.stop()
