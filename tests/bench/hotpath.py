@@ -203,7 +203,8 @@ async def _run(cfg: Any, name: str, n: int, profile: bool) -> None:
         spent = time.process_time() - began
         print(f"{name}: {spent / n * 1e6:.1f} µs of CPU per request")
         if prof:
-            pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("HOTPATH_ROWS", "25")))
+            rows = int(os.environ.get("HOTPATH_ROWS", "25"))
+            pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
             _by_module(prof, n)
     finally:
         await gateway.stop()
