@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -161,43 +161,23 @@ class HTTPOpened:
 
     async def read(self, limit: int = MAX_ANSWER_BYTES) -> bytes:
         """The whole body (at most ``limit`` bytes, else an :class:`UpstreamError`)."""
-        content, watch = self._content, self._watch
-        clock = self._deadlines.clock
         parts: list[bytes] = []
         size = 0
-        try:
-            while True:
-                watch.since = clock()
-                data = await content.readany()
-                watch.since = None
-                if not data:
-                    break
-                size += len(data)
-                if size > limit:
-                    raise UpstreamError(
-                        f"Backend {watch.backend!r} answered more than {limit} bytes."
-                    )
-                parts.append(data)
-                if content.at_eof():
-                    break
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _body_error(watch.backend, exc) from None
+        content = self._content
+        async for data in self.chunks():
+            size += len(data)
+            if size > limit:
+                raise UpstreamError(
+                    f"Backend {self._watch.backend!r} answered more than {limit} bytes."
+                )
+            parts.append(data)
+            if content.at_eof():
+                break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         """Body pieces as they arrive (decoded)."""
-        content, watch = self._content, self._watch
-        clock = self._deadlines.clock
-        try:
-            while True:
-                watch.since = clock()
-                data = await content.readany()
-                watch.since = None
-                if not data:
-                    return
-                yield data
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _body_error(watch.backend, exc) from None
+        return _Body(self._content, self._watch, self._deadlines.clock)
 
     def close(self) -> None:
         """Give the connection back when the body was read to its end, else drop it."""
@@ -206,6 +186,34 @@ class HTTPOpened:
             self._resp.release()
         else:
             self._resp.close()
+
+
+class _Body:
+    """The body's pieces; the watch knows when the gateway is waiting for one."""
+
+    __slots__ = ("_clock", "_content", "_watch")
+
+    def __init__(
+        self, content: aiohttp.StreamReader, watch: _Watch, clock: Callable[[], float]
+    ) -> None:
+        self._content = content
+        self._watch = watch
+        self._clock = clock
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        watch = self._watch
+        watch.since = self._clock()
+        try:
+            data = await self._content.readany()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _body_error(watch.backend, exc) from None
+        watch.since = None
+        if not data:
+            raise StopAsyncIteration
+        return data
 
 
 def _body_error(backend: str, exc: BaseException) -> UpstreamError:

@@ -26,6 +26,7 @@ import yaml
 
 from tests.support.debian import debian_tool
 from tests.support.net import free_port
+from tests.support.process import stop_process
 
 
 def prometheus_binary() -> str:
@@ -85,13 +86,7 @@ class Prometheus:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self._log.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.support.debian import debian_tool
 from tests.support.net import free_port
+from tests.support.process import stop_process
 
 
 class Tinyproxy:
@@ -77,12 +78,6 @@ class Tinyproxy:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self._out.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
