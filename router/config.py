@@ -82,10 +82,11 @@ class TLSSettings(_Strict):
     def _loads(self) -> TLSSettings:
         if self.key_file is not None and self.cert_file is None:
             raise ValueError("key_file needs cert_file")
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"cannot read {path}")
         try:
             self.context()
-        except FileNotFoundError as exc:
-            raise ValueError(f"cannot read {exc.filename}") from None
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"cannot load the TLS files: {exc}") from None
         return self
