@@ -9,6 +9,16 @@ process that writes the same answer (``--upstream socket``: own code plus the
 aiohttp client). Requests go 32 at a time, as with 32 connections.
 
 ``--profile`` prints where the time goes, by function and by module.
+
+``--rounds R`` measures R rounds of REQUESTS each. Instruction counts are steady
+where CPU time is not: with ``--marks`` the script calls ``os.getppid()`` before
+the first round and after each one, so under
+
+    valgrind --tool=callgrind --dump-before=getppid python tests/bench/hotpath.py \
+        tests/bench/spillway-bench.yaml 200 --rounds 3 --marks --upstream socket
+
+callgrind writes one profile part per round (``callgrind.out.PID.2`` ... ``.4``);
+its ``summary:`` line divided by REQUESTS is the instructions per request.
 """
 
 from __future__ import annotations
@@ -161,7 +171,7 @@ def _by_module(prof: cProfile.Profile, n: int) -> None:
         print(f"  {spent / n * 1e6:8.2f}  {key}")
 
 
-async def run(config: Path, n: int, profile: bool, upstream: str) -> None:
+async def run(config: Path, n: int, profile: bool, upstream: str, rounds: int, marks: bool) -> None:
     cfg = load_config(config)
     child = None
     if upstream == "canned":
@@ -176,14 +186,14 @@ async def run(config: Path, n: int, profile: bool, upstream: str) -> None:
         cfg = cfg.model_copy(update={"backends": backends})
         _wait_listening(port)
     try:
-        await _run(cfg, config.name, n, profile)
+        await _run(cfg, config.name, n, profile, rounds, marks)
     finally:
         if child is not None:
             child.kill()
             child.wait()
 
 
-async def _run(cfg: Any, name: str, n: int, profile: bool) -> None:
+async def _run(cfg: Any, name: str, n: int, profile: bool, rounds: int, marks: bool) -> None:
     app = create_app(cfg)
     gateway = app[GATEWAY]
     await gateway.start()
@@ -191,17 +201,22 @@ async def _run(cfg: Any, name: str, n: int, profile: bool) -> None:
     try:
         for _ in range(200):  # warm up: scripts loaded, children bound
             await gateway.proxy.chat(_request(app, loop))
-        requests = [_request(app, loop) for _ in range(n)]
         prof = cProfile.Profile() if profile else None
-        began = time.process_time()
-        if prof:
-            prof.enable()
-        for k in range(0, n, 32):
-            await asyncio.gather(*(gateway.proxy.chat(r) for r in requests[k : k + 32]))
-        if prof:
-            prof.disable()
-        spent = time.process_time() - began
-        print(f"{name}: {spent / n * 1e6:.1f} µs of CPU per request")
+        for _ in range(rounds):
+            requests = [_request(app, loop) for _ in range(n)]
+            if marks:
+                os.getppid()  # a callgrind dump point (--dump-before=getppid)
+            began = time.process_time()
+            if prof:
+                prof.enable()
+            for k in range(0, n, 32):
+                await asyncio.gather(*(gateway.proxy.chat(r) for r in requests[k : k + 32]))
+            if prof:
+                prof.disable()
+            spent = time.process_time() - began
+            if marks:
+                os.getppid()
+            print(f"{name}: {spent / n * 1e6:.1f} µs of CPU per request")
         if prof:
             rows = int(os.environ.get("HOTPATH_ROWS", "25"))
             pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
@@ -216,6 +231,8 @@ def main() -> None:
     ap.add_argument("requests", nargs="?", type=int, default=20000)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--upstream", choices=("canned", "socket"), default="canned")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--marks", action="store_true", help="call os.getppid() around rounds")
     ap.add_argument("--serve-answers", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_answers:
@@ -227,7 +244,9 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run(args.config, args.requests, args.profile, args.upstream))
+    asyncio.run(
+        run(args.config, args.requests, args.profile, args.upstream, args.rounds, args.marks)
+    )
 
 
 if __name__ == "__main__":

@@ -175,3 +175,36 @@ async def test_a_revoked_key_fails_over_to_the_next_pool() -> None:
         await gw.stop()
         await bad.stop()
         await good.stop()
+
+
+async def test_a_probe_refused_with_401_keeps_the_member_out() -> None:
+    """After the cooldown the probe (with the same credential) is refused too: the
+    member stays out instead of coming back on probation."""
+
+    async def refuses(srv: RawUpstream, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await srv.read_request(r) is not None:
+            await srv.write(w, response(b'{"error":{"message":"invalid key"}}',
+                                        status="401 Unauthorized"))  # fmt: skip
+
+    raw = await RawUpstream(refuses).start()
+    gw = await start_gateway(fleet_config(
+        {"up": {"provider": "openai", "url": raw.url, "api_key": "sk-revoked-000"}},
+        {"p": {"members": members("up")}},
+        health={"auth_ejection_seconds": 0.2, "ejection_seconds": 0.2},
+    ))  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as s:
+            r = await post(s, gw)
+        assert r.status == 502 and r.json()["error"]["code"] == "upstream_auth_error"
+        state = gw.gateway.runtime.states["up"]
+        assert not state.healthy
+        for _ in range(100):  # until a probe was made after the cooldown
+            if any(req.startswith(b"GET /v1/models") for req in raw.requests):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        assert any(req.startswith(b"GET /v1/models") for req in raw.requests)
+        assert not state.healthy
+    finally:
+        await gw.stop()
+        await raw.stop()
