@@ -269,17 +269,15 @@ class Upstream:
                 timeout=egress.connect, ssl=egress.ssl, proxy=egress.proxy,
                 proxy_headers=egress.proxy_headers,
             )  # fmt: skip
-        except asyncio.CancelledError:
-            deadlines.watches.discard(watch)
-            expired = watch.expired()
-            if expired is not None:
-                raise expired from None
-            raise
         except BaseException as exc:
             deadlines.watches.discard(watch)
+            if watch.fired is not None:  # our deadline cancelled the call (however it ended)
+                expired = watch.expired()
+                if expired is not None:
+                    raise expired from None
             if isinstance(exc, Exception):
                 raise call_error(backend, exc) from None
-            raise
+            raise  # cancelled: the client went away
         status = resp.status
         if status < 300:
             opened = HTTPOpened(resp, watch, deadlines)
