@@ -161,15 +161,21 @@ class HTTPOpened:
 
     async def read(self, limit: int = MAX_ANSWER_BYTES) -> bytes:
         """The whole body (at most ``limit`` bytes, else an :class:`UpstreamError`)."""
+        content = self._content
+        if content.is_eof():  # the whole body came with the head: no need to wait
+            try:
+                data = content.read_nowait()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _body_error(self._watch.backend, exc) from None
+            if len(data) > limit:
+                raise _too_large(self._watch.backend, limit)
+            return data
         parts: list[bytes] = []
         size = 0
-        content = self._content
         async for data in self.chunks():
             size += len(data)
             if size > limit:
-                raise UpstreamError(
-                    f"Backend {self._watch.backend!r} answered more than {limit} bytes."
-                )
+                raise _too_large(self._watch.backend, limit)
             parts.append(data)
             if content.at_eof():
                 break
@@ -214,6 +220,10 @@ class _Body:
         if not data:
             raise StopAsyncIteration
         return data
+
+
+def _too_large(backend: str, limit: int) -> UpstreamError:
+    return UpstreamError(f"Backend {backend!r} answered more than {limit} bytes.")
 
 
 def _body_error(backend: str, exc: BaseException) -> UpstreamError:

@@ -227,3 +227,27 @@ async def test_connect_errors(upstream: Upstream) -> None:
     dead = Egress.for_backend("dead", cfg, cfg.url, environ={})
     with pytest.raises(UpstreamError, match="'dead' is unreachable"):
         await upstream.post(URL("http://127.0.0.1:9/v1/chat/completions"), HEADERS, b"{}", dead)
+
+
+async def test_an_answer_over_the_size_limit_is_refused(upstream: Upstream, serve: Serve) -> None:
+    async def big(srv: RawUpstream, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await srv.read_request(r) is not None:
+            await srv.write(w, response(b"x" * 100))  # whole, with the head
+
+    async def chunked(srv: RawUpstream, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await srv.read_request(r)
+        await srv.write(w, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(10):
+            await srv.write(w, chunk(b"y" * 10))
+            await asyncio.sleep(0.01)
+        await srv.write(w, b"0\r\n\r\n")
+
+    for handler in (big, chunked):
+        server = await serve(handler)
+        opened = await upstream.post(chat(server), HEADERS, b"{}", egress(server))
+        with pytest.raises(UpstreamError, match="more than 50 bytes"):
+            await opened.read(limit=50)
+        opened.close()
+        opened = await upstream.post(chat(server), HEADERS, b"{}", egress(server))
+        assert len(await opened.read(limit=100)) == 100
+        opened.close()
