@@ -41,6 +41,7 @@ from aiohttp.test_utils import make_mocked_request
 
 import router.upstream as upstream_module
 from router.app import create_app
+from router.cli import tune_gc
 from router.config import load_config
 from router.keys import GATEWAY
 
@@ -201,6 +202,7 @@ async def _run(cfg: Any, name: str, n: int, profile: bool, rounds: int, marks: b
     try:
         for _ in range(200):  # warm up: scripts loaded, children bound
             await gateway.proxy.chat(_request(app, loop))
+        tune_gc()  # as `spillway serve` does once it listens
         prof = cProfile.Profile() if profile else None
         for _ in range(rounds):
             requests = [_request(app, loop) for _ in range(n)]
