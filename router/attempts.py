@@ -448,13 +448,14 @@ class Walk:
         x = self.x
         try:
             try:
-                out = adapter.transform_chunk(first)
+                transform, write = adapter.transform_chunk, resp.write  # per chunk
+                out = transform(first)
                 if out:
-                    await resp.write(out)
+                    await write(out)
                 async for data in chunks:
-                    out = adapter.transform_chunk(data)
+                    out = transform(data)
                     if out:
-                        await resp.write(out)
+                        await write(out)
                 tail = adapter.finish_stream()
                 if tail:
                     await resp.write(tail)
