@@ -9,6 +9,7 @@ is made for every attempt.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +22,8 @@ from router.contract import ChatCompletionRequest
 from router.egress import Egress
 from router.providers.credentials import Credential
 from router.upstream import Upstream, secrets_of
+
+log = logging.getLogger("spillway.upstream")
 
 
 @dataclass(slots=True)
@@ -169,10 +172,12 @@ class HTTPBackend:
         self.secrets = tuple(s for s in secrets_of(headers) if s)
         self.unusable = None
         if self.credential.renewable and self.credential.value is None:
-            self.unusable = (
-                f"Backend {self.name!r} has no credential: {self.credential.source} "
-                "is missing or empty."
-            )
+            # the client learns which backend; the operator's log says where it looked
+            self.unusable = f"Backend {self.name!r} has no credential to send."
+            log.error(
+                "backend %s has no credential: %s is missing or empty",
+                self.name, self.credential.source,
+            )  # fmt: skip
 
     def refresh_credentials(self, now: float, *, force: bool = False) -> bool:
         if not self.credential.refresh(now, force=force):

@@ -208,3 +208,23 @@ async def test_a_probe_refused_with_401_keeps_the_member_out() -> None:
     finally:
         await gw.stop()
         await raw.stop()
+
+
+async def test_a_missing_credential_file_is_a_502_and_an_error_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = await FakeAnthropic().start()
+    missing = tmp_path / "not-there.key"
+    gw = await gateway_for({"provider": "anthropic", "url": fake.url,
+                            "api_key_file": str(missing)}, model="claude-sonnet-4-5")  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as s:
+            r = await post(s, gw, max_tokens=5)
+        message = r.json()["error"]["message"]
+        assert r.status == 502 and "'up'" in message and str(missing) not in message
+        assert not fake.seen and fake.refused == 0  # nothing was sent without a key
+        assert any(str(missing) in rec.getMessage() for rec in caplog.records
+                   if rec.levelname == "ERROR")  # fmt: skip
+    finally:
+        await gw.stop()
+        await fake.stop()

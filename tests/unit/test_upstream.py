@@ -36,6 +36,7 @@ def chat(server: RawUpstream) -> URL:
 async def upstream() -> AsyncIterator[Upstream]:
     client = Upstream()
     yield client
+    assert not client.deadlines.watches  # every call, failed or not, let go of its watch
     await client.close()
 
 

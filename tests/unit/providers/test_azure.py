@@ -57,15 +57,19 @@ def test_bearer_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "api-key" not in be.headers
 
 
-async def test_missing_token_fails_every_attempt_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_missing_token_fails_every_attempt_clearly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.delenv("AZURE_TEST_TOKEN", raising=False)
     be = azure(token_env="AZURE_TEST_TOKEN")
     adapter = OpenAIAdapter(
         be, make_call({"model": "chat", "messages": [{"role": "user", "content": "x"}]})
     )
-    with pytest.raises(UpstreamError, match="AZURE_TEST_TOKEN") as err:
+    with pytest.raises(UpstreamError, match="has no credential") as err:
         await adapter.open()
     assert err.value.retryable  # another member or pool may still serve it
+    assert "AZURE_TEST_TOKEN" not in err.value.message  # where it looked: for the log
+    assert any("AZURE_TEST_TOKEN" in r.getMessage() for r in caplog.records)
 
 
 def test_flavour_defaults_to_openai() -> None:
