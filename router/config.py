@@ -20,10 +20,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from router.contract import VLLM_EXTRAS
+from router.fim import MAX_TEMPLATE_BYTES, PRESETS, FimTemplate
+from router.inbound.contracts import VLLM_COMPLETION_EXTRAS, VLLM_EMBEDDING_EXTRAS
 
 DEFAULT_CONFIG = "default.yaml"
 ANTHROPIC_SAMPLING = frozenset({"temperature", "top_p", "top_k"})
 WINDOWS = ("minute", "hour", "day", "month")
+# every parameter ``allow_params`` may name: the vLLM extras of any endpoint
+VLLM_PARAMS = VLLM_EXTRAS | VLLM_COMPLETION_EXTRAS | VLLM_EMBEDDING_EXTRAS
+# the client APIs each provider serves (its adapters); the rest are config errors
+PROVIDER_APIS: dict[str, frozenset[str]] = {
+    "openai": frozenset(("chat", "completions", "embeddings")),
+    "azure": frozenset(("chat", "completions", "embeddings")),
+    "simulate": frozenset(("chat", "completions", "embeddings")),
+    "anthropic": frozenset(("chat",)),
+}
 
 
 class ConfigError(Exception):
@@ -122,7 +133,7 @@ class Backend(_Strict):
         for name in ("model", "messages"):
             if name in self.deny_params:
                 raise ValueError(f"deny_params: {name!r} cannot be denied")
-        allowed, kind = VLLM_EXTRAS, "a vLLM extra parameter"
+        allowed, kind = VLLM_PARAMS, "a vLLM extra parameter"
         if self.provider == "anthropic":
             allowed, kind = ANTHROPIC_SAMPLING, "one of " + ", ".join(sorted(ANTHROPIC_SAMPLING))
         unknown = [p for p in self.allow_params if p not in allowed]
@@ -131,10 +142,48 @@ class Backend(_Strict):
         return self
 
 
+class FimTemplateConfig(_Strict):
+    """An explicit fill-in-the-middle template: the model's sentinel strings."""
+
+    prefix: Annotated[str, Field(min_length=1)]
+    suffix: Annotated[str, Field(min_length=1)]
+    middle: str = ""
+    order: Literal["psm", "spm"] = "psm"  # prefix-suffix-middle, or suffix first
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=8)] = Field(
+        default_factory=list
+    )
+
+    @model_validator(mode="after")
+    def _small(self) -> FimTemplateConfig:
+        if self.template().size > MAX_TEMPLATE_BYTES:
+            raise ValueError(f"the sentinels are over {MAX_TEMPLATE_BYTES} bytes together")
+        return self
+
+    def template(self) -> FimTemplate:
+        return FimTemplate(self.prefix, self.suffix, self.middle, self.order, tuple(self.stop))
+
+
 class Member(_Strict):
     backend: str
     model: str
     weight: PositiveFloat = 1.0
+    # fill-in-the-middle: "native" (the backend takes `suffix`), a preset, or a template
+    fim: str | FimTemplateConfig | None = None
+
+    @model_validator(mode="after")
+    def _fim_name(self) -> Member:
+        if isinstance(self.fim, str) and self.fim != "native" and self.fim not in PRESETS:
+            names = ", ".join(["native", *PRESETS])
+            raise ValueError(f"fim: {self.fim!r} is not one of {names}, or a template")
+        return self
+
+    def fim_template(self) -> FimTemplate | None:
+        """The template the gateway renders (None: no FIM, or the backend's own)."""
+        if isinstance(self.fim, FimTemplateConfig):
+            return self.fim.template()
+        if self.fim is None or self.fim == "native":
+            return None
+        return PRESETS[self.fim]
 
 
 class Price(_Strict):
@@ -199,6 +248,7 @@ class Route(_Strict):
 
 
 class ModelEntry(_Strict):
+    kind: Literal["chat", "embeddings"] = "chat"  # chat: chat + completions endpoints
     routes: Annotated[list[Route], Field(min_length=1)]
     aliases: list[str] = Field(default_factory=list)
     description: str | None = None
@@ -418,6 +468,49 @@ def _cross_check(cfg: Config) -> list[str]:
             problems.append(f"keys[{i}]: the same secret is already used by another key")
         digests.add(digest)
         problems += _budget_scopes(cfg, f"keys[{i}]", key.budgets)
+    return problems + _endpoint_checks(cfg)
+
+
+def _endpoint_checks(cfg: Config) -> list[str]:
+    """Each pool serves one kind of model, on backends that have its endpoints."""
+    problems: list[str] = []
+    kinds: dict[str, tuple[str, str]] = {}  # pool -> (kind, the first model using it)
+    for name, entry in cfg.models.items():
+        for r, route in enumerate(entry.routes):
+            for p, pool_name in enumerate(route.pools):
+                where = f"models.{name}.routes[{r}].pools[{p}]"
+                pool = cfg.pools.get(pool_name)
+                if pool is None:
+                    continue
+                seen = kinds.setdefault(pool_name, (entry.kind, name))
+                if seen[0] != entry.kind:
+                    problems.append(
+                        f"{where}: pool {pool_name!r} already serves {seen[0]} model "
+                        f"{seen[1]!r}; a pool serves one kind of model"
+                    )
+                if entry.kind != "embeddings":
+                    continue
+                for i, member in enumerate(pool.members):
+                    backend = cfg.backends.get(member.backend)
+                    if backend is not None and "embeddings" not in PROVIDER_APIS[backend.provider]:
+                        problems.append(
+                            f"{where}: embeddings model {name!r} is routed to pool "
+                            f"{pool_name!r}, whose member {i} (backend {member.backend!r}, "
+                            f"provider {backend.provider!r}) has no embeddings endpoint"
+                        )
+    for name, pool in cfg.pools.items():
+        for i, member in enumerate(pool.members):
+            if member.fim is None:
+                continue
+            where = f"pools.{name}.members[{i}].fim"
+            backend = cfg.backends.get(member.backend)
+            if backend is not None and "completions" not in PROVIDER_APIS[backend.provider]:
+                problems.append(
+                    f"{where}: backend {member.backend!r} (provider {backend.provider!r}) "
+                    "has no completions endpoint to fill in the middle with"
+                )
+            if kinds.get(name, ("chat", ""))[0] == "embeddings":
+                problems.append(f"{where}: pool {name!r} serves an embeddings model")
     return problems
 
 
