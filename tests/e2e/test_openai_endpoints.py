@@ -45,17 +45,25 @@ def config(f: Fakes) -> dict[str, Any]:
             "code": {"provider": "openai", "url": f.code.url},
             "emb": {"provider": "openai", "url": f.emb.url},
             # a server without base64: asked for floats, the gateway encodes
-            "floats": {"provider": "openai", "url": f.floats.url,
-                       "deny_params": ["encoding_format"]},
+            "floats": {
+                "provider": "openai",
+                "url": f.floats.url,
+                "deny_params": ["encoding_format"],
+            },
             "claude": {"provider": "anthropic", "api_key": "sk-ant-unused-000"},
-        },  # fmt: skip
+        },
         "pools": {
             "local": {"members": [{"backend": "gpu", "model": "llama"}]},
-            "coder": {"members": [{"backend": "code", "model": "Qwen/Qwen2.5-Coder-7B",
-                                   "fim": "qwen-coder"}]},  # fmt: skip
+            "coder": {
+                "members": [
+                    {"backend": "code", "model": "Qwen/Qwen2.5-Coder-7B", "fim": "qwen-coder"}
+                ]
+            },
             "native": {"members": [{"backend": "gpu", "model": "llama", "fim": "native"}]},
-            "embed": {"members": [{"backend": "emb", "model": "BAAI/bge-m3"}],
-                      "price": {"input_per_mtok": 0.02}},  # fmt: skip
+            "embed": {
+                "members": [{"backend": "emb", "model": "BAAI/bge-m3"}],
+                "price": {"input_per_mtok": 0.02},
+            },
             "embed-floats": {"members": [{"backend": "floats", "model": "bge"}]},
             "anthropic": {"members": [{"backend": "claude", "model": "claude-sonnet-4-5"}]},
         },
@@ -63,8 +71,11 @@ def config(f: Fakes) -> dict[str, Any]:
             "chat": {"routes": [{"pools": ["local"]}]},
             "coder": {"routes": [{"pools": ["coder"]}]},
             "coder-native": {"routes": [{"pools": ["native"]}]},
-            "embed": {"kind": "embeddings", "aliases": ["text-embedding-3-small"],
-                      "routes": [{"pools": ["embed"]}]},  # fmt: skip
+            "embed": {
+                "kind": "embeddings",
+                "aliases": ["text-embedding-3-small"],
+                "routes": [{"pools": ["embed"]}],
+            },
             "embed-floats": {"kind": "embeddings", "routes": [{"pools": ["embed-floats"]}]},
             "claude": {"routes": [{"pools": ["anthropic"]}]},
         },

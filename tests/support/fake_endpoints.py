@@ -20,6 +20,7 @@ Usage counts whitespace-separated words, token ids one each.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import math
@@ -85,8 +86,10 @@ class CompletionsAndEmbeddings:
     ) -> web.StreamResponse:
         raise NotImplementedError
 
-    def _failure(self) -> web.Response | None:
+    async def _failure(self) -> web.Response | None:
         b = self.behaviour
+        if b.first_byte_delay:
+            await asyncio.sleep(b.first_byte_delay)
         if b.status == 200:
             return None
         headers = {"Retry-After": b.retry_after} if b.retry_after else None
@@ -97,7 +100,7 @@ class CompletionsAndEmbeddings:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = self._record(request, await request.read())
-        failed = self._failure()
+        failed = await self._failure()
         if failed is not None:
             return failed
         if body.get("suffix") is not None:
@@ -164,7 +167,7 @@ class CompletionsAndEmbeddings:
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body = self._record(request, await request.read())
-        failed = self._failure()
+        failed = await self._failure()
         if failed is not None:
             return failed
         b = self.behaviour
