@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from router.contract import VLLM_EXTRAS
 from router.fim import MAX_TEMPLATE_BYTES, PRESETS, FimTemplate
@@ -170,12 +178,22 @@ class Member(_Strict):
     # fill-in-the-middle: "native" (the backend takes `suffix`), a preset, or a template
     fim: str | FimTemplateConfig | None = None
 
-    @model_validator(mode="after")
-    def _fim_name(self) -> Member:
-        if isinstance(self.fim, str) and self.fim != "native" and self.fim not in PRESETS:
+    @field_validator("fim", mode="before")
+    @classmethod
+    def _fim_setting(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            try:
+                return FimTemplateConfig.model_validate(value)
+            except ValidationError as exc:
+                err = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in err["loc"])
+                msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+                msg = msg.removeprefix("Value error, ")
+                raise ValueError(f"template {where + ': ' if where else ''}{msg}") from None
+        if isinstance(value, str) and value != "native" and value not in PRESETS:
             names = ", ".join(["native", *PRESETS])
-            raise ValueError(f"fim: {self.fim!r} is not one of {names}, or a template")
-        return self
+            raise ValueError(f"{value!r} is not one of {names}, or a template")
+        return value
 
     def fim_template(self) -> FimTemplate | None:
         """The template the gateway renders (None: no FIM, or the backend's own)."""
