@@ -63,28 +63,8 @@ def _texts_and_ids(value: TextOrTokens, name: str) -> tuple[list[str], list[list
 # ------------------------------------------------------------------- completions
 
 
-class CompletionRequest(_Open):
-    """``POST /v1/completions`` body: OpenAI's legacy fields plus vLLM's extras."""
-
-    # OpenAI
-    model: Annotated[str, Field(min_length=1, max_length=256)]
-    prompt: TextOrTokens | None = None
-    suffix: str | None = None
-    max_tokens: Annotated[int, Field(ge=0)] | None = None  # OpenAI's default: 16
-    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = None
-    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
-    best_of: Annotated[int, Field(ge=1, le=128)] | None = None
-    stop: str | Annotated[list[str], Field(max_length=64)] | None = None
-    echo: bool | None = None
-    logprobs: Annotated[int, Field(ge=-1)] | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, float] | None = None
-    user: str | None = None
+class _VllmCompletionExtras(_Open):
+    """vLLM's extras of ``CompletionRequest`` (what the openai flavour does not send)."""
 
     # vLLM extras (sampling)
     use_beam_search: bool | None = None
@@ -121,6 +101,30 @@ class CompletionRequest(_Open):
     repetition_detection: dict[str, Any] | None = None
     thinking_token_budget: int | None = None
     stream_interval: Annotated[int, Field(ge=1)] | None = None
+
+
+class CompletionRequest(_VllmCompletionExtras):
+    """``POST /v1/completions`` body: OpenAI's legacy fields plus vLLM's extras."""
+
+    # OpenAI
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    prompt: TextOrTokens | None = None
+    suffix: str | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None  # OpenAI's default: 16
+    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = None
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=128)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=64)] | None = None
+    echo: bool | None = None
+    logprobs: Annotated[int, Field(ge=-1)] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> CompletionRequest:
@@ -166,33 +170,15 @@ class CompletionRequest(_Open):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-VLLM_COMPLETION_EXTRAS: frozenset[str] = frozenset(
-    {
-        "use_beam_search", "top_k", "min_p", "repetition_penalty", "length_penalty",
-        "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "min_tokens",
-        "skip_special_tokens", "spaces_between_special_tokens", "truncate_prompt_tokens",
-        "truncation_side", "allowed_token_ids", "prompt_logprobs", "logprob_token_ids",
-        "bad_words", "prompt_embeds", "add_special_tokens", "response_format",
-        "structured_outputs", "priority", "request_id", "session_id",
-        "return_tokens_as_token_ids", "return_token_ids", "cache_salt", "kv_transfer_params",
-        "ec_transfer_params", "vllm_xargs", "repetition_detection", "thinking_token_budget",
-        "stream_interval",
-    }
-)  # fmt: skip
+VLLM_COMPLETION_EXTRAS: frozenset[str] = frozenset(_VllmCompletionExtras.model_fields)
 
 
 # -------------------------------------------------------------------- embeddings
 
 
-class EmbeddingRequest(_Open):
-    """``POST /v1/embeddings`` body: OpenAI's fields plus vLLM's extras."""
+class _VllmEmbeddingExtras(_Open):
+    """vLLM's extras of ``EmbeddingCompletionRequest``."""
 
-    model: Annotated[str, Field(min_length=1, max_length=256)]
-    input: TextOrTokens
-    encoding_format: Literal["float", "base64"] | None = None
-    dimensions: Annotated[int, Field(ge=1)] | None = None
-    user: str | None = None
-    # vLLM extras
     truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
     add_special_tokens: bool | None = None
     normalize: bool | None = None
@@ -200,6 +186,16 @@ class EmbeddingRequest(_Open):
     endianness: str | None = None
     priority: int | None = None
     request_id: str | None = None
+
+
+class EmbeddingRequest(_VllmEmbeddingExtras):
+    """``POST /v1/embeddings`` body: OpenAI's fields plus vLLM's extras."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    input: TextOrTokens
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
 
     @model_validator(mode="after")
     def _limits(self) -> EmbeddingRequest:
@@ -234,9 +230,4 @@ class EmbeddingRequest(_Open):
         return _texts_and_ids(self.input, "input")
 
 
-VLLM_EMBEDDING_EXTRAS: frozenset[str] = frozenset(
-    {
-        "truncate_prompt_tokens", "add_special_tokens", "normalize", "embed_dtype",
-        "endianness", "priority", "request_id",
-    }
-)  # fmt: skip
+VLLM_EMBEDDING_EXTRAS: frozenset[str] = frozenset(_VllmEmbeddingExtras.model_fields)
