@@ -66,6 +66,12 @@ def config(f: Fakes) -> dict[str, Any]:
             },
             "embed-floats": {"members": [{"backend": "floats", "model": "bge"}]},
             "anthropic": {"members": [{"backend": "claude", "model": "claude-sonnet-4-5"}]},
+            "mixed": {
+                "members": [
+                    {"backend": "claude", "model": "claude-sonnet-4-5"},
+                    {"backend": "gpu", "model": "llama"},
+                ]
+            },
         },
         "models": {
             "chat": {"routes": [{"pools": ["local"]}]},
@@ -78,6 +84,7 @@ def config(f: Fakes) -> dict[str, Any]:
             },
             "embed-floats": {"kind": "embeddings", "routes": [{"pools": ["embed-floats"]}]},
             "claude": {"routes": [{"pools": ["anthropic"]}]},
+            "mixed": {"routes": [{"pools": ["mixed"]}]},
         },
         "teams": {"research": {}, "other": {"models": ["chat"]}},
         "keys": [
@@ -284,6 +291,15 @@ async def test_native_fim_passes_suffix_and_vllm_refuses_it(
         await client.completions.create(model="coder-native", prompt=PREFIX, suffix=SUFFIX)
     assert "suffix is not currently supported" in err.value.message
     assert fakes.gpu.seen[-1].body["suffix"] == SUFFIX
+
+
+async def test_completions_skip_chat_only_members(client: openai.AsyncOpenAI, fakes: Fakes) -> None:
+    for _ in range(4):  # whichever member the rotation puts first
+        raw = await client.completions.with_raw_response.create(
+            model="mixed", prompt="x", max_tokens=1
+        )
+        assert raw.headers["x-spillway-backend"] == "gpu"
+    assert len(fakes.gpu.seen) == 4
 
 
 async def test_completions_on_a_chat_only_backend_is_a_400(client: openai.AsyncOpenAI) -> None:
