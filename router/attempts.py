@@ -36,6 +36,7 @@ from router.exchange import Exchange, billable
 from router.metrics import status_class
 from router.providers import Adapter, Call, Usage
 from router.providers.base import Opened
+from router.providers.bridged import Bridged
 from router.quota import BudgetShort, Ticket
 from router.routing.balance import Member
 from router.routing.retry import backoff
@@ -213,7 +214,7 @@ class Walk:
             again = False  # one retry of the same member after a short Retry-After
             while i < len(members):
                 member = members[i]
-                if not member.serves(call.api, call.fim) or (
+                if not member.serves(call.apis, call.fim) or (
                     not again and not panic and not bal.available(member)
                 ):
                     i += 1
@@ -226,12 +227,15 @@ class Walk:
                         i += 1
                         again = False
                         continue
+                api = call.target(member.apis) or call.api
+                request, raw = call.translated_to(api)
                 attempt = Call(
-                    request=call.request, raw=call.raw, client_model=call.model,
+                    request=request, raw=raw, client_model=call.model,
                     member_model=member.model, max_tokens=cap, clamped=ticket.clamped,
                     default_max_tokens=rt.cfg.pools[pool].max_output_tokens,
-                    request_id=x.rid, forward_headers=fwd, api=call.api, stream=call.stream,
-                    wants_usage=call.wants_usage, fim=member.fim,
+                    request_id=x.rid, forward_headers=fwd, api=api, stream=call.stream,
+                    # a bridge reads the usage chunk to render it in the client's API
+                    wants_usage=call.wants_usage or api != call.api, fim=member.fim,
                 )  # fmt: skip
                 try:
                     response = await self._attempt(member, attempt, ticket)
@@ -311,7 +315,11 @@ class Walk:
 
     async def _attempt(self, member: Member, call: Call, ticket: Ticket) -> web.StreamResponse:
         rt, x = self.rt, self.x
-        adapter = x.adapter = rt.backends[member.backend].adapter(call)
+        adapter = rt.backends[member.backend].adapter(call)
+        assert x.call is not None
+        if call.api != x.call.api:  # through the codec's bridge to the backend's API
+            adapter = Bridged(adapter, x.call.codec.bridges[call.api].answers(x.call))
+        x.adapter = adapter
         x.backend = member.backend
         state = member.state
         state.inflight += 1

@@ -140,10 +140,10 @@ class Proxy:
                 f"No route of model `{call.model}` matches this request.", param="model",
                 code="no_matching_route",
             )  # fmt: skip
-        balancers, api, fim = rt.balancers, call.api, call.fim
+        balancers, apis, fim = rt.balancers, call.apis, call.fim
         pools = decision.pools
-        if not all(balancers[p].serves(api, fim) for p in pools):
-            pools = tuple(p for p in pools if balancers[p].serves(api, fim))
+        if not all(balancers[p].serves(apis, fim) for p in pools):
+            pools = tuple(p for p in pools if balancers[p].serves(apis, fim))
             if not pools:
                 raise codec.unserved(call.model, call)
         x.pools = pools

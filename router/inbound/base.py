@@ -3,17 +3,26 @@
 A codec parses its client API's body into a :class:`ClientCall`: the model
 asked for, whether it streams, the output-token bound and the number of
 outputs (what quotas reserve with the prompt bound), the facts routing rules
-look at, and what a pool member must have to serve it (``needs``: the wire
-API, and ``fim`` for fill-in-the-middle). Everything after parsing (route,
+look at, and what a pool member must have to serve it (one of the call's
+``apis``, and ``fim`` for fill-in-the-middle). Everything after parsing (route,
 admit, attempt, relay, settle) is the same for every codec; the codec renders
 errors, and in-band stream errors, in its API's form.
+
+A backend that speaks the call's own API gets it natively. A codec reaches
+backends that speak another API through its ``bridges``: a :class:`Bridge`
+translates the request into that API, and a fresh :class:`AnswerTranslator`
+per attempt turns each answer (body or stream bytes, already in that API's
+form with the client's model name) back into the client's API. No pair of
+client API and backend is special-cased: an attempt picks the call's own API
+when the member's backend has it, else the first bridge whose API it has.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
@@ -43,10 +52,60 @@ class ClientCall:
     tools: bool = False
     wants_usage: bool = False
     fim: bool = False  # needs a member that fills in the middle
+    translated: dict[str, tuple[Any, bytes]] = field(default_factory=dict)  # per bridge API
 
     @property
     def api(self) -> str:
         return self.codec.api
+
+    @property
+    def apis(self) -> frozenset[str]:
+        """The APIs the call can go out in: its own, and its codec's bridges'."""
+        return self.codec.apis
+
+    def target(self, served: frozenset[str]) -> str | None:
+        """The API an attempt on a backend serving ``served`` uses (None: none)."""
+        if self.codec.api in served:
+            return self.codec.api
+        return next((api for api in self.codec.bridges if api in served), None)
+
+    def translated_to(self, api: str) -> tuple[Any, bytes]:
+        """(request, raw body) in ``api``: the call itself, or its bridge's translation
+        (made once per call)."""
+        if api == self.codec.api:
+            return self.request, self.raw
+        got = self.translated.get(api)
+        if got is None:
+            got = self.translated[api] = self.codec.bridges[api].request(self)
+        return got
+
+
+class AnswerTranslator(Protocol):
+    """One attempt's answers in a bridge's API -> the client's API."""
+
+    def body(self, data: bytes) -> bytes:
+        """A complete answer."""
+        ...
+
+    def chunk(self, data: bytes) -> bytes:
+        """Stream bytes as relayed (whole SSE events); may hold some back."""
+        ...
+
+    def finish(self) -> bytes:
+        """What is still held back when the stream ends."""
+        ...
+
+
+class Bridge(Protocol):
+    """Carries a call to backends that speak another API (the key in ``Codec.bridges``)."""
+
+    def request(self, call: ClientCall) -> tuple[Any, bytes]:
+        """The call's request in the bridge's API: (the parsed model, its JSON)."""
+        ...
+
+    def answers(self, call: ClientCall) -> AnswerTranslator:
+        """A translator for one attempt's answers."""
+        ...
 
 
 def validate(model: type[Model], raw: bytes, model_name: str | None) -> Model:
@@ -84,6 +143,11 @@ class Codec:
     api = ""  # the wire API of the parsed request (what a backend must speak)
     kind = "chat"  # the kind of model it serves (models.X.kind)
     path = ""  # the canonical path, for messages
+    bridges: Mapping[str, Bridge] = {}  # other APIs it reaches, by API (none: native only)
+
+    @cached_property
+    def apis(self) -> frozenset[str]:
+        return frozenset((self.api, *self.bridges))
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
         raise NotImplementedError

@@ -56,8 +56,9 @@ class Member:
     fills: bool = False  # declares fim: serves completions with `suffix`
     fim: FimTemplate | None = None  # the template the gateway renders (None: native)
 
-    def serves(self, api: str, fim: bool) -> bool:
-        return api in self.apis and (self.fills or not fim)
+    def serves(self, apis: frozenset[str], fim: bool) -> bool:
+        """It has one of ``apis`` (and fills in the middle, when ``fim``)."""
+        return (self.fills or not fim) and not self.apis.isdisjoint(apis)
 
 
 class Balancer:
@@ -93,14 +94,14 @@ class Balancer:
         ]
         self._serves = {
             (api, fim) for m in self.members for api in m.apis for fim in (False, True)
-            if m.serves(api, fim)
+            if m.serves(frozenset((api,)), fim)
         }  # fmt: skip
         self._next = 0
         self._current = [0.0] * len(self.members)  # smooth weighted round robin
 
-    def serves(self, api: str, fim: bool) -> bool:
-        """Some member can serve a call of ``api`` (with ``suffix`` when ``fim``)."""
-        return (api, fim) in self._serves
+    def serves(self, apis: frozenset[str], fim: bool) -> bool:
+        """Some member can serve a call in one of ``apis`` (with ``suffix`` when ``fim``)."""
+        return any((api, fim) in self._serves for api in apis)
 
     # -- capacity ---------------------------------------------------------------------
     def saturated(self, m: Member) -> bool:
