@@ -31,10 +31,11 @@ from typing import Any
 
 import orjson
 
-from router.config import PROVIDER_APIS, Backend
+from router.config import Backend
 from router.errors import UpstreamError, UpstreamStatus, status_error
 from router.providers.anthropic_request import Policy, to_messages_request
 from router.providers.base import Call, Opened, Usage
+from router.serving import PROVIDER_APIS
 from router.streaming import DONE
 from router.upstream import Limits, Upstream
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from router.config import PROVIDER_APIS, Backend
+from router.config import Backend
 from router.contract import VLLM_EXTRAS
 from router.errors import UpstreamError
 from router.inbound.contracts import (
@@ -36,6 +36,7 @@ from router.inbound.contracts import (
 from router.providers.base import Adapter, Call, Opened, Usage
 from router.providers.embeddings import EmbeddingsAdapter
 from router.providers.params import patch_body
+from router.serving import PROVIDER_APIS
 from router.streaming import SSERelay
 from router.upstream import Limits, Upstream
 

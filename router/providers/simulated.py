@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from router.config import PROVIDER_APIS, Backend, SimulateSettings
+from router.config import Backend, SimulateSettings
 from router.contract import ChatCompletionRequest
 from router.errors import UpstreamStatus
 from router.inbound.contracts import CompletionRequest, EmbeddingRequest
@@ -33,6 +33,7 @@ from router.providers.simulate import (
     generate_text,
     stream_events,
 )
+from router.serving import PROVIDER_APIS
 from router.streaming import DONE, event
 
 DEFAULT_DIMENSIONS = 16
