@@ -142,10 +142,12 @@ class Proxy:
             )  # fmt: skip
         balancers, apis, fim = rt.balancers, call.apis, call.fim
         pools = decision.pools
-        if not all(balancers[p].serves(apis, fim) for p in pools):
-            pools = tuple(p for p in pools if balancers[p].serves(apis, fim))
-            if not pools:
-                raise codec.unserved(call.model, call)
+        for pool in pools:
+            if not balancers[pool].serves(apis, fim):  # keep the pools that can serve it
+                pools = tuple(p for p in pools if balancers[p].serves(apis, fim))
+                if not pools:
+                    raise codec.unserved(call.model, call)
+                break
         x.pools = pools
         return await Walk(rt, request, x).run()
 

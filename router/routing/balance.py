@@ -96,12 +96,17 @@ class Balancer:
             (api, fim) for m in self.members for api in m.apis for fim in (False, True)
             if m.serves(frozenset((api,)), fim)
         }  # fmt: skip
+        self._answers: dict[tuple[frozenset[str], bool], bool] = {}
         self._next = 0
         self._current = [0.0] * len(self.members)  # smooth weighted round robin
 
     def serves(self, apis: frozenset[str], fim: bool) -> bool:
         """Some member can serve a call in one of ``apis`` (with ``suffix`` when ``fim``)."""
-        return any((api, fim) in self._serves for api in apis)
+        key = (apis, fim)
+        got = self._answers.get(key)  # bounded: one entry per codec, with and without fim
+        if got is None:
+            got = self._answers[key] = any((api, fim) in self._serves for api in apis)
+        return got
 
     # -- capacity ---------------------------------------------------------------------
     def saturated(self, m: Member) -> bool:
