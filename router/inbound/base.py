@@ -20,7 +20,7 @@ when the member's backend has it, else the first bridge whose API it has.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol, TypeVar
 
@@ -52,7 +52,7 @@ class ClientCall:
     tools: bool = False
     wants_usage: bool = False
     fim: bool = False  # needs a member that fills in the middle
-    translated: dict[str, tuple[Any, bytes]] = field(default_factory=dict)  # per bridge API
+    translated: dict[str, tuple[Any, bytes]] | None = None  # per bridge API, made on use
 
     @property
     def api(self) -> str:
@@ -74,6 +74,8 @@ class ClientCall:
         (made once per call)."""
         if api == self.codec.api:
             return self.request, self.raw
+        if self.translated is None:
+            self.translated = {}
         got = self.translated.get(api)
         if got is None:
             got = self.translated[api] = self.codec.bridges[api].request(self)
