@@ -17,9 +17,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from router.contract import VLLM_EXTRAS
+from router.fim import PRESETS, FimTemplate
+from router.serving import (
+    VLLM_PARAMS,
+    FimTemplateConfig,
+    endpoint_checks,
+    fim_setting,
+)
 
 DEFAULT_CONFIG = "default.yaml"
 ANTHROPIC_SAMPLING = frozenset({"temperature", "top_p", "top_k"})
@@ -122,7 +136,7 @@ class Backend(_Strict):
         for name in ("model", "messages"):
             if name in self.deny_params:
                 raise ValueError(f"deny_params: {name!r} cannot be denied")
-        allowed, kind = VLLM_EXTRAS, "a vLLM extra parameter"
+        allowed, kind = VLLM_PARAMS, "a vLLM extra parameter"
         if self.provider == "anthropic":
             allowed, kind = ANTHROPIC_SAMPLING, "one of " + ", ".join(sorted(ANTHROPIC_SAMPLING))
         unknown = [p for p in self.allow_params if p not in allowed]
@@ -135,6 +149,21 @@ class Member(_Strict):
     backend: str
     model: str
     weight: PositiveFloat = 1.0
+    # fill-in-the-middle: "native" (the backend takes `suffix`), a preset, or a template
+    fim: str | FimTemplateConfig | None = None
+
+    @field_validator("fim", mode="before")
+    @classmethod
+    def _fim_setting(cls, value: Any) -> Any:
+        return fim_setting(value)
+
+    def fim_template(self) -> FimTemplate | None:
+        """The template the gateway renders (None: no FIM, or the backend's own)."""
+        if isinstance(self.fim, FimTemplateConfig):
+            return self.fim.template()
+        if self.fim is None or self.fim == "native":
+            return None
+        return PRESETS[self.fim]
 
 
 class Price(_Strict):
@@ -199,6 +228,7 @@ class Route(_Strict):
 
 
 class ModelEntry(_Strict):
+    kind: Literal["chat", "embeddings"] = "chat"  # chat: chat + completions endpoints
     routes: Annotated[list[Route], Field(min_length=1)]
     aliases: list[str] = Field(default_factory=list)
     description: str | None = None
@@ -418,7 +448,7 @@ def _cross_check(cfg: Config) -> list[str]:
             problems.append(f"keys[{i}]: the same secret is already used by another key")
         digests.add(digest)
         problems += _budget_scopes(cfg, f"keys[{i}]", key.budgets)
-    return problems
+    return problems + endpoint_checks(cfg)
 
 
 def _budget_scopes(cfg: Config, where: str, budgets: list[Budget]) -> list[str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from router.config import Config, ConfigError, parse_config
 from router.gauges import GaugeRefresher
+from router.inbound.registry import openai_codecs
 from router.metrics import Metrics
 from router.monitor import Monitor
 from router.proxy import Proxy
@@ -92,7 +93,7 @@ class Gateway:
         self._redis_url = self.cfg.redis.url
         self._store = RedisStore(self.cfg.redis) if self.cfg.redis.url else None
         self._holder = RuntimeHolder(self._build(self.cfg))
-        self._proxy = Proxy(self._holder)
+        self._proxy = Proxy(self._holder, openai_codecs())
         self.monitor = Monitor(self._holder, self._upstream, self.metrics)
         self.monitor.publish(self._holder.current)
         self._tasks.append(asyncio.create_task(self.monitor.run(), name="spillway-health"))

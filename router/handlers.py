@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -12,13 +13,32 @@ from router.inspect import live_explain
 from router.keys import GATEWAY
 from router.runtime import Runtime
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 def _json(doc: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await request.app[GATEWAY].proxy.chat(request)
+def endpoint(name: str) -> Handler:
+    """The handler of one client API (``router.inbound`` codec ``name``)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        proxy = request.app[GATEWAY].proxy
+        return await proxy.handle(request, proxy.codecs[name])
+
+    return handle
+
+
+def deployment(name: str) -> Handler:
+    """Azure-style ``/openai/deployments/{deployment}/...``: the deployment is the model;
+    ``api-version`` is accepted and not enforced."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        proxy = request.app[GATEWAY].proxy
+        return await proxy.handle(request, proxy.codecs[name], request.match_info["deployment"])
+
+    return handle
 
 
 def _principal_runtime(request: web.Request) -> tuple[Runtime, str, str]:
@@ -36,6 +56,21 @@ async def list_models(request: web.Request) -> web.Response:
         for name in rt.rules.visible_models(team)
     ]
     return _json({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{id}: a model the caller's team may use (a name, alias or a name
+    matching a glob alias), else the 404 envelope."""
+    rt, _, team = _principal_runtime(request)
+    name = request.match_info["model"]
+    model = rt.rules.resolve(name)
+    if model is None or not rt.rules.allowed(team, model):
+        raise NotFound(
+            f"The model `{name}` does not exist or you do not have access to it.",
+            param="model",
+        )
+    created = int(request.app[GATEWAY].started)
+    return _json({"id": name, "object": "model", "created": created, "owned_by": "spillway"})
 
 
 async def quota(request: web.Request) -> web.Response:

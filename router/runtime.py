@@ -57,8 +57,9 @@ class Runtime:
         self.backends: dict[str, ProviderBackend] = {
             name: build_backend(name, b, upstream) for name, b in cfg.backends.items()
         }
+        apis = {name: backend.apis for name, backend in self.backends.items()}
         self.balancers = {
-            name: Balancer(name, pool, self.states) for name, pool in cfg.pools.items()
+            name: Balancer(name, pool, self.states, apis) for name, pool in cfg.pools.items()
         }
         self.route_headers = cfg.server.route_headers
         self.access = AccessLog(cfg.logging)

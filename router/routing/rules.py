@@ -112,6 +112,7 @@ class Rules:
                 globs = tuple(m for m in t.models if m not in exact)
                 self._allow[team] = (exact, globs)
         self._names = {name: [name, *e.aliases] for name, e in cfg.models.items()}
+        self.kinds = {name: e.kind for name, e in cfg.models.items()}
 
     def resolve(self, requested: str) -> str | None:
         """The config model a client's model name means, or None."""
