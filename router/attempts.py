@@ -170,7 +170,7 @@ class Walk:
         out = req.output_limit() or rt.cfg.pools[pool].max_output_tokens
         try:
             ticket = await rt.quota.admit(
-                key_id=x.principal.key_id, team=x.principal.team, pool=pool,
+                key=x.principal, pool=pool,
                 rid=f"{x.rid}:{self.admissions}", prompt=x.prompt_bound, out=out,
                 n=req.n or 1, clamp=clamp,
             )  # fmt: skip

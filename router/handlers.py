@@ -7,6 +7,7 @@ import time
 import orjson
 from aiohttp import web
 
+from router.auth import Principal
 from router.errors import InvalidRequest, NotFound, ServiceUnavailable
 from router.inspect import live_explain
 from router.keys import GATEWAY
@@ -21,27 +22,26 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].proxy.chat(request)
 
 
-def _principal_runtime(request: web.Request) -> tuple[Runtime, str, str]:
-    rt = request.app[GATEWAY].runtime
+async def _principal_runtime(request: web.Request) -> tuple[Runtime, Principal]:
+    runtime = request.app[GATEWAY].runtime
     h = request.headers
-    p = rt.auth.authenticate(h.get("Authorization"), h.get("api-key"))
-    return rt, p.key_id, p.team
+    return runtime, await runtime.auth.authenticate(h.get("Authorization"), h.get("api-key"))
 
 
 async def list_models(request: web.Request) -> web.Response:
-    rt, _, team = _principal_runtime(request)
+    runtime, principal = await _principal_runtime(request)
     created = int(request.app[GATEWAY].started)
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "spillway"}
-        for name in rt.rules.visible_models(team)
+        for name in runtime.rules.visible_models(principal.team, principal.models)
     ]
     return _json({"object": "list", "data": data})
 
 
 async def quota(request: web.Request) -> web.Response:
-    rt, key_id, team = _principal_runtime(request)
-    doc = await rt.quota.status(key_id)
-    doc["key_id"], doc["team"] = key_id, team
+    runtime, principal = await _principal_runtime(request)
+    doc = await runtime.quota.status(principal)
+    doc["key_id"], doc["team"] = principal.key_id, principal.team
     return _json(doc)
 
 
@@ -97,7 +97,7 @@ async def explain(request: web.Request) -> web.Response:
     if not rt.route_headers:
         raise NotFound(f"Unknown path {request.path!r}.", code="unknown_url")
     h = request.headers
-    principal = rt.auth.authenticate(h.get("Authorization"), h.get("api-key"))
+    principal = await rt.auth.authenticate(h.get("Authorization"), h.get("api-key"))
     model = request.query.get("model")
     if not model:
         raise InvalidRequest("Query parameter `model` is required.", param="model")

@@ -111,7 +111,7 @@ class Proxy:
         server = rt.cfg.server
         raw = await read_body(request, server.max_body_bytes, server.body_timeout_seconds)
         headers = request.headers
-        principal = x.principal = rt.auth.authenticate(
+        principal = x.principal = await rt.auth.authenticate(
             headers.get("Authorization"), headers.get("api-key")
         )
         req = x.request = parse_request(raw)
@@ -122,7 +122,7 @@ class Proxy:
                 param="model",
             )
         x.model = model
-        if not rt.rules.allowed(principal.team, model):
+        if not rt.rules.allowed(principal.team, model, principal.models):
             raise PermissionDenied(
                 f"Team {principal.team!r} may not use model `{req.model}`.", param="model"
             )
