@@ -78,7 +78,9 @@ class Authenticator:
         self._keys = keys
         self._tokens = tokens
 
-    async def authenticate(self, authorization: str | None, api_key: str | None = None) -> Principal:
+    async def authenticate(
+        self, authorization: str | None, api_key: str | None = None
+    ) -> Principal:
         """Resolve ``Authorization: Bearer <token>`` (or an ``api-key`` header)."""
         token: str | None = None
         if authorization:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from router.config import Config, ConfigError, parse_config
 from router.gauges import GaugeRefresher
+from router.identity.service import Identity
 from router.metrics import Metrics
 from router.monitor import Monitor
 from router.proxy import Proxy
@@ -67,6 +68,8 @@ class Gateway:
         self._digest = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._gauges: GaugeRefresher | None = None
+        up = self.metrics.key_store_up
+        self.identity = Identity(cfg, on_key_store=lambda ok: up.set(1.0 if ok else 0.0))
 
     @property
     def holder(self) -> RuntimeHolder:
@@ -92,6 +95,8 @@ class Gateway:
         self._redis_url = self.cfg.redis.url
         self._store = RedisStore(self.cfg.redis) if self.cfg.redis.url else None
         self._holder = RuntimeHolder(self._build(self.cfg))
+        holder = self._holder
+        await self.identity.start(lambda: (holder.current.cfg, holder.current.jwt))
         self._proxy = Proxy(self._holder)
         self.monitor = Monitor(self._holder, self._upstream, self.metrics)
         self.monitor.publish(self._holder.current)
@@ -108,6 +113,7 @@ class Gateway:
         return Runtime(
             cfg, upstream=self._upstream, metrics=self.metrics, store=self._store,
             memory=self.memory, states=old, retry_budget=self._retry_budget,
+            identity=self.identity,
         )  # fmt: skip
 
     def reload(self, cfg: Config) -> None:
@@ -116,6 +122,9 @@ class Gateway:
             log.warning("redis settings changed; they take effect at the next restart")
         if cfg.listen != self.cfg.listen:
             log.warning("listen address changed; it takes effect at the next restart")
+        for name in ("database", "admin", "tracing"):
+            if getattr(cfg, name) != getattr(self.cfg, name):
+                log.warning("%s settings changed; they take effect at the next restart", name)
         self.holder.swap(self._build(cfg))
         if cfg.logging.level != self.cfg.logging.level:
             logging.getLogger().setLevel(cfg.logging.level)
@@ -187,6 +196,7 @@ class Gateway:
         self._tasks.clear()
         if self._gauges is not None:
             await self._gauges.stop()
+        await self.identity.stop()
         if self._store is not None:
             await self._store.aclose()
         if self._upstream is not None:

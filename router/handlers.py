@@ -59,9 +59,9 @@ async def readyz(request: web.Request) -> web.Response:
     if all(b.status() == "unhealthy" for b in rt.balancers.values()):
         raise ServiceUnavailable("No pool has a healthy member.", code="no_healthy_backend")
     loaded = time.gmtime(request.app[GATEWAY].loaded_at)
-    return _json(
-        {"status": "ready", "config_loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", loaded)}
-    )
+    doc = {"status": "ready", "config_loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", loaded)}
+    doc.update(request.app[GATEWAY].identity.status())  # a key database down stays ready
+    return _json(doc)
 
 
 async def metrics(request: web.Request) -> web.Response:

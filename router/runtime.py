@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from router.auth import Authenticator
 from router.config import Config
+from router.identity.service import Identity
 from router.logs import AccessLog
 from router.metrics import Metrics
 from router.providers import ProviderBackend, build_backend
@@ -35,10 +36,12 @@ class Runtime:
         memory: MemoryStore,
         states: dict[str, BackendState] | None = None,
         retry_budget: RetryBudget | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        self.auth = Authenticator(cfg)
+        keys, self.jwt = identity.sources(cfg) if identity is not None else (None, None)
+        self.auth = Authenticator(cfg, keys, self.jwt)
         self.rules = Rules(cfg)
         self.quota = Quota(cfg, store, memory, metrics)
         if retry_budget is None:

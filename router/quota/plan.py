@@ -165,9 +165,7 @@ class Planner:
         self._prefix = cfg.redis.key_prefix
         self._cache: dict[tuple[str, str], tuple[KeySpec, tuple[Check, ...]]] = {}
         self._budgets: tuple[tuple[Check, str], ...] | None = None
-        self._keys = {
-            k.id: ConfigKey(k.id, k.team, k.limits, tuple(k.budgets)) for k in cfg.keys
-        }
+        self._keys = {k.id: ConfigKey(k.id, k.team, k.limits, tuple(k.budgets)) for k in cfg.keys}
 
     def spec(self, key: KeySpec | str) -> KeySpec:
         """``key`` itself, or the config key of that id."""
