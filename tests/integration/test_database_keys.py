@@ -159,7 +159,7 @@ async def test_every_admin_call_is_one_audit_line_without_secrets(
 ) -> None:
     caplog.set_level(logging.INFO, logger="spillway.audit")
     made = await admin.create(id="audited", team="eng")
-    status, rotated = await admin.call("POST", "/audited/rotate", {"grace_seconds": 5})
+    _, rotated = await admin.call("POST", "/audited/rotate", {"grace_seconds": 5})
     await admin.call("DELETE", "/audited")
     lines = [r for r in caplog.records if r.name == "spillway.audit"]
     fields = [getattr(r, "fields", {}) for r in lines]

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tests.support.net import free_port
 
@@ -108,14 +109,15 @@ class PostgresServer:
             env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")])
         return env
 
-    def _preexec(self) -> None:
-        if self.user is not None:
-            os.setgid(self.user[1])
-            os.setuid(self.user[0])
+    def _as_user(self) -> dict[str, Any]:
+        """subprocess arguments that run the child as the unprivileged user."""
+        if self.user is None:
+            return {}
+        return {"user": self.user[0], "group": self.user[1], "extra_groups": []}
 
     def _run(self, argv: list[str]) -> None:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False,
-                             preexec_fn=self._preexec, env=self._env(), cwd=self.workdir)  # fmt: skip
+                             env=self._env(), cwd=self.workdir, **self._as_user())  # fmt: skip
         if out.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed:\n{out.stdout}\n{out.stderr}")
 
@@ -127,8 +129,8 @@ class PostgresServer:
                  "-k", str(self.workdir), "-c", "listen_addresses=127.0.0.1",
                  "-c", "fsync=off", "-c", "synchronous_commit=off",
                  "-c", "full_page_writes=off", "-c", "max_connections=200"],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._preexec,
-                env=self._env(), cwd=self.workdir, start_new_session=True,
+                stdout=log, stderr=subprocess.STDOUT,
+                env=self._env(), cwd=self.workdir, start_new_session=True, **self._as_user(),
             )  # fmt: skip
         finally:
             log.close()
@@ -137,8 +139,8 @@ class PostgresServer:
     def _wait_ready(self) -> None:
         end = time.monotonic() + 60
         while True:
-            ready = "ready to accept connections" in self.log().rsplit("starting PostgreSQL", 1)[-1]
-            if ready:
+            started = self.log().rsplit("starting PostgreSQL", 1)[-1]
+            if "ready to accept connections" in started:
                 try:
                     socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                     return
