@@ -321,6 +321,12 @@ class Walk:
         loop = self.loop
         start = x.opened_at = loop.time()
         chunks: AsyncIterator[bytes] | None = None
+        tracing, span, failure = rt.tracing, None, None
+        if tracing is not None:  # tracing hook: the attempt's span, its traceparent upstream
+            provider = rt.cfg.backends[member.backend].provider
+            span = tracing.start_attempt(
+                x.span, member, provider, self.attempts, call.forward_headers
+            )
         try:
             try:
                 if limit is None:
@@ -359,9 +365,15 @@ class Walk:
             headers = self._headers(member, ticket)
             headers["Content-Type"] = "application/json"
             return web.Response(body=out, headers=headers)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             state.inflight -= 1
             inflight.dec()
+            if span is not None:
+                assert tracing is not None
+                tracing.end_attempt(span, x, member, failure)
 
     @staticmethod
     async def _open(

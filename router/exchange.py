@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from router.auth import Principal
 from router.contract import ChatCompletionRequest
 from router.providers import Adapter, Usage
@@ -14,8 +16,8 @@ class Exchange:
 
     __slots__ = (
         "adapter", "backend", "clamped", "committed", "decision", "model", "opened_at", "out",
-        "pool", "principal", "prompt_bound", "read_at", "request", "rid", "started", "status",
-        "ttft", "usage",
+        "pool", "principal", "prompt_bound", "read_at", "request", "rid", "span", "started",
+        "status", "ttft", "usage",
     )  # fmt: skip
 
     def __init__(self, rid: str, started: float) -> None:
@@ -37,6 +39,7 @@ class Exchange:
         self.committed = False  # the response has started: no retry, no refund
         self.opened_at = 0.0
         self.read_at = 0.0
+        self.span: Any = None  # the request's trace span when tracing is on
 
 
 def billable(x: Exchange) -> tuple[int, int]:

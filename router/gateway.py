@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from router.config import Config, ConfigError, parse_config
 from router.gauges import GaugeRefresher
@@ -33,6 +34,9 @@ from router.quota.redis_store import RedisStore
 from router.routing.retry import RetryBudget
 from router.runtime import Runtime, RuntimeHolder
 from router.upstream import Upstream
+
+if TYPE_CHECKING:
+    from router.tracing import Tracing
 
 log = logging.getLogger("spillway")
 
@@ -68,6 +72,7 @@ class Gateway:
         self._digest = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._gauges: GaugeRefresher | None = None
+        self._tracing: Tracing | None = None
         up = self.metrics.key_store_up
         self.identity = Identity(cfg, on_key_store=lambda ok: up.set(1.0 if ok else 0.0))
 
@@ -91,6 +96,8 @@ class Gateway:
         return self.holder.current
 
     async def start(self) -> None:
+        if self.cfg.tracing.otlp_endpoint:
+            self._tracing = start_tracing(self.cfg)
         self._upstream = Upstream()
         self._redis_url = self.cfg.redis.url
         self._store = RedisStore(self.cfg.redis) if self.cfg.redis.url else None
@@ -113,7 +120,7 @@ class Gateway:
         return Runtime(
             cfg, upstream=self._upstream, metrics=self.metrics, store=self._store,
             memory=self.memory, states=old, retry_budget=self._retry_budget,
-            identity=self.identity,
+            identity=self.identity, tracing=self._tracing,
         )  # fmt: skip
 
     def reload(self, cfg: Config) -> None:
@@ -197,10 +204,23 @@ class Gateway:
         if self._gauges is not None:
             await self._gauges.stop()
         await self.identity.stop()
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.shutdown)  # exports the spans still queued
         if self._store is not None:
             await self._store.aclose()
         if self._upstream is not None:
             await self._upstream.close()
+
+
+def start_tracing(cfg: Config) -> Tracing:
+    try:
+        from router.tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError(
+            [f"tracing.otlp_endpoint: tracing needs the otel extra "
+             f"(pip install 'spillway[otel]'): {exc}"], "config",
+        ) from None  # fmt: skip
+    return Tracing(cfg.tracing)
 
 
 def _digest_of(path: str) -> str:

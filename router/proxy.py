@@ -95,17 +95,27 @@ class Proxy:
         rt = self.holder.current
         loop = asyncio.get_running_loop()
         x = Exchange(self.ids.next(request), loop.time())
+        tracing = rt.tracing
+        if tracing is not None:  # tracing hook: the request's span
+            x.span = tracing.start_request(request)
+        failure: BaseException | None = None
+        answer: web.StreamResponse | None = None
         try:
-            return await self._chat(rt, request, x)
+            answer = await self._chat(rt, request, x)
+            return answer
         except SpillwayError as exc:
+            failure = exc
             x.status = exc.status
             exc.headers.setdefault("x-request-id", x.rid)
             raise
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            failure = exc
             x.status = 499  # the client went away
             raise
         finally:
             self._finish(rt, x, loop.time())
+            if tracing is not None:
+                tracing.end_request(x.span, x, failure, answer)
 
     async def _chat(self, rt: Runtime, request: web.Request, x: Exchange) -> web.StreamResponse:
         server = rt.cfg.server

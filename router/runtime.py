@@ -9,6 +9,8 @@ down, and the retry budget is shared by every runtime of the process.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from router.auth import Authenticator
 from router.config import Config
 from router.identity.service import Identity
@@ -24,6 +26,9 @@ from router.routing.retry import RetryBudget
 from router.routing.rules import Rules
 from router.upstream import Upstream
 
+if TYPE_CHECKING:
+    from router.tracing import Tracing
+
 
 class Runtime:
     def __init__(
@@ -37,7 +42,9 @@ class Runtime:
         states: dict[str, BackendState] | None = None,
         retry_budget: RetryBudget | None = None,
         identity: Identity | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.tracing = tracing  # None: tracing off (router.tracing is then never imported)
         self.cfg = cfg
         self.metrics = metrics
         keys, self.jwt = identity.sources(cfg) if identity is not None else (None, None)
