@@ -73,8 +73,11 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._gauges: GaugeRefresher | None = None
         self._tracing: Tracing | None = None
-        up = self.metrics.key_store_up
-        self.identity = Identity(cfg, on_key_store=lambda ok: up.set(1.0 if ok else 0.0))
+        self.identity = Identity(cfg, on_key_store=self._key_store_state)
+
+    def _key_store_state(self, up: bool) -> None:
+        """spillway_key_store_up: a series only once a key database is followed."""
+        self.metrics.child(self.metrics.key_store_up, "postgresql").set(1.0 if up else 0.0)
 
     @property
     def holder(self) -> RuntimeHolder:

@@ -197,7 +197,7 @@ async def test_database_down_serves_from_cache(db_schema: str) -> None:
                 assert doc["key_database"]["keys"] == 1
                 assert (await chat_status(s, running.url, made["secret"]))[0] == 200
                 async with s.get(running.url + "/metrics") as r:
-                    assert "spillway_key_store_up 0.0" in await r.text()
+                    assert 'spillway_key_store_up{store="postgresql"} 0.0' in await r.text()
                 status, doc = await admin.call("POST", "", {"team": "eng"})
                 assert status == 503 and doc["error"]["code"] == "database_unreachable"
                 server.start()
@@ -208,7 +208,7 @@ async def test_database_down_serves_from_cache(db_schema: str) -> None:
 
                 await eventually(up, within=10.0)
                 async with s.get(running.url + "/metrics") as r:
-                    assert "spillway_key_store_up 1.0" in await r.text()
+                    assert 'spillway_key_store_up{store="postgresql"} 1.0' in await r.text()
         finally:
             await running.stop()
 

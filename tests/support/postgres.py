@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.support.debian import unpack
 from tests.support.net import free_port
 
 CACHE = Path.home() / ".cache" / "spillway-tests" / "postgresql"
@@ -52,23 +53,14 @@ def _bin_dir() -> Path:
 def _unpack_debian_package() -> None:
     """``apt-get download`` the versioned server package and its client libraries;
     ``dpkg-deb -x`` them into the cache (no root, nothing installed system-wide)."""
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+    if shutil.which("apt-cache") is None:
         return
     depends = subprocess.run(["apt-cache", "depends", "postgresql"], capture_output=True,
                              text=True, timeout=60, check=False).stdout  # fmt: skip
     names = [w for w in depends.split() if w.startswith("postgresql-") and w[11:].isdigit()]
     if not names:
         return
-    download = Path(tempfile.mkdtemp(prefix="spillway-postgres-deb-"))
-    try:
-        subprocess.run(["apt-get", "download", names[0], "libpq5"], cwd=download,
-                       capture_output=True, timeout=600, check=False)  # fmt: skip
-        for deb in download.glob("*.deb"):
-            CACHE.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(CACHE)],
-                           capture_output=True, timeout=300, check=True)  # fmt: skip
-    finally:
-        shutil.rmtree(download, ignore_errors=True)
+    unpack([names[0], "libpq5"], CACHE)
 
 
 def _demote() -> tuple[int, int] | None:
