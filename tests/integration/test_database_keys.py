@@ -190,7 +190,7 @@ async def test_database_down_serves_from_cache(db_schema: str) -> None:
                         doc = await r.json()
                     return r.status == 200 and doc["key_database"]["status"] == "unreachable"
 
-                await eventually(down, within=5.0)
+                await eventually(down, within=15.0)
                 async with s.get(running.url + "/readyz") as r:
                     doc = await r.json()
                 assert doc["key_database"]["serving"] == "from cache"
@@ -206,7 +206,7 @@ async def test_database_down_serves_from_cache(db_schema: str) -> None:
                     async with s.get(running.url + "/readyz") as r:
                         return (await r.json())["key_database"]["status"] == "ok"
 
-                await eventually(up, within=10.0)
+                await eventually(up, within=20.0)
                 async with s.get(running.url + "/metrics") as r:
                     assert 'spillway_key_store_up{store="postgresql"} 1.0' in await r.text()
         finally:
