@@ -170,7 +170,7 @@ class Walk:
             out = rt.cfg.pools[pool].max_output_tokens
         try:
             ticket = await rt.quota.admit(
-                key_id=x.principal.key_id, team=x.principal.team, pool=pool,
+                key=x.principal, pool=pool,
                 rid=f"{x.rid}:{self.admissions}", prompt=call.prompt_bound, out=out,
                 n=call.outputs, clamp=clamp,
             )  # fmt: skip
@@ -331,6 +331,12 @@ class Walk:
         loop = self.loop
         start = x.opened_at = loop.time()
         chunks: AsyncIterator[bytes] | None = None
+        tracing, span, failure = rt.tracing, None, None
+        if tracing is not None:  # tracing hook: the attempt's span, its traceparent upstream
+            provider = rt.cfg.backends[member.backend].provider
+            span = tracing.start_attempt(
+                x.span, member, provider, self.attempts, call.forward_headers, x.endpoint
+            )
         try:
             try:
                 if limit is None:
@@ -369,9 +375,15 @@ class Walk:
             headers = self._headers(member, ticket)
             headers["Content-Type"] = "application/json"
             return web.Response(body=out, headers=headers)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             state.inflight -= 1
             inflight.dec()
+            if span is not None:
+                assert tracing is not None
+                tracing.end_attempt(span, x, member, failure)
 
     @staticmethod
     async def _open(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from router.auth import Principal
 from router.inbound.base import ClientCall
 from router.providers import Adapter, Usage
@@ -13,7 +15,7 @@ class Exchange:
 
     __slots__ = (
         "adapter", "backend", "call", "clamped", "committed", "decision", "endpoint", "model",
-        "opened_at", "out", "pool", "pools", "principal", "read_at", "rid", "started",
+        "opened_at", "out", "pool", "pools", "principal", "read_at", "rid", "span", "started",
         "status", "ttft", "usage",
     )  # fmt: skip
 
@@ -37,6 +39,7 @@ class Exchange:
         self.committed = False  # the response has started: no retry, no refund
         self.opened_at = 0.0
         self.read_at = 0.0
+        self.span: Any = None  # the request's trace span when tracing is on
 
 
 def billable(x: Exchange) -> tuple[int, int]:

@@ -177,6 +177,12 @@ class Metrics:
             "Admissions decided in-process because Redis was unreachable (on_error: allow).",
             registry=r,
         )  # fmt: skip
+        # a series only when a key database is configured (store="postgresql")
+        self.key_store_up = Gauge(
+            "spillway_key_store_up",
+            "1 while the key database is reachable; 0: serving database keys from the cache.",
+            ("store",), registry=r, multiprocess_mode="livemin",
+        )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
         self._series: dict[tuple[str, str, str, str, str], Series] = {}
         for result in RELOAD_RESULTS:

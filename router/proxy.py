@@ -87,17 +87,27 @@ class Proxy:
         rt = self.holder.current
         loop = asyncio.get_running_loop()
         x = Exchange(self.ids.next(request), loop.time(), codec.endpoint)
+        tracing = rt.tracing
+        if tracing is not None:  # tracing hook: the request's span
+            x.span = tracing.start_request(request)
+        failure: BaseException | None = None
+        answer: web.StreamResponse | None = None
         try:
-            return await self._serve(rt, request, codec, x, model)
+            answer = await self._serve(rt, request, codec, x, model)
+            return answer
         except SpillwayError as exc:
+            failure = exc
             x.status = exc.status
             exc.headers.setdefault("x-request-id", x.rid)
             return codec.error_response(exc)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            failure = exc
             x.status = 499  # the client went away
             raise
         finally:
             self._finish(rt, x, loop.time())
+            if tracing is not None:
+                tracing.end_request(x.span, x, failure, answer)
 
     async def _serve(
         self, rt: Runtime, request: web.Request, codec: Codec, x: Exchange, name: str | None
@@ -105,7 +115,7 @@ class Proxy:
         server = rt.cfg.server
         raw = await read_body(request, server.max_body_bytes, server.body_timeout_seconds)
         headers = request.headers
-        principal = x.principal = rt.auth.authenticate(
+        principal = x.principal = await rt.auth.authenticate(
             headers.get("Authorization"), headers.get("api-key")
         )
         call = x.call = codec.parse(raw, name)
@@ -116,7 +126,7 @@ class Proxy:
                 param="model",
             )
         x.model = model
-        if not rt.rules.allowed(principal.team, model):
+        if not rt.rules.allowed(principal.team, model, principal.models):
             raise PermissionDenied(
                 f"Team {principal.team!r} may not use model `{call.model}`.", param="model"
             )
