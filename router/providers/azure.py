@@ -1,8 +1,8 @@
 """Azure OpenAI deployments: the OpenAI pass-through with Azure's URL and auth.
 
-``POST {url}/openai/deployments/{deployment}/chat/completions?api-version=V``;
-a pool member's ``model`` is the deployment name. Authentication is the
-``api-key`` header (``api_key`` or ``api_key_file``), or ``Authorization:
+``POST {url}/openai/deployments/{deployment}/{chat/completions,completions,embeddings}
+?api-version=V``; a pool member's ``model`` is the deployment name. Authentication is
+the ``api-key`` header (``api_key`` or ``api_key_file``), or ``Authorization:
 Bearer`` with a Microsoft Entra token from the environment variable named by
 ``token_env`` or the file named by ``token_file``; both are read again on an
 interval and after a refusal (:mod:`router.providers.credentials`), since
@@ -18,7 +18,7 @@ from urllib.parse import quote
 from yarl import URL
 
 from router.config import Backend
-from router.providers.openai import CompatBackend
+from router.providers.openai import PATHS, CompatBackend
 from router.upstream import Upstream
 
 DEFAULT_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version
@@ -38,7 +38,7 @@ class AzureBackend(CompatBackend):
             base = base[: -len("/openai")]
         self.base = base
         self.api_version = cfg.api_version or DEFAULT_API_VERSION
-        self._urls: dict[str, URL] = {}
+        self._urls: dict[tuple[str, str], URL] = {}
 
     def auth_headers(self) -> dict[str, str]:
         value = self.credential.value
@@ -48,13 +48,14 @@ class AzureBackend(CompatBackend):
             return {"api-key": value}
         return {"Authorization": f"Bearer {value}"}
 
-    def endpoint(self, member_model: str) -> URL:
-        url = self._urls.get(member_model)
+    def endpoint(self, api: str, member_model: str) -> URL:
+        key = (api, member_model)
+        url = self._urls.get(key)
         if url is None:
             url = URL(
                 f"{self.base}/openai/deployments/{quote(member_model, safe='')}"
-                f"/chat/completions?api-version={quote(self.api_version, safe='')}",
+                f"{PATHS[api]}?api-version={quote(self.api_version, safe='')}",
                 encoded=True,
             )
-            self._urls[member_model] = url  # bounded: one per configured deployment
+            self._urls[key] = url  # bounded: one per configured deployment and API
         return url

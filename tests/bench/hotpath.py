@@ -8,6 +8,11 @@ or goes through the real upstream client to a keep-alive server in a child
 process that writes the same answer (``--upstream socket``: own code plus the
 aiohttp client). Requests go 32 at a time, as with 32 connections.
 
+``--endpoint embeddings`` measures ``/v1/embeddings`` instead (one input, a
+1,536-float answer as OpenAI's text-embedding-3-small returns, relayed as
+floats; ``--base64`` the same vector base64-encoded), on
+``embeddings-bench.yaml``.
+
 ``--profile`` prints where the time goes, by function and by module.
 
 ``--rounds R`` measures R rounds of REQUESTS each. Instruction counts are steady
@@ -25,10 +30,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import cProfile
 import os
 import pstats
+import random
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -36,6 +44,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import streams, web
 from aiohttp.test_utils import make_mocked_request
 
@@ -59,12 +68,26 @@ ANSWER = (
     b'"usage":{"prompt_tokens":25,"completion_tokens":30,"total_tokens":55}}'
 )
 
+EMBED_BODY = b'{"model":"bench-embed","input":"Say hello in one short sentence, please."}'
+_VECTOR = [random.Random(7).uniform(-0.1, 0.1) for _ in range(1536)]
+
+
+def embeddings_answer(encoded: bool) -> bytes:
+    vector: object = _VECTOR
+    if encoded:
+        vector = base64.b64encode(struct.pack(f"<{len(_VECTOR)}f", *_VECTOR)).decode()
+    return orjson.dumps({
+        "object": "list", "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+        "model": "bench-embed", "usage": {"prompt_tokens": 9, "total_tokens": 9},
+    })  # fmt: skip
+
 
 class _Canned:
     is_stream = False
+    answer = ANSWER
 
     async def read(self) -> bytes:
-        return ANSWER
+        return self.answer
 
     def close(self) -> None:
         return None
@@ -85,25 +108,25 @@ class _Protocol:
         return None
 
 
-def _request(app: web.Application, loop: asyncio.AbstractEventLoop) -> web.Request:
+def _request(
+    app: web.Application, loop: asyncio.AbstractEventLoop, path: str, body: bytes
+) -> web.Request:
     payload = streams.StreamReader(_Protocol(), 2**16, loop=loop)  # type: ignore[arg-type]
-    payload.feed_data(BODY)
+    payload.feed_data(body)
     payload.feed_eof()
     headers = {"Authorization": "Bearer sk-bench-0001", "Content-Type": "application/json",
-               "Content-Length": str(len(BODY))}  # fmt: skip
-    return make_mocked_request(
-        "POST", "/v1/chat/completions", headers=headers, payload=payload, app=app, loop=loop
-    )
+               "Content-Length": str(len(body))}  # fmt: skip
+    return make_mocked_request("POST", path, headers=headers, payload=payload, app=app, loop=loop)
 
 
 class _Answers(asyncio.Protocol):
-    """The child process's upstream: every request gets :data:`ANSWER`, kept alive."""
+    """The child process's upstream: every request gets ``answer``, kept alive."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes) -> None:
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: %d\r\n\r\n%b" % (len(ANSWER), ANSWER))  # fmt: skip
+                      b"Content-Length: %d\r\n\r\n%b" % (len(answer), answer))  # fmt: skip
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -124,10 +147,10 @@ class _Answers(asyncio.Protocol):
             self.transport.write(self.reply)
 
 
-def serve_answers(port: int) -> None:
+def serve_answers(port: int, answer: bytes) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(_Answers, "127.0.0.1", port)
+        server = await loop.create_server(lambda: _Answers(answer), "127.0.0.1", port)
         async with server:
             await server.serve_forever()
 
@@ -172,47 +195,61 @@ def _by_module(prof: cProfile.Profile, n: int) -> None:
         print(f"  {spent / n * 1e6:8.2f}  {key}")
 
 
-async def run(config: Path, n: int, profile: bool, upstream: str, rounds: int, marks: bool) -> None:
+async def run(
+    config: Path, n: int, profile: bool, upstream: str, rounds: int, marks: bool,
+    endpoint: str, encoded: bool,
+) -> None:  # fmt: skip
     cfg = load_config(config)
+    path, body = "/v1/chat/completions", BODY
+    if endpoint == "embeddings":
+        path, body = "/v1/embeddings", EMBED_BODY
+        _Canned.answer = embeddings_answer(encoded)
     child = None
     if upstream == "canned":
         upstream_module.Upstream.post = _canned_post  # type: ignore[method-assign,assignment]
     else:
         port = _free_port()
+        answers = ["--endpoint", endpoint, *(["--base64"] if encoded else [])]
         child = subprocess.Popen(  # noqa: ASYNC220 - before the measurement starts
-            [sys.executable, __file__, "--serve-answers", str(port)]
+            [sys.executable, __file__, "--serve-answers", str(port), *answers]
         )
         url = f"http://127.0.0.1:{port}/v1"
         backends = {k: b.model_copy(update={"url": url}) for k, b in cfg.backends.items()}
         cfg = cfg.model_copy(update={"backends": backends})
         _wait_listening(port)
     try:
-        await _run(cfg, config.name, n, profile, rounds, marks)
+        name = f"{config.name} {path}"
+        await _run(cfg, name, n, profile, rounds, marks, endpoint, path, body)
     finally:
         if child is not None:
             child.kill()
             child.wait()
 
 
-async def _run(cfg: Any, name: str, n: int, profile: bool, rounds: int, marks: bool) -> None:
+async def _run(
+    cfg: Any, name: str, n: int, profile: bool, rounds: int, marks: bool, endpoint: str,
+    path: str, body: bytes,
+) -> None:  # fmt: skip
     app = create_app(cfg)
     gateway = app[GATEWAY]
     await gateway.start()
     loop = asyncio.get_running_loop()
+    proxy = gateway.proxy
+    codec = proxy.codecs[endpoint]
     try:
         for _ in range(200):  # warm up: scripts loaded, children bound
-            await gateway.proxy.chat(_request(app, loop))
+            await proxy.handle(_request(app, loop, path, body), codec)
         tune_gc()  # as `spillway serve` does once it listens
         prof = cProfile.Profile() if profile else None
         for _ in range(rounds):
-            requests = [_request(app, loop) for _ in range(n)]
+            requests = [_request(app, loop, path, body) for _ in range(n)]
             if marks:
                 os.getppid()  # a callgrind dump point (--dump-before=getppid)
             began = time.process_time()
             if prof:
                 prof.enable()
             for k in range(0, n, 32):
-                await asyncio.gather(*(gateway.proxy.chat(r) for r in requests[k : k + 32]))
+                await asyncio.gather(*(proxy.handle(r, codec) for r in requests[k : k + 32]))
             if prof:
                 prof.disable()
             spent = time.process_time() - began
@@ -229,17 +266,23 @@ async def _run(cfg: Any, name: str, n: int, profile: bool, rounds: int, marks: b
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("config", nargs="?", type=Path, default=HERE / "spillway-bench.yaml")
+    ap.add_argument("config", nargs="?", type=Path)
     ap.add_argument("requests", nargs="?", type=int, default=20000)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--upstream", choices=("canned", "socket"), default="canned")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--marks", action="store_true", help="call os.getppid() around rounds")
+    ap.add_argument("--endpoint", choices=("chat", "embeddings"), default="chat")
+    ap.add_argument("--base64", action="store_true", help="embeddings answered in base64")
     ap.add_argument("--serve-answers", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_answers:
-        serve_answers(args.serve_answers)
+        answer = embeddings_answer(args.base64) if args.endpoint == "embeddings" else ANSWER
+        serve_answers(args.serve_answers, answer)
         return
+    if args.config is None:
+        name = "embeddings-bench.yaml" if args.endpoint == "embeddings" else "spillway-bench.yaml"
+        args.config = HERE / name
     try:
         import uvloop
 
@@ -247,7 +290,16 @@ def main() -> None:
     except ImportError:
         pass
     asyncio.run(
-        run(args.config, args.requests, args.profile, args.upstream, args.rounds, args.marks)
+        run(
+            args.config,
+            args.requests,
+            args.profile,
+            args.upstream,
+            args.rounds,
+            args.marks,
+            args.endpoint,
+            args.base64,
+        )
     )
 
 

@@ -22,7 +22,7 @@ def debian_tool(name: str, package: str, *, sbin: bool = False) -> str:
     root = CACHE / package
     unpacked = root / "usr" / ("sbin" if sbin else "bin") / name
     if not unpacked.exists():
-        _unpack(package, root)
+        unpack([package], root)
     if not unpacked.exists():
         raise RuntimeError(
             f"{name} is not on PATH and Debian's {package} package could not be fetched: "
@@ -31,16 +31,17 @@ def debian_tool(name: str, package: str, *, sbin: bool = False) -> str:
     return str(unpacked)
 
 
-def _unpack(package: str, root: Path) -> None:
+def unpack(packages: list[str], cache: Path) -> None:
+    """Fetch ``packages`` and unpack them under ``cache``; quietly nothing without apt."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         return
-    download = Path(tempfile.mkdtemp(prefix=f"spillway-{package}-deb-"))
+    download = Path(tempfile.mkdtemp(prefix="spillway-deb-"))
     try:
-        subprocess.run(["apt-get", "download", package], cwd=download,
-                       capture_output=True, timeout=300, check=False)  # fmt: skip
-        for deb in download.glob(f"{package}_*.deb"):
-            root.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)],
+        subprocess.run(["apt-get", "download", *packages], cwd=download,
+                       capture_output=True, timeout=600, check=False)  # fmt: skip
+        for deb in download.glob("*.deb"):
+            cache.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(cache)],
                            capture_output=True, timeout=300, check=True)  # fmt: skip
     finally:
         shutil.rmtree(download, ignore_errors=True)
