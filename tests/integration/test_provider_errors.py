@@ -5,6 +5,8 @@
   for OpenAI-compatible, Azure and Anthropic backends.
 * Credentials from a file or the environment are read again, on an interval and
   when the provider refuses them.
+* All of it on every endpoint (chat completions, completions, embeddings): a
+  provider's refusal is a 502 that ejects the member and fails over.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import pytest
 
 from tests.support.fake_anthropic import AnthropicBehaviour, FakeAnthropic
 from tests.support.fake_azure import AzureBehaviour, FakeAzure
+from tests.support.fakes import FakeOpenAI
+from tests.support.fleet import KEY as CLIENT_KEY
 from tests.support.fleet import fleet_config, members, post, sse_events
 from tests.support.gateway import Running, start_gateway
 from tests.support.raw_upstream import RawUpstream, chunk, response
@@ -225,6 +229,162 @@ async def test_a_missing_credential_file_is_a_502_and_an_error_log(
         assert not fake.seen and fake.refused == 0  # nothing was sent without a key
         assert any(str(missing) in rec.getMessage() for rec in caplog.records
                    if rec.levelname == "ERROR")  # fmt: skip
+    finally:
+        await gw.stop()
+        await fake.stop()
+
+
+COMPLETION_CHUNK = (
+    'data: {"id":"cmpl-1","object":"text_completion","created":1,"model":"m",'
+    '"choices":[{"index":0,"text":"hi","logprobs":null,"finish_reason":null}]}\n\n'
+)
+
+
+def endpoint_config(backends: dict[str, Any], pools: dict[str, Any], endpoint: str,
+                    **health: Any) -> dict[str, Any]:  # fmt: skip
+    """Model ``chat`` over ``pools``, of the kind ``endpoint`` serves."""
+    kind = "embeddings" if endpoint == "embeddings" else "chat"
+    models = {"chat": {"kind": kind, "routes": [{"pools": list(pools)}]}}
+    return fleet_config(backends, pools, health={"failure_threshold": 1000, **health},
+                        models=models)  # fmt: skip
+
+
+async def send(s: aiohttp.ClientSession, gw: Running, endpoint: str, stream: bool = False) -> Any:
+    """One request to ``/v1/{endpoint}`` for model ``chat``: (status, body bytes)."""
+    body: dict[str, Any] = {"model": "chat"}
+    if endpoint == "chat/completions":
+        body["messages"] = [{"role": "user", "content": "hello there"}]
+    elif endpoint == "completions":
+        body["prompt"] = "hello there"
+    else:
+        body["input"] = "hello there"
+    if stream:
+        body["stream"] = True
+    async with s.post(f"{gw.url}/v1/{endpoint}", json=body,
+                      headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as r:  # fmt: skip
+        return r.status, await r.read(), r.headers.get("x-spillway-pool")
+
+
+@pytest.mark.parametrize(
+    ("provider", "endpoint", "status", "body", "stream"),
+    [
+        ("openai", "completions", "400 Bad Request",
+         '{"error":{"message":"Key ' + escaped(KEY) + ' may not set top_k","type":'
+         '"invalid_request_error","param":null,"code":null}}', False),
+        ("openai", "completions", "200 OK", COMPLETION_CHUNK + 'data: {"error":{"message":'
+         '"quota of ' + escaped(KEY) + ' exceeded","type":"server_error"}}\n\ndata: [DONE]\n\n',
+         True),
+        ("openai", "embeddings", "500 Internal Server Error", "upstream broke for key " + KEY,
+         False),
+        ("azure", "embeddings", "400 Bad Request",
+         '{"error":{"code":"content_filter","message":"api-key ' + escaped(KEY) + '"}}', False),
+        ("azure", "completions", "429 Too Many Requests",
+         '{"error":{"code":"429","message":"slow down, ' + escaped(KEY) + '"}}', False),
+    ],
+)  # fmt: skip
+async def test_the_key_never_reaches_the_client_of_any_endpoint(
+    provider: str, endpoint: str, status: str, body: str, stream: bool
+) -> None:
+    raw = await RawUpstream(quoting(status, body, stream=stream)).start()
+    url = raw.url.removesuffix("/v1") if provider == "azure" else raw.url
+    gw = await start_gateway(endpoint_config(
+        {"up": {"provider": provider, "url": url, "api_key": KEY}},
+        {"p": {"members": members("up", model="m")}}, endpoint,
+    ))  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as s:
+            code, answer, _ = await send(s, gw, endpoint, stream)
+        if stream:
+            events = sse_events(answer)
+            assert code == 200 and events[-1] == "[DONE]" and "error" in events[-2], answer
+            text = orjson.dumps(events).decode()  # decoded: no escape hides the key
+        else:
+            assert code >= 400, answer
+            text = orjson.dumps(orjson.loads(answer)).decode()
+        assert_masked(text)
+        sent = raw.requests[0]
+        assert KEY.encode() in sent
+        assert sent.split(b" ", 2)[1].split(b"?")[0].endswith(f"/{endpoint}".encode())
+    finally:
+        await gw.stop()
+        await raw.stop()
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "embeddings"])
+async def test_a_refused_key_ejects_and_fails_over_on_every_endpoint(endpoint: str) -> None:
+    """401 from the provider: a 502 naming the backend when nowhere else can serve,
+    the member out for long, the next pool serving meanwhile."""
+
+    async def refuses(srv: RawUpstream, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await srv.read_request(r) is not None:
+            await srv.write(w, response(b'{"error":{"message":"invalid key sk-revoked-0001"}}',
+                                        status="401 Unauthorized"))  # fmt: skip
+
+    raw = await RawUpstream(refuses).start()
+    spare = await FakeOpenAI("spare").start()
+    backends = {"revoked": {"provider": "openai", "url": raw.url, "api_key": "sk-revoked-0001"},
+                "spare": {"provider": "openai", "url": spare.url}}  # fmt: skip
+    alone = await start_gateway(endpoint_config(
+        backends, {"first": {"members": members("revoked", model="m")}}, endpoint,
+    ))  # fmt: skip
+    both = await start_gateway(endpoint_config(backends, {
+        "first": {"members": members("revoked", model="m")},
+        "second": {"members": members("spare", model="m")},
+    }, endpoint))  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as s:
+            code, answer, _ = await send(s, alone, endpoint)
+            error = orjson.loads(answer)["error"]
+            assert code == 502 and error["code"] == "upstream_auth_error", answer
+            assert "'revoked'" in error["message"] and "sk-revoked" not in answer.decode()
+            replies = [await send(s, both, endpoint) for _ in range(3)]
+        assert [(code, pool) for code, _, pool in replies] == [(200, "second")] * 3
+        assert not both.gateway.runtime.states["revoked"].healthy
+        assert len(raw.requests) == 2  # one refusal per gateway, then the member was out
+        assert [seen.path for seen in spare.seen] == [f"/v1/{endpoint}"] * 3
+    finally:
+        await alone.stop()
+        await both.stop()
+        await raw.stop()
+        await spare.stop()
+
+
+async def test_an_unknown_deployment_is_a_configuration_error_for_embeddings() -> None:
+    fake = await FakeAzure().start()
+    gw = await start_gateway(endpoint_config(
+        {"up": {"provider": "azure", "url": fake.url, "api_key": "azure-test-key"}},
+        {"p": {"members": members("up", model="no-such-deployment")}}, "embeddings",
+    ))  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as s:
+            code, answer, _ = await send(s, gw, "embeddings")
+        error = orjson.loads(answer)["error"]
+        assert code == 502 and error["code"] == "upstream_misconfigured", answer
+        assert not gw.gateway.runtime.states["up"].healthy
+    finally:
+        await gw.stop()
+        await fake.stop()
+
+
+async def test_an_azure_key_file_is_read_again_for_embeddings(tmp_path: Path) -> None:
+    key_file = tmp_path / "azure.key"
+    key_file.write_text("azure-key-one-0001\n")
+    fake = await FakeAzure(AzureBehaviour(api_key="azure-key-one-0001")).start()
+    gw = await start_gateway(endpoint_config(
+        {"up": {"provider": "azure", "url": fake.url, "api_key_file": str(key_file),
+                "credential_refresh_seconds": 3600}},
+        {"p": {"members": members("up", model="gpt4o-prod")}}, "embeddings",
+    ))  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as s:
+            assert (await send(s, gw, "embeddings"))[0] == 200
+            fake.behaviour.api_key = "azure-key-two-0002"
+            key_file.write_text("azure-key-two-0002\n")
+            code, answer, _ = await send(s, gw, "embeddings")
+            assert code == 200, answer
+        assert gw.gateway.runtime.states["up"].healthy
+        assert fake.seen[-1].headers["api-key"] == "azure-key-two-0002"
+        assert fake.seen[-1].path.endswith("/embeddings")
     finally:
         await gw.stop()
         await fake.stop()

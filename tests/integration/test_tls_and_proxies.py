@@ -12,10 +12,12 @@ import aiohttp
 import pytest
 
 from tests.support.fakes import FakeOpenAI
-from tests.support.fleet import fleet_config, members, post
+from tests.support.fleet import KEY, fleet_config, members, post
 from tests.support.gateway import Running, start_gateway
 from tests.support.tinyproxy import Tinyproxy
 from tests.support.tls import PrivateCA, private_ca
+
+HEADERS = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture
@@ -137,3 +139,41 @@ async def test_ipv6_upstream() -> None:
         assert fake.seen[0].headers["Host"] == f"[::1]:{fake.port}"
     finally:
         await fake.stop()
+
+
+async def test_every_endpoint_goes_through_the_backends_tls_and_proxy(
+    tls_upstream: FakeOpenAI, ca: PrivateCA
+) -> None:
+    """Chat completions, completions and embeddings: the same private CA and tunnel."""
+    with Tinyproxy() as proxy:
+        backend = {"provider": "openai", "url": tls_upstream.url, "proxy": proxy.url}
+        config = fleet_config(
+            {"trusted": {**backend, "tls": {"ca_file": ca.ca_file}}, "untrusted": backend},
+            {"chat": {"members": members("trusted")}, "vectors": {"members": members("trusted")},
+             "refused": {"members": members("untrusted")}},
+            models={"chat": {"routes": [{"pools": ["chat"]}]},
+                    "embed": {"kind": "embeddings", "routes": [{"pools": ["vectors"]}]},
+                    "no-ca": {"routes": [{"pools": ["refused"]}]}},
+        )  # fmt: skip
+        gw = await start_gateway(config)
+        try:
+            async with aiohttp.ClientSession() as s:
+                for path, body in (
+                    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+                    ("completions", {"prompt": "hi"}),
+                    ("embeddings", {"input": "hi"}),
+                ):
+                    model = "embed" if path == "embeddings" else "chat"
+                    async with s.post(f"{gw.url}/v1/{path}", json={"model": model, **body},
+                                      headers=HEADERS) as r:  # fmt: skip
+                        assert r.status == 200, await r.text()
+                async with s.post(f"{gw.url}/v1/completions", headers=HEADERS,
+                                  json={"model": "no-ca", "prompt": "hi"}) as r:  # fmt: skip
+                    assert r.status == 502
+                    assert (await r.json())["error"]["code"] == "upstream_tls_error"
+        finally:
+            await gw.stop()
+        tunnels = proxy.tunnels()
+    assert tunnels and set(tunnels) == {f"127.0.0.1:{tls_upstream.port}"}
+    paths = [seen.path for seen in tls_upstream.seen]
+    assert paths == ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
