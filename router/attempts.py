@@ -28,6 +28,7 @@ from aiohttp.client_exceptions import ClientConnectionResetError
 from router.errors import (
     ServiceUnavailable,
     SpillwayError,
+    UpstreamAuthError,
     UpstreamError,
     UpstreamStatus,
     UpstreamTimeout,
@@ -245,6 +246,9 @@ class Walk:
                         raise
                     failed_here = self.last = exc
                     self.last_backend = member.backend
+                    if not again and getattr(exc, "credential_renewed", False):
+                        again = True  # its credential was just renewed: try it once more
+                        continue
                     rest = members[i + 1 :]
                     if (
                         not again and last_pool and getattr(exc, "retry_after", None) is not None
@@ -286,12 +290,16 @@ class Walk:
         return "go"
 
     def _failed(self, member: Member, exc: UpstreamError) -> None:
-        """Account a failed attempt: metrics, throttling, passive health."""
+        """Account a failed attempt: scrub it, metrics, throttling, passive health."""
         rt = self.rt
+        backend = rt.backends[member.backend]
+        exc.scrub(backend.secrets)  # whatever the upstream said is passed on
         m = rt.metrics
         status = exc.status
         if isinstance(exc, UpstreamTimeout):
             kind = "timeout"
+        elif isinstance(exc, UpstreamAuthError):
+            kind = "auth"
         elif isinstance(exc, UpstreamStatus):
             kind = status_class(status)
         else:
@@ -299,6 +307,9 @@ class Walk:
         m.child(m.upstream_errors, member.backend, kind).inc()
         now = self.loop.time()
         state = member.state
+        if isinstance(exc, UpstreamAuthError):
+            self._refused(member, exc, now)
+            return
         if status == 429:
             retry_after = getattr(exc, "retry_after", None)
             state.throttle(now + (retry_after if retry_after is not None else 1.0))
@@ -312,6 +323,28 @@ class Walk:
                 "backend %s ejected after %d consecutive failures (last: %s)",
                 member.backend, state.consecutive_failures, exc.message,
             )  # fmt: skip
+
+    def _refused(self, member: Member, exc: UpstreamAuthError, now: float) -> None:
+        """The provider refused the gateway's credential or configuration: read a
+        renewable credential again; when it did not change, eject for long."""
+        rt = self.rt
+        name = member.backend
+        if rt.backends[name].refresh_credentials(now, force=True):
+            exc.credential_renewed = True
+            log.error(
+                "backend %s refused the gateway's credential (HTTP %d: %s); it was renewed "
+                "and is used from now on", name, exc.upstream_status, exc.detail,
+            )  # fmt: skip
+            return
+        seconds = rt.cfg.routing.health.auth_ejection_seconds
+        member.state.eject_for(now, seconds)
+        m = rt.metrics
+        m.child(m.ejections, name).inc()
+        m.child(m.backend_up, name).set(0)
+        log.error(
+            "backend %s ejected for %gs: %s (HTTP %d: %s)",
+            name, seconds, exc.code, exc.upstream_status, exc.detail,
+        )  # fmt: skip
 
     async def _attempt(self, member: Member, call: Call, ticket: Ticket) -> web.StreamResponse:
         rt, x = self.rt, self.x
@@ -437,13 +470,14 @@ class Walk:
         x = self.x
         try:
             try:
-                out = adapter.transform_chunk(first)
+                transform, write = adapter.transform_chunk, resp.write  # per chunk
+                out = transform(first)
                 if out:
-                    await resp.write(out)
+                    await write(out)
                 async for data in chunks:
-                    out = adapter.transform_chunk(data)
+                    out = transform(data)
                     if out:
-                        await resp.write(out)
+                        await write(out)
                 tail = adapter.finish_stream()
                 if tail:
                     await resp.write(tail)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -31,6 +32,20 @@ from router.simserver import create_sim_app
 DEMO_KEY_ENV = "SPILLWAY_DEMO_KEY"
 ADMIN_TOKEN_ENV = "SPILLWAY_ADMIN_TOKEN"
 log = logging.getLogger("spillway")
+
+
+GC_YOUNG_THRESHOLD = 10_000  # allocations between young collections (CPython: 700)
+
+
+def tune_gc() -> None:
+    """Once the app is built: what exists now lives as long as the process, so the
+    cyclic collector stops scanning it (``gc.freeze``), and young collections run
+    less often. A request allocates hundreds of short-lived objects that reference
+    counting frees; scanning them every 700 allocations cost about 5% of a request's
+    instructions (measured with tests/bench/hotpath.py under callgrind)."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _install_uvloop() -> None:
@@ -77,6 +92,7 @@ async def _serve(
     bound = int(sockets[0].getsockname()[1]) if sockets else port
     if banner:
         print(_banner(cfg, host, bound, path is None), flush=True)
+    tune_gc()
     gateway = app[GATEWAY]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -82,6 +83,40 @@ class Timeouts(_Strict):
     total: PositiveFloat = 900.0
 
 
+class TLSSettings(_Strict):
+    """How a backend's TLS is checked: the system's CAs by default, a private CA
+    (``ca_file``, PEM), a client certificate for mTLS (``cert_file`` + ``key_file``),
+    or no verification at all (``verify: false``, warned about at start)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _loads(self) -> TLSSettings:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"cannot read {path}")
+        try:
+            self.context()
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the TLS files: {exc}") from None
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """A client context built from these settings (reads the files)."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.cert_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
 class SimulateSettings(_Strict):
     """Knobs of the built-in simulated model."""
 
@@ -96,7 +131,12 @@ class Backend(_Strict):
     provider: Literal["openai", "anthropic", "azure", "simulate"]
     url: str | None = None
     api_key: SecretStr | None = None
-    token_env: str | None = None  # azure without api_key: bearer token from this variable
+    api_key_file: str | None = None  # the key in a file, read again when it changes
+    token_env: str | None = None  # azure: an Entra bearer token from this variable
+    token_file: str | None = None  # azure: an Entra bearer token from this file
+    # how often a credential from a file or the environment is read again (also at
+    # once after the backend refused it)
+    credential_refresh_seconds: PositiveFloat = 60.0
     headers: dict[str, str] = Field(default_factory=dict)
     # vllm: forward every vLLM extra; openai: hosted API, drop (or reject) them
     flavour: Literal["vllm", "openai"] = "vllm"
@@ -110,6 +150,8 @@ class Backend(_Strict):
     metrics_url: str | None = None
     max_concurrency: PositiveInt | None = None
     timeouts: Timeouts = Timeouts()
+    tls: TLSSettings | None = None
+    proxy: str | None = None  # egress proxy URL; default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY
     api_version: str | None = None
     anthropic_version: str = "2023-06-01"
     simulate: SimulateSettings = SimulateSettings()
@@ -123,15 +165,21 @@ class Backend(_Strict):
         for name in (self.url, self.metrics_url):
             if name and name.startswith("http://") and "@" in name.split("/")[2]:
                 raise ValueError("credentials in a URL are not allowed; use api_key")
-        if self.token_env is not None:
-            if self.provider != "azure":
-                raise ValueError("token_env is only used by provider 'azure'")
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.token_env):
-                raise ValueError(
-                    f"token_env must name an environment variable, got {self.token_env!r}"
-                )
-        if self.provider == "azure" and self.api_key is None and self.token_env is None:
-            raise ValueError("provider 'azure' needs api_key or token_env")
+        if self.proxy is not None and not re.match(r"^https?://[^/\s]+", self.proxy):
+            raise ValueError("proxy must be an http(s) URL")
+        sources = [n for n in ("api_key", "api_key_file", "token_env", "token_file")
+                   if getattr(self, n) is not None]  # fmt: skip
+        if len(sources) > 1:
+            raise ValueError(f"give one credential, not {' and '.join(sources)}")
+        for name in ("token_env", "token_file"):
+            if getattr(self, name) is not None and self.provider != "azure":
+                raise ValueError(f"{name} is only used by provider 'azure'")
+        if self.token_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.token_env):
+            raise ValueError(f"token_env must name an environment variable, got {self.token_env!r}")
+        if self.provider == "azure" and not sources:
+            raise ValueError(
+                "provider 'azure' needs api_key, api_key_file, token_env or token_file"
+            )
         if self.deny_params and self.provider not in ("openai", "azure"):
             raise ValueError("deny_params is only used by providers 'openai' and 'azure'")
         for name in ("model", "messages"):
@@ -406,6 +454,9 @@ class HealthSettings(_Strict):
     failure_threshold: PositiveInt = 3  # consecutive failures that eject a member
     ejection_seconds: PositiveFloat = 5.0  # first cooldown; doubles while it keeps failing
     max_ejection_seconds: PositiveFloat = 300.0
+    # a member whose provider refused the gateway's credentials or configuration
+    # (401/402/403, 404) is taken out at once, for this long
+    auth_ejection_seconds: PositiveFloat = 300.0
     interval_seconds: PositiveFloat = 1.0  # probes of ejected members and /metrics scrapes
     probe_timeout_seconds: PositiveFloat = 2.0
     probe_path: str = "/models"  # GET {url}{probe_path}; backends without url probe metrics_url

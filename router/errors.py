@@ -15,7 +15,17 @@
     ├── ServiceUnavailable            503 (e.g. Redis down with on_error: deny)
     └── UpstreamError                 502 bad gateway (unreachable, bad answer)
         ├── UpstreamTimeout           504
+        ├── UpstreamTLSError          502 upstream_tls_error (handshake, certificate)
+        ├── UpstreamAuthError         502 upstream_auth_error (the provider refused the
+        │   │                             gateway's credential: 401/402/403)
+        │   └── UpstreamMisconfigured 502 upstream_misconfigured (404: unknown model,
+        │                                 deployment or path at the provider)
         └── UpstreamStatus            the upstream's own 4xx/5xx, message passed on
+
+A provider's auth or config error is the gateway's problem, never shown to the
+client as its own: its message names the backend only (the provider's words go
+to the log). Anything an upstream said that is passed on is first scrubbed of
+the backend's credentials (:meth:`UpstreamError.scrub`), on the decoded text.
 
 The middleware in ``app.py`` renders any of these as
 ``{"error": {"message", "type", "param", "code"}}``; anything else becomes a
@@ -24,7 +34,7 @@ The middleware in ``app.py`` renders any of these as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import orjson
 
@@ -143,10 +153,70 @@ class UpstreamError(SpillwayError):
     code: str | None = "upstream_error"
     retryable = True
 
+    def scrub(self, secrets: Iterable[str]) -> None:
+        """Mask ``secrets`` in every text of the envelope (decoded text: an upstream
+        that JSON-escaped a key, ``\\/`` or ``\\uXXXX``, is caught too)."""
+        for secret in secrets:
+            self.message = mask(self.message, secret)
+            if self.param:
+                self.param = mask(self.param, secret)
+            if self.code:
+                self.code = mask(self.code, secret)
+            self.type = mask(self.type, secret)
+
+
+MIN_SECRET = 8  # shorter values are not masked (they would match ordinary words)
+
+
+def mask(text: str, secret: str) -> str:
+    if len(secret) >= MIN_SECRET and secret in text:
+        return text.replace(secret, "***")
+    return text
+
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamTLSError(UpstreamError):
+    code = "upstream_tls_error"
+
+
+class UpstreamAuthError(UpstreamError):
+    """The provider refused the gateway's own credential (or its account is unpaid).
+
+    ``upstream_status`` is what the provider answered; ``detail`` its own words
+    (scrubbed) for the log, never for the client."""
+
+    code = "upstream_auth_error"
+
+    def __init__(self, backend: str, upstream_status: int, detail: str) -> None:
+        super().__init__(
+            f"Backend {backend!r} refused the gateway's credentials (HTTP {upstream_status}); "
+            "the gateway's operator has to fix its configuration."
+        )
+        self.upstream_status = upstream_status
+        self.detail = detail
+        self.credential_renewed = False  # read again and changed: worth one more try
+
+    def scrub(self, secrets: Iterable[str]) -> None:
+        super().scrub(secrets)
+        for secret in secrets:
+            self.detail = mask(self.detail, secret)
+
+
+class UpstreamMisconfigured(UpstreamAuthError):
+    code = "upstream_misconfigured"
+
+    def __init__(self, backend: str, upstream_status: int, detail: str) -> None:
+        super().__init__(backend, upstream_status, detail)
+        self.message = (
+            f"Backend {backend!r} does not know the model, deployment or path the gateway "
+            f"is configured to use (HTTP {upstream_status}); the gateway's operator has to "
+            "fix its configuration."
+        )
+        self.args = (self.message,)
 
 
 class UpstreamStatus(UpstreamError):

@@ -157,7 +157,10 @@ class Gateway:
             return self._refused(reason, [f"{path} is not UTF-8 text"])
         except ConfigError as exc:
             return self._refused(reason, exc.problems)
-        self.reload(cfg)
+        try:
+            self.reload(cfg)
+        except ConfigError as exc:  # e.g. a TLS file that changed since it was checked
+            return self._refused(reason, exc.problems)
         self._digest = hashlib.sha256(raw).hexdigest()
         self.metrics.child(self.metrics.reloads, "success").inc()
         log.info(

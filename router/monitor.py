@@ -8,9 +8,13 @@ interval_seconds`` it:
   load on the backends behind it; a failed scrape marks their load unknown so a
   stale queue is never used;
 * probes each ejected backend whose cooldown is over: ``GET {url}{probe_path}``
-  for OpenAI-compatible backends, else its ``metrics_url``. Any HTTP answer below
-  500 brings it back (on probation); no answer ejects it again, for longer.
+  for OpenAI-compatible backends (with the backend's credential, TLS and proxy),
+  else its ``metrics_url``. An HTTP answer below 500 brings it back (on
+  probation), except 401/402/403 (the credential is still refused); no answer
+  ejects it again, for longer.
   Backends with nothing to probe come back on probation when the cooldown ends;
+* reads again the credentials that come from a file or the environment, when
+  due (:mod:`router.providers.credentials`);
 * publishes ``spillway_backend_healthy``.
 
 It reads the current runtime on every pass, so a reload takes effect at once.
@@ -22,24 +26,26 @@ import asyncio
 import logging
 
 from router.config import Backend, HealthSettings
+from router.egress import Egress
 from router.errors import UpstreamError
 from router.metrics import Metrics
+from router.providers import ProviderBackend
 from router.routing.health import BackendState, parse_load
 from router.runtime import Runtime, RuntimeHolder
-from router.upstream import Upstream
+from router.upstream import AUTH_STATUSES, Upstream
 
 log = logging.getLogger("spillway.health")
 
 
-def probe_target(b: Backend, policy: HealthSettings) -> tuple[str, dict[str, str]] | None:
-    """(url, headers) to probe a backend with, or None when there is nothing to ask."""
+def probe_target(
+    b: Backend, backend: ProviderBackend, policy: HealthSettings
+) -> tuple[str, dict[str, str], Egress | None] | None:
+    """(url, headers, egress) to probe a backend with, or None when there is nothing
+    to ask."""
     if b.provider == "openai" and b.url:
-        headers = dict(b.headers)
-        if b.api_key is not None:
-            headers["Authorization"] = f"Bearer {b.api_key.get_secret_value()}"
-        return b.url.rstrip("/") + policy.probe_path, headers
+        return b.url.rstrip("/") + policy.probe_path, backend.probe_headers(), backend.egress
     if b.metrics_url:
-        return b.metrics_url, {}
+        return b.metrics_url, {}, None
     return None
 
 
@@ -64,30 +70,36 @@ class Monitor:
         policy = rt.cfg.routing.health
         jobs = []
         scrapes: dict[str, list[BackendState]] = {}
+        egresses: dict[str, Egress | None] = {}
         for name, b in rt.cfg.backends.items():
             state = rt.states[name]
+            rt.backends[name].refresh_credentials(now)
             if b.metrics_url:
                 scrapes.setdefault(b.metrics_url, []).append(state)
+                egresses.setdefault(b.metrics_url, rt.backends[name].egress)
             if state.probe_due(now):
-                target = probe_target(b, policy)
+                target = probe_target(b, rt.backends[name], policy)
                 if target is None:
                     state.probe_result(True, now, policy)
                     log.info("backend %s back on probation (cooldown over)", name)
                 else:
                     jobs.append(self._probe(state, *target, policy))
         for url, states in scrapes.items():
-            jobs.append(self._scrape(url, states, policy))
+            jobs.append(self._scrape(url, states, egresses[url], policy))
         if jobs:
             await asyncio.gather(*jobs)
         self.publish(rt)
         self.passes += 1
 
     async def _probe(
-        self, state: BackendState, url: str, headers: dict[str, str], policy: HealthSettings
-    ) -> None:
+        self, state: BackendState, url: str, headers: dict[str, str], egress: Egress | None,
+        policy: HealthSettings,
+    ) -> None:  # fmt: skip
         try:
-            status, _ = await self.upstream.get(url, headers, policy.probe_timeout_seconds)
-            ok = status < 500
+            status, _ = await self.upstream.get(
+                url, headers, policy.probe_timeout_seconds, egress=egress
+            )
+            ok = status < 500 and status not in AUTH_STATUSES
         except UpstreamError:
             ok = False
         now = asyncio.get_running_loop().time()
@@ -100,9 +112,14 @@ class Monitor:
                 state.name, state.ejected_until - now,
             )  # fmt: skip
 
-    async def _scrape(self, url: str, states: list[BackendState], policy: HealthSettings) -> None:
+    async def _scrape(
+        self, url: str, states: list[BackendState], egress: Egress | None,
+        policy: HealthSettings,
+    ) -> None:  # fmt: skip
         try:
-            status, body = await self.upstream.get(url, {}, policy.scrape_timeout_seconds)
+            status, body = await self.upstream.get(
+                url, {}, policy.scrape_timeout_seconds, egress=egress
+            )
             load = parse_load(body.decode("utf-8", "replace")) if status == 200 else None
         except UpstreamError:
             load = None

@@ -9,9 +9,12 @@ last chunk before ``[DONE]``. JSON is parsed only for the usage chunk.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
+
+from router.errors import mask
 
 DONE = b"data: [DONE]\n\n"
 _USAGE = re.compile(rb'"usage":\s*\{')
@@ -37,12 +40,20 @@ class SSERelay:
       e.g. a dated snapshot or an Azure deployment's model, is learnt from the
       first event that carries one);
     * the usage chunk is read, and dropped unless the client asked for it;
-    * data events are counted (a fallback when no usage arrives).
+    * data events are counted (a fallback when no usage arrives);
+    * an in-band error event is decoded and scrubbed of the backend's
+      credentials (``secrets``) before it is passed on.
     """
 
-    __slots__ = ("_from", "_keep_usage", "_learnt", "_tail", "_to", "events", "usage")
+    __slots__ = (
+        "_from", "_keep_usage", "_learnt", "_secrets", "_tail", "_to", "events", "usage",
+    )  # fmt: skip
 
-    def __init__(self, backend_model: str, client_model: str, keep_usage: bool) -> None:
+    def __init__(
+        self, backend_model: str, client_model: str, keep_usage: bool,
+        secrets: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        self._secrets = tuple(secrets)
         self._to = b'"model":' + orjson.dumps(client_model)
         self._from: bytes | None = None
         if backend_model != client_model:
@@ -86,6 +97,8 @@ class SSERelay:
             head = self._to.join(parts)
         else:
             self.events += head.count(b"\n") // 2
+        if self._secrets and b'"error"' in head:
+            head = self._scrub_errors(head)
         # the usage chunk is the last one before [DONE]: look only near the end
         pos = head.rfind(b'"usage"', max(0, len(head) - USAGE_WINDOW))
         if pos < 0 or _USAGE.match(head, pos) is None:
@@ -110,3 +123,30 @@ class SSERelay:
         if head[cut_end : cut_end + 1] == b"\n":
             cut_end += 1
         return head[:start] + head[cut_end:]
+
+    def _scrub_errors(self, head: bytes) -> bytes:
+        """Error events with the backend's credentials masked in every string."""
+        lines = head.split(b"\n")
+        for i, line in enumerate(lines):
+            if line[:5] != b"data:" or b'"error"' not in line:
+                continue
+            try:
+                doc = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(doc, dict) and "error" in doc:
+                lines[i] = b"data: " + orjson.dumps(scrub_json(doc, self._secrets))
+        return b"\n".join(lines)
+
+
+def scrub_json(node: Any, secrets: Sequence[str]) -> Any:
+    """``node`` (decoded JSON) with ``secrets`` masked in every string."""
+    if isinstance(node, str):
+        for secret in secrets:
+            node = mask(node, secret)
+        return node
+    if isinstance(node, dict):
+        return {scrub_json(k, secrets): scrub_json(v, secrets) for k, v in node.items()}
+    if isinstance(node, list):
+        return [scrub_json(v, secrets) for v in node]
+    return node

@@ -30,14 +30,15 @@ import time
 from typing import Any
 
 import orjson
+from yarl import URL
 
 from router.config import Backend
 from router.errors import UpstreamError, UpstreamStatus, status_error
 from router.providers.anthropic_request import Policy, to_messages_request
-from router.providers.base import Call, Opened, Usage
+from router.providers.base import Call, HTTPBackend, Opened, Usage
 from router.serving import PROVIDER_APIS
 from router.streaming import DONE
-from router.upstream import Limits, Upstream
+from router.upstream import Upstream
 
 API_URL = "https://api.anthropic.com"
 
@@ -95,33 +96,32 @@ _TEXT_DELTAS = {
 }
 
 
-class AnthropicBackend:
+class AnthropicBackend(HTTPBackend):
     """One Anthropic account (or a Messages-API-compatible server)."""
 
     provider = "anthropic"
     apis = PROVIDER_APIS["anthropic"]
+    default_url = API_URL
 
     def __init__(self, name: str, cfg: Backend, upstream: Upstream) -> None:
-        self.name = name
-        self.cfg = cfg
-        self.upstream = upstream
-        self.limits = Limits.from_config(cfg.timeouts)
+        super().__init__(name, cfg, upstream)
         base = (cfg.url or API_URL).rstrip("/")
         if base.endswith("/v1/messages"):
-            self.url = base
+            self.url = URL(base)
         elif base.endswith("/v1"):
-            self.url = base + "/messages"
+            self.url = URL(base + "/messages")
         else:
-            self.url = base + "/v1/messages"
-        self.headers = {
-            "Content-Type": "application/json",
-            "Accept-Encoding": "identity",
-            "anthropic-version": cfg.anthropic_version,
-        }
-        if cfg.api_key is not None:
-            self.headers["x-api-key"] = cfg.api_key.get_secret_value()
-        self.headers.update(cfg.headers)
+            self.url = URL(base + "/v1/messages")
         self.policy = Policy(name, cfg.unsupported_params, frozenset(cfg.allow_params))
+
+    def base_headers(self) -> dict[str, str]:
+        headers = super().base_headers()
+        headers["anthropic-version"] = self.cfg.anthropic_version
+        return headers
+
+    def auth_headers(self) -> dict[str, str]:
+        key = self.credential.value
+        return {"x-api-key": key} if key is not None else {}
 
     def adapter(self, call: Call) -> AnthropicAdapter:
         return AnthropicAdapter(self, call)
@@ -147,16 +147,14 @@ class AnthropicAdapter:
 
     async def open(self) -> Opened:
         call, be = self._call, self._backend
+        if be.unusable is not None:
+            raise UpstreamError(be.unusable)
         body = orjson.dumps(self.request_body())
+        assert be.egress is not None
         opened = await be.upstream.post(
-            be.url,
-            be.headers,
-            body,
-            be.limits,
-            backend=be.name,
-            extra=call.forward_headers,
+            be.url, be.headers, body, be.egress, extra=call.forward_headers,
             on_error=anthropic_status_error,
-        )
+        )  # fmt: skip
         if call.stream and opened.is_stream:
             self._stream = AnthropicStream(
                 call.client_model, call.wants_usage, be.name, "chatcmpl-" + call.request_id

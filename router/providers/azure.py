@@ -1,18 +1,21 @@
 """Azure OpenAI deployments: the OpenAI pass-through with Azure's URL and auth.
 
 ``POST {url}/openai/deployments/{deployment}/{chat/completions,completions,embeddings}
-?api-version=V``; a pool member's ``model`` is the deployment name. Authentication is the
-``api-key`` header, or, without ``api_key``, ``Authorization: Bearer`` with a
-Microsoft Entra token read from the environment variable named by
-``token_env`` (read when the config is loaded). Azure rejects parameters it
+?api-version=V``; a pool member's ``model`` is the deployment name. Authentication is
+the ``api-key`` header (``api_key`` or ``api_key_file``), or ``Authorization:
+Bearer`` with a Microsoft Entra token from the environment variable named by
+``token_env`` or the file named by ``token_file``; both are read again on an
+interval and after a refusal (:mod:`router.providers.credentials`), since
+Entra tokens expire in about an hour. Azure rejects parameters it
 does not know, so the flavour defaults to ``openai`` (vLLM extras dropped or
 rejected per ``unsupported_params``).
 """
 
 from __future__ import annotations
 
-import os
 from urllib.parse import quote
+
+from yarl import URL
 
 from router.config import Backend
 from router.providers.openai import PATHS, CompatBackend
@@ -28,9 +31,6 @@ class AzureBackend(CompatBackend):
     default_flavour = "openai"
 
     def __init__(self, name: str, cfg: Backend, upstream: Upstream) -> None:
-        self._token: str | None = None
-        if cfg.api_key is None and cfg.token_env is not None:
-            self._token = os.environ.get(cfg.token_env) or None
         super().__init__(name, cfg, upstream)
         assert cfg.url is not None
         base = cfg.url.rstrip("/")
@@ -38,27 +38,24 @@ class AzureBackend(CompatBackend):
             base = base[: -len("/openai")]
         self.base = base
         self.api_version = cfg.api_version or DEFAULT_API_VERSION
-        self._urls: dict[tuple[str, str], str] = {}
-        if cfg.api_key is None and self._token is None:
-            self.unusable = (
-                f"Backend {name!r} has no credentials: environment variable "
-                f"{cfg.token_env} was not set when the config was loaded."
-            )
+        self._urls: dict[tuple[str, str], URL] = {}
 
     def auth_headers(self) -> dict[str, str]:
-        if self.cfg.api_key is not None:
-            return {"api-key": self.cfg.api_key.get_secret_value()}
-        if self._token is not None:
-            return {"Authorization": f"Bearer {self._token}"}
-        return {}
+        value = self.credential.value
+        if value is None:
+            return {}
+        if self.cfg.api_key is not None or self.cfg.api_key_file is not None:
+            return {"api-key": value}
+        return {"Authorization": f"Bearer {value}"}
 
-    def endpoint(self, api: str, member_model: str) -> str:
+    def endpoint(self, api: str, member_model: str) -> URL:
         key = (api, member_model)
         url = self._urls.get(key)
         if url is None:
-            url = (
+            url = URL(
                 f"{self.base}/openai/deployments/{quote(member_model, safe='')}"
-                f"{PATHS[api]}?api-version={quote(self.api_version, safe='')}"
+                f"{PATHS[api]}?api-version={quote(self.api_version, safe='')}",
+                encoded=True,
             )
             self._urls[key] = url  # bounded: one per configured deployment and API
         return url

@@ -11,16 +11,23 @@ is made for every attempt.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from multidict import CIMultiDict
 
 from router.config import Backend
 from router.contract import ChatCompletionRequest
+from router.egress import Egress
 from router.fim import FimTemplate
 from router.inbound.contracts import CompletionRequest, EmbeddingRequest
+from router.providers.credentials import Credential
+from router.upstream import Upstream, secrets_of
+
+log = logging.getLogger("spillway.upstream")
 
 ClientRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
@@ -132,5 +139,67 @@ class ProviderBackend(Protocol):
     name: str
     cfg: Backend
     apis: frozenset[str]  # the client APIs it serves
+    egress: Egress | None  # None: not reached over HTTP
+    secrets: tuple[str, ...]  # credentials it sends: masked in whatever is passed on
 
     def adapter(self, call: Call) -> Adapter: ...
+
+    def refresh_credentials(self, now: float, *, force: bool = False) -> bool:
+        """Read a file or environment credential again when due; True when it changed."""
+        ...
+
+    def probe_headers(self) -> dict[str, str]:
+        """Headers for a health probe of this backend (its credential included)."""
+        ...
+
+
+class HTTPBackend:
+    """What every backend reached over HTTP shares: its egress (TLS, proxy,
+    timeouts), its credential and the constant headers of its calls."""
+
+    provider = ""
+    default_url: str | None = None  # where it goes when the config gives no url
+
+    def __init__(self, name: str, cfg: Backend, upstream: Upstream) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.upstream = upstream
+        self.egress: Egress | None = Egress.for_backend(name, cfg, cfg.url or self.default_url)
+        self.credential = Credential(name, cfg)
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.secrets: tuple[str, ...] = ()
+        self.unusable: str | None = None  # why every attempt must fail
+        self._build_headers()
+
+    def base_headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+
+    def auth_headers(self) -> dict[str, str]:
+        key = self.credential.value
+        return {"Authorization": f"Bearer {key}"} if key is not None else {}
+
+    def _build_headers(self) -> None:
+        headers = self.base_headers()
+        headers.update(self.auth_headers())
+        headers.update(self.cfg.headers)
+        self.headers = CIMultiDict(headers)
+        self.secrets = tuple(s for s in secrets_of(headers) if s)
+        self.unusable = None
+        if self.credential.renewable and self.credential.value is None:
+            # the client learns which backend; the operator's log says where it looked
+            self.unusable = f"Backend {self.name!r} has no credential to send."
+            log.error(
+                "backend %s has no credential: %s is missing or empty",
+                self.name, self.credential.source,
+            )  # fmt: skip
+
+    def refresh_credentials(self, now: float, *, force: bool = False) -> bool:
+        if not self.credential.refresh(now, force=force):
+            return False
+        self._build_headers()
+        return True
+
+    def probe_headers(self) -> dict[str, str]:
+        headers = dict(self.cfg.headers)
+        headers.update(self.auth_headers())
+        return headers

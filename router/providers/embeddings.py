@@ -89,9 +89,10 @@ class EmbeddingsAdapter:
             body = orjson.dumps(doc)
         else:
             body = call.raw
+        assert be.egress is not None
         return await be.upstream.post(
-            be.endpoint(call.api, call.member_model), be.headers, body, be.limits,
-            backend=be.name, extra=call.forward_headers,
+            be.endpoint(call.api, call.member_model), be.headers, body, be.egress,
+            extra=call.forward_headers,
         )  # fmt: skip
 
     def transform_body(self, body: bytes) -> bytes:

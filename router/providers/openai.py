@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from yarl import URL
 
 from router.config import Backend
 from router.contract import VLLM_EXTRAS
@@ -33,26 +34,23 @@ from router.inbound.contracts import (
     VLLM_EMBEDDING_EXTRAS,
     CompletionRequest,
 )
-from router.providers.base import Adapter, Call, Opened, Usage
+from router.providers.base import Adapter, Call, HTTPBackend, Opened, Usage
 from router.providers.embeddings import EmbeddingsAdapter
 from router.providers.params import patch_body
 from router.serving import PROVIDER_APIS
 from router.streaming import SSERelay
-from router.upstream import Limits, Upstream
+from router.upstream import Upstream
 
 
-class CompatBackend:
-    """What every OpenAI-compatible backend shares: timeouts, headers, the
+class CompatBackend(HTTPBackend):
+    """What every OpenAI-compatible backend shares: egress, headers, the
     parameter policy. Subclasses say where a member's requests go."""
 
     provider = "openai"
     default_flavour = "vllm"
 
     def __init__(self, name: str, cfg: Backend, upstream: Upstream) -> None:
-        self.name = name
-        self.cfg = cfg
-        self.upstream = upstream
-        self.limits = Limits.from_config(cfg.timeouts)
+        super().__init__(name, cfg, upstream)
         self.flavour = cfg.flavour if "flavour" in cfg.model_fields_set else self.default_flavour
         self.unsupported = cfg.unsupported_params
         self.apis = PROVIDER_APIS[self.provider]
@@ -65,16 +63,8 @@ class CompatBackend:
                                 ("embeddings", VLLM_EMBEDDING_EXTRAS))
         }  # fmt: skip
         self.blocked = self.blocked_by_api["chat"]
-        self.headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        self.headers.update(self.auth_headers())
-        self.headers.update(cfg.headers)
-        self.unusable: str | None = None  # why every attempt must fail (set by subclasses)
 
-    def auth_headers(self) -> dict[str, str]:
-        key = self.cfg.api_key
-        return {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
-
-    def endpoint(self, api: str, member_model: str) -> str:
+    def endpoint(self, api: str, member_model: str) -> URL:
         raise NotImplementedError
 
     def adapter(self, call: Call) -> Adapter:
@@ -93,9 +83,9 @@ class OpenAIBackend(CompatBackend):
         super().__init__(name, cfg, upstream)
         assert cfg.url is not None
         base = cfg.url.rstrip("/").removesuffix("/chat/completions")
-        self.urls = {api: base + path for api, path in PATHS.items()}
+        self.urls = {api: URL(base + path) for api, path in PATHS.items()}
 
-    def endpoint(self, api: str, member_model: str) -> str:
+    def endpoint(self, api: str, member_model: str) -> URL:
         return self.urls[api]
 
 
@@ -131,12 +121,15 @@ class OpenAIAdapter:
             body = orjson.dumps(patch_body(call, be.name, self._blocked, be.unsupported))
         else:
             body = call.raw
-        url = be.endpoint(call.api, call.member_model)
+        assert be.egress is not None
         opened = await be.upstream.post(
-            url, be.headers, body, be.limits, backend=be.name, extra=call.forward_headers
-        )
+            be.endpoint(call.api, call.member_model), be.headers, body, be.egress,
+            extra=call.forward_headers,
+        )  # fmt: skip
         if call.stream and opened.is_stream:
-            self._relay = SSERelay(call.member_model, call.client_model, call.wants_usage)
+            self._relay = SSERelay(
+                call.member_model, call.client_model, call.wants_usage, be.secrets
+            )
         return opened
 
     # -- non-streamed -------------------------------------------------------------

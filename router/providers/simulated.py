@@ -23,6 +23,7 @@ import orjson
 
 from router.config import Backend, SimulateSettings
 from router.contract import ChatCompletionRequest
+from router.egress import Egress
 from router.errors import UpstreamStatus
 from router.inbound.contracts import CompletionRequest, EmbeddingRequest
 from router.providers.base import Call, Opened, Usage
@@ -76,7 +77,15 @@ class SimulateBackend:
     def __init__(self, name: str, cfg: Backend) -> None:
         self.name = name
         self.cfg = cfg
+        self.egress: Egress | None = None  # in-process: no HTTP
+        self.secrets: tuple[str, ...] = ()
         self._rng = random.Random(cfg.simulate.seed)
+
+    def refresh_credentials(self, now: float, *, force: bool = False) -> bool:
+        return False
+
+    def probe_headers(self) -> dict[str, str]:
+        return {}
 
     def should_fail(self) -> bool:
         rate = self.cfg.simulate.failure_rate

@@ -158,6 +158,14 @@ class BackendState:
         self.ejected_until = now + cooldown
         return cooldown
 
+    def eject_for(self, now: float, seconds: float) -> None:
+        """Take the member out for ``seconds`` whatever its record (its provider
+        refused the gateway's credential: retrying soon cannot help)."""
+        self.healthy = False
+        self.ejections += 1
+        self.consecutive_failures = 0
+        self.ejected_until = max(self.ejected_until, now + seconds)
+
     # -- active probes --------------------------------------------------------------
     def probe_due(self, now: float) -> bool:
         return not self.healthy and now >= self.ejected_until

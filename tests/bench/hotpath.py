@@ -1,14 +1,29 @@
 """CPU per request of the gateway's own code (see README.md in this folder).
 
 The real application and handler run against a real Redis (the config's
-``redis.url``, default ``$REDIS_URL`` or 127.0.0.1:6379); only the two sockets
-are left out: the request is built in memory and the upstream call returns the
-benchmark's canned answer. Requests go 32 at a time, as with 32 connections.
+``redis.url``, default ``$REDIS_URL`` or 127.0.0.1:6379). The client's request
+is built in memory (no client socket). The upstream call either returns the
+benchmark's canned answer (``--upstream canned``, the default: own code only)
+or goes through the real upstream client to a keep-alive server in a child
+process that writes the same answer (``--upstream socket``: own code plus the
+aiohttp client). Requests go 32 at a time, as with 32 connections.
 
 ``--endpoint embeddings`` measures ``/v1/embeddings`` instead (one input, a
 1,536-float answer as OpenAI's text-embedding-3-small returns, relayed as
 floats; ``--base64`` the same vector base64-encoded), on
 ``embeddings-bench.yaml``.
+
+``--profile`` prints where the time goes, by function and by module.
+
+``--rounds R`` measures R rounds of REQUESTS each. Instruction counts are steady
+where CPU time is not: with ``--marks`` the script calls ``os.getppid()`` before
+the first round and after each one, so under
+
+    valgrind --tool=callgrind --dump-before=getppid python tests/bench/hotpath.py \
+        tests/bench/spillway-bench.yaml 200 --rounds 3 --marks --upstream socket
+
+callgrind writes one profile part per round (``callgrind.out.PID.2`` ... ``.4``);
+its ``summary:`` line divided by REQUESTS is the instructions per request.
 """
 
 from __future__ import annotations
@@ -17,10 +32,15 @@ import argparse
 import asyncio
 import base64
 import cProfile
+import os
 import pstats
 import random
+import socket
 import struct
+import subprocess
+import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +50,7 @@ from aiohttp.test_utils import make_mocked_request
 
 import router.upstream as upstream_module
 from router.app import create_app
+from router.cli import tune_gc
 from router.config import load_config
 from router.keys import GATEWAY
 
@@ -98,13 +119,118 @@ def _request(
     return make_mocked_request("POST", path, headers=headers, payload=payload, app=app, loop=loop)
 
 
-async def run(config: Path, n: int, profile: bool, endpoint: str, encoded: bool) -> None:
-    upstream_module.Upstream.post = _canned_post  # type: ignore[method-assign,assignment]
+class _Answers(asyncio.Protocol):
+    """The child process's upstream: every request gets ``answer``, kept alive."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%b" % (len(answer), answer))  # fmt: skip
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].lower()
+            at = head.find(b"content-length:")
+            length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length :]
+            assert self.transport is not None
+            self.transport.write(self.reply)
+
+
+def serve_answers(port: int, answer: bytes) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Answers(answer), "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_listening(port: int) -> None:
+    end = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
+def _by_module(prof: cProfile.Profile, n: int) -> None:
+    """Own time per module, in µs per request."""
+    per: dict[str, float] = defaultdict(float)
+    for (file, _, _), row in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        path = file.replace("\\", "/")
+        if "/router/" in path:
+            key = "router/" + path.rsplit("/router/", 1)[1]
+        elif "site-packages/" in path:
+            key = path.rsplit("site-packages/", 1)[1].split("/", 1)[0]
+        elif path.startswith("~") or path.startswith("<"):
+            key = "builtins"
+        else:
+            key = "stdlib:" + path.rsplit("/", 1)[-1]
+        per[key] += row[2]
+    total = sum(per.values())
+    print(f"\nown time by module (µs per request, profiled; total {total / n * 1e6:.1f}):")
+    for key, spent in sorted(per.items(), key=lambda kv: -kv[1])[:30]:
+        print(f"  {spent / n * 1e6:8.2f}  {key}")
+
+
+async def run(
+    config: Path, n: int, profile: bool, upstream: str, rounds: int, marks: bool,
+    endpoint: str, encoded: bool,
+) -> None:  # fmt: skip
+    cfg = load_config(config)
     path, body = "/v1/chat/completions", BODY
     if endpoint == "embeddings":
         path, body = "/v1/embeddings", EMBED_BODY
         _Canned.answer = embeddings_answer(encoded)
-    app = create_app(load_config(config))
+    child = None
+    if upstream == "canned":
+        upstream_module.Upstream.post = _canned_post  # type: ignore[method-assign,assignment]
+    else:
+        port = _free_port()
+        answers = ["--endpoint", endpoint, *(["--base64"] if encoded else [])]
+        child = subprocess.Popen(  # noqa: ASYNC220 - before the measurement starts
+            [sys.executable, __file__, "--serve-answers", str(port), *answers]
+        )
+        url = f"http://127.0.0.1:{port}/v1"
+        backends = {k: b.model_copy(update={"url": url}) for k, b in cfg.backends.items()}
+        cfg = cfg.model_copy(update={"backends": backends})
+        _wait_listening(port)
+    try:
+        name = f"{config.name} {path}"
+        await _run(cfg, name, n, profile, rounds, marks, endpoint, path, body)
+    finally:
+        if child is not None:
+            child.kill()
+            child.wait()
+
+
+async def _run(
+    cfg: Any, name: str, n: int, profile: bool, rounds: int, marks: bool, endpoint: str,
+    path: str, body: bytes,
+) -> None:  # fmt: skip
+    app = create_app(cfg)
     gateway = app[GATEWAY]
     await gateway.start()
     loop = asyncio.get_running_loop()
@@ -113,19 +239,27 @@ async def run(config: Path, n: int, profile: bool, endpoint: str, encoded: bool)
     try:
         for _ in range(200):  # warm up: scripts loaded, children bound
             await proxy.handle(_request(app, loop, path, body), codec)
-        requests = [_request(app, loop, path, body) for _ in range(n)]
+        tune_gc()  # as `spillway serve` does once it listens
         prof = cProfile.Profile() if profile else None
-        began = time.process_time()
+        for _ in range(rounds):
+            requests = [_request(app, loop, path, body) for _ in range(n)]
+            if marks:
+                os.getppid()  # a callgrind dump point (--dump-before=getppid)
+            began = time.process_time()
+            if prof:
+                prof.enable()
+            for k in range(0, n, 32):
+                await asyncio.gather(*(proxy.handle(r, codec) for r in requests[k : k + 32]))
+            if prof:
+                prof.disable()
+            spent = time.process_time() - began
+            if marks:
+                os.getppid()
+            print(f"{name}: {spent / n * 1e6:.1f} µs of CPU per request")
         if prof:
-            prof.enable()
-        for k in range(0, n, 32):
-            await asyncio.gather(*(proxy.handle(r, codec) for r in requests[k : k + 32]))
-        if prof:
-            prof.disable()
-        spent = time.process_time() - began
-        print(f"{config.name} {path}: {spent / n * 1e6:.1f} µs of CPU per request (own code)")
-        if prof:
-            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+            rows = int(os.environ.get("HOTPATH_ROWS", "25"))
+            pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
+            _by_module(prof, n)
     finally:
         await gateway.stop()
 
@@ -135,9 +269,17 @@ def main() -> None:
     ap.add_argument("config", nargs="?", type=Path)
     ap.add_argument("requests", nargs="?", type=int, default=20000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--upstream", choices=("canned", "socket"), default="canned")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--marks", action="store_true", help="call os.getppid() around rounds")
     ap.add_argument("--endpoint", choices=("chat", "embeddings"), default="chat")
     ap.add_argument("--base64", action="store_true", help="embeddings answered in base64")
+    ap.add_argument("--serve-answers", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_answers:
+        answer = embeddings_answer(args.base64) if args.endpoint == "embeddings" else ANSWER
+        serve_answers(args.serve_answers, answer)
+        return
     if args.config is None:
         name = "embeddings-bench.yaml" if args.endpoint == "embeddings" else "spillway-bench.yaml"
         args.config = HERE / name
@@ -147,7 +289,18 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run(args.config, args.requests, args.profile, args.endpoint, args.base64))
+    asyncio.run(
+        run(
+            args.config,
+            args.requests,
+            args.profile,
+            args.upstream,
+            args.rounds,
+            args.marks,
+            args.endpoint,
+            args.base64,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -284,10 +284,6 @@ async def test_images(client: openai.AsyncOpenAI, fake: FakeAnthropic) -> None:
     ("status", "etype", "sdk_error", "client_status"),
     [
         (400, "invalid_request_error", openai.BadRequestError, 400),
-        (401, "authentication_error", openai.AuthenticationError, 401),
-        (403, "permission_error", openai.PermissionDeniedError, 403),
-        (404, "not_found_error", openai.NotFoundError, 404),
-        (429, "rate_limit_error", openai.RateLimitError, 429),
         (500, "api_error", openai.InternalServerError, 500),
         (529, "overloaded_error", openai.InternalServerError, 503),
     ],
@@ -312,19 +308,62 @@ async def test_errors_map_to_sdk_classes(
     validate("ErrorResponse", {"error": body})
 
 
-async def test_wrong_upstream_key_is_an_authentication_error(fake: FakeAnthropic) -> None:
-    running = await start_gateway(config({"claude": {**backend(fake), "api_key": "sk-ant-wrong"}}))
+@pytest.mark.parametrize(
+    ("status", "etype", "code"),
+    [
+        (401, "authentication_error", "upstream_auth_error"),
+        (402, "billing_error", "upstream_auth_error"),
+        (403, "permission_error", "upstream_auth_error"),
+        (404, "not_found_error", "upstream_misconfigured"),
+    ],
+)
+async def test_provider_refusals_are_the_gateways_502(
+    client: openai.AsyncOpenAI, fake: FakeAnthropic, status: int, etype: str, code: str
+) -> None:
+    """The provider refusing the gateway's key or model is not the client's 401/404."""
+    fake.behaviour.error = (status, etype, f"upstream {etype}")
+    with pytest.raises(openai.InternalServerError) as err:
+        await client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "x"}]
+        )
+    assert err.value.status_code == 502
+    body = err.value.body
+    assert isinstance(body, dict) and body["code"] == code
+    assert "'claude'" in body["message"] and etype not in body["message"]
+    validate("ErrorResponse", {"error": body})
+
+
+async def test_wrong_upstream_key_ejects_the_member_and_fails_over(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A revoked provider key: 502-class failure, ERROR log, member out for long,
+    the request served by the next pool; later requests go straight there."""
+    bad = await FakeAnthropic().start()
+    good = await FakeAnthropic().start()
+    running = await start_gateway(
+        config({"bad": {**backend(bad), "api_key": "sk-ant-revoked-1"}, "good": backend(good)})
+    )
     try:
         async with openai.AsyncOpenAI(
             base_url=running.base_url, api_key=DEMO_KEY, max_retries=0
         ) as c:
-            with pytest.raises(openai.AuthenticationError) as err:
-                await c.chat.completions.create(
+            for _ in range(3):
+                done = await c.chat.completions.create(
                     model="chat", messages=[{"role": "user", "content": "x"}]
                 )
-        assert "invalid x-api-key" in str(err.value)
+                assert done.choices[0].message.content
+        assert bad.refused == 1  # tried once, then ejected
+        assert len(good.seen) == 3
+        state = running.gateway.runtime.states["bad"]
+        loop = asyncio.get_running_loop()
+        assert not state.healthy and state.ejected_until - loop.time() > 250
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("bad" in e and "invalid x-api-key" in e for e in errors), errors
+        assert not any("sk-ant-revoked-1" in r.getMessage() for r in caplog.records)
     finally:
         await running.stop()
+        await bad.stop()
+        await good.stop()
 
 
 async def test_overloaded_falls_back_to_the_next_pool() -> None:

@@ -192,30 +192,34 @@ async def test_bearer_token_from_environment(monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.mark.parametrize(
-    ("backend", "deployment", "sdk_error", "text"),
+    ("backend", "deployment", "code", "text"),
     [
-        ({"api_key": "wrong-key"}, "gpt4o-prod", openai.AuthenticationError, "Access denied"),
+        ({"api_key": "wrong-key-1234"}, "gpt4o-prod", "upstream_auth_error", "Access denied"),
         (
             {"api_key": "azure-test-key"},
             "no-such-deployment",
-            openai.NotFoundError,
+            "upstream_misconfigured",
             "deployment for this resource does not exist",
         ),
         (
             {"api_key": "azure-test-key", "api_version": "1999-01-01"},
             "gpt4o-prod",
-            openai.NotFoundError,
+            "upstream_misconfigured",
             "Resource not found",
         ),
     ],
 )
-async def test_errors_map_to_sdk_classes(
+async def test_provider_auth_and_config_errors_are_the_gateways_502(
     fake: FakeAzure,
     backend: dict[str, Any],
     deployment: str,
-    sdk_error: type[openai.APIStatusError],
+    code: str,
     text: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A refused provider key or an unknown deployment is never the client's 401/404:
+    a 502 naming the backend (not the key, not the provider's words); the provider's
+    message goes to the log at ERROR."""
     running = await start_gateway(
         config({"provider": "azure", "url": fake.url, **backend}, deployment)
     )
@@ -223,11 +227,16 @@ async def test_errors_map_to_sdk_classes(
         async with openai.AsyncOpenAI(
             base_url=running.base_url, api_key=DEMO_KEY, max_retries=0
         ) as c:
-            with pytest.raises(sdk_error) as err:
+            with pytest.raises(openai.InternalServerError) as err:
                 await c.chat.completions.create(
                     model="chat", messages=[{"role": "user", "content": "x"}]
                 )
-        assert text in err.value.message
+        assert err.value.status_code == 502
+        assert isinstance(err.value.body, dict) and err.value.body["code"] == code
+        assert "'az'" in err.value.message and text not in err.value.message
+        assert backend["api_key"] not in err.value.message
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any(text in line and "az" in line for line in errors), errors
     finally:
         await running.stop()
 

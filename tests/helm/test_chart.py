@@ -219,6 +219,20 @@ def test_secrets_reach_the_pod_only_through_secrets() -> None:
     assert "${OPENAI_API_KEY}" in config_text(full)
 
 
+def test_extra_volumes_carry_tls_and_credential_files() -> None:
+    r = render({
+        "extraVolumes": [{"name": "upstream-tls", "secret": {"secretName": "inference-mtls"}}],
+        "extraVolumeMounts": [{"name": "upstream-tls", "mountPath": "/etc/spillway-tls",
+                               "readOnly": True}],
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"}],
+    })  # fmt: skip
+    spec = r.one("Deployment")["spec"]["template"]["spec"]
+    assert {"name": "upstream-tls", "secret": {"secretName": "inference-mtls"}} in spec["volumes"]
+    mounts = container(r)["volumeMounts"]
+    assert {"name": "upstream-tls", "mountPath": "/etc/spillway-tls", "readOnly": True} in mounts
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy.internal:3128"} in container(r)["env"]
+
+
 def test_dashboards_configmap_carries_the_grafana_files() -> None:
     r = render({})
     cm = r.one("ConfigMap", "gw-spillway-dashboards")

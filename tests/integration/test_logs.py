@@ -184,7 +184,7 @@ async def _exercise(gw: GatewayProcess) -> list[str]:
         good = {"Authorization": f"Bearer {CLIENT_KEY}"}
         await post(good, max_tokens=3)
         await post(good, max_tokens=3, stream=True)
-        await post(good, model="hosted")  # upstream refuses and quotes its key
+        await post(good, model="hosted")  # upstream refuses and quotes its key: a 502
         await post(good, model="down")  # upstream unreachable
         await post(good, model="nope")
         await post(good, max_tokens=-5)
@@ -213,7 +213,7 @@ async def test_secrets_never_leak(upstream: FakeOpenAI, echo: FakeOpenAI) -> Non
         gw.stop()
     log = gw.log()
     statuses = [t.split(" ", 1)[0] for t in told[:13]]
-    assert statuses == ["200", "200", "401", "502", "404", "400", "401", "401", "401", "401",
+    assert statuses == ["200", "200", "502", "502", "404", "400", "401", "401", "401", "401",
                         "200", "429", "403"]  # fmt: skip
     # the gateway did send its credentials upstream, and logged every request
     assert upstream.seen[0].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"

@@ -6,21 +6,31 @@ import asyncio
 
 from router.config import Backend, HealthSettings
 from router.monitor import probe_target
+from router.providers import build_backend
+from router.upstream import Upstream
 from tests.support.fakes import FakeOpenAI
 from tests.support.fleet import backend, fleet_config, members, metric, wait_for
 from tests.support.gateway import start_gateway
 
 
-def test_probe_targets() -> None:
+async def test_probe_targets() -> None:
     policy = HealthSettings(probe_path="/models")
     vllm = Backend(provider="openai", url="http://10.0.0.1:8000/v1/", api_key="sk-up",
                    headers={"x-org": "o"}, metrics_url="http://10.0.0.1:8000/metrics")  # fmt: skip
-    assert probe_target(vllm, policy) == (
-        "http://10.0.0.1:8000/v1/models", {"x-org": "o", "Authorization": "Bearer sk-up"},
-    )  # fmt: skip
     other = Backend(provider="anthropic", api_key="k", metrics_url="http://m:9000/metrics")
-    assert probe_target(other, policy) == ("http://m:9000/metrics", {})
-    assert probe_target(Backend(provider="simulate"), policy) is None
+    sim = Backend(provider="simulate")
+    upstream = Upstream()
+    try:
+        built = {name: build_backend(name, b, upstream)
+                 for name, b in (("vllm", vllm), ("other", other), ("sim", sim))}  # fmt: skip
+        assert probe_target(vllm, built["vllm"], policy) == (
+            "http://10.0.0.1:8000/v1/models", {"x-org": "o", "Authorization": "Bearer sk-up"},
+            built["vllm"].egress,
+        )  # fmt: skip
+        assert probe_target(other, built["other"], policy) == ("http://m:9000/metrics", {}, None)
+        assert probe_target(sim, built["sim"], policy) is None
+    finally:
+        await upstream.close()
 
 
 async def test_a_member_with_nothing_to_probe_returns_on_probation() -> None:

@@ -220,3 +220,32 @@ def test_tracing_off_imports_no_opentelemetry() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=False, cwd=Path(__file__).parents[2])  # fmt: skip
     assert out.returncode == 0, out.stderr
+
+
+async def test_completions_and_embeddings_attempts_send_their_span_upstream(
+    upstream: FakeOpenAI, receiver: OtlpReceiver
+) -> None:
+    gw = await start_gateway({
+        "backends": {"a": {"provider": "openai", "url": upstream.url}},
+        "pools": {"gpu": {"members": [{"backend": "a", "model": "llama-a"}]},
+                  "vectors": {"members": [{"backend": "a", "model": "bge"}]}},
+        "models": {"chat": {"routes": [{"pools": ["gpu"]}]},
+                   "embed": {"kind": "embeddings", "routes": [{"pools": ["vectors"]}]}},
+        "teams": {"t": {}},
+        "keys": [{"id": "ci", "team": "t", "key": KEY}],
+        "tracing": {"otlp_endpoint": receiver.base, "export_interval_seconds": 0.05},
+    })  # fmt: skip
+    parent = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}
+    try:
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0) as c:
+            await c.completions.create(model="chat", prompt="x", max_tokens=2,
+                                       extra_headers=parent)  # fmt: skip
+            await c.embeddings.create(model="embed", input="x", extra_headers=parent)
+        spans = await spans_of(receiver, 4)
+    finally:
+        await gw.stop()
+    clients = {s.span_id.hex(): s for s in spans if s.kind == Span.SPAN_KIND_CLIENT}
+    assert [seen.path for seen in upstream.seen] == ["/v1/completions", "/v1/embeddings"]
+    for seen in upstream.seen:
+        _, trace, span, _ = seen.headers["traceparent"].split("-")
+        assert trace == CLIENT_TRACE and span in clients

@@ -1,5 +1,8 @@
-"""Debian packages unpacked into a cache for the suite (``apt-get download`` +
-``dpkg-deb -x``: no root, nothing installed system-wide)."""
+"""Tools from Debian packages for the suite: from PATH, else fetched and unpacked.
+
+``apt-get download`` + ``dpkg-deb -x`` into a cache under ``~/.cache``: no root,
+nothing installed system-wide. ``.ci/run`` installs the packages when missing.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,25 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+CACHE = Path.home() / ".cache" / "spillway-tests"
+
+
+def debian_tool(name: str, package: str, *, sbin: bool = False) -> str:
+    """The path of executable ``name``: from PATH, else from Debian's ``package``."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    root = CACHE / package
+    unpacked = root / "usr" / ("sbin" if sbin else "bin") / name
+    if not unpacked.exists():
+        unpack([package], root)
+    if not unpacked.exists():
+        raise RuntimeError(
+            f"{name} is not on PATH and Debian's {package} package could not be fetched: "
+            f"install it (apt-get install -y {package}); .ci/run does it when missing"
+        )
+    return str(unpacked)
 
 
 def unpack(packages: list[str], cache: Path) -> None:

@@ -215,6 +215,7 @@ class FakeAnthropic(FakeServer):
     def __init__(self, behaviour: AnthropicBehaviour | None = None) -> None:
         self.behaviour = behaviour or AnthropicBehaviour()
         self.seen: list[Seen] = []
+        self.refused = 0  # requests whose x-api-key was wrong
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
         super().__init__(app)
@@ -231,6 +232,7 @@ class FakeAnthropic(FakeServer):
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         b = self.behaviour
         if request.headers.get("x-api-key") != b.api_key:
+            self.refused += 1
             return self._error(401, "authentication_error", "invalid x-api-key")
         if request.headers.get("anthropic-version") != "2023-06-01":
             return self._error(

@@ -18,6 +18,7 @@ the same port.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -108,21 +109,29 @@ def count_words(body: dict[str, Any]) -> int:
 
 
 class FakeServer:
-    """A real aiohttp server on a free port of 127.0.0.1; ``await start()`` first."""
+    """A real aiohttp server on a free port of 127.0.0.1 (or ``host``), over TLS when
+    given an ``ssl_context``; ``await start()`` first."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(
+        self, app: web.Application, *, host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:  # fmt: skip
         self.port = free_port()
         self.app = app
+        self.host = host
+        self.ssl_context = ssl_context
         self._runner: web.AppRunner | None = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> Self:
         self._runner = web.AppRunner(self.app, handler_cancellation=True)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context).start()
         return self
 
     async def stop(self) -> None:
@@ -163,6 +172,9 @@ class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
         name: str = "fake",
         behaviour: Behaviour | None = None,
         vllm: VllmGauges | None = None,
+        *,
+        host: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.behaviour = behaviour or Behaviour()
@@ -172,7 +184,7 @@ class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
         self.chats = 0  # chat requests received
         self.scrapes = 0  # GET /metrics
         self.probes = 0  # GET /v1/models
-        super().__init__(self._make_app())
+        super().__init__(self._make_app(), host=host, ssl_context=ssl_context)
         self.inflight = 0
 
     def _make_app(self) -> web.Application:
@@ -191,7 +203,7 @@ class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
+        return self.base + "/metrics"
 
     async def kill(self) -> None:
         """Die like a crashed server: the port refuses connections, open ones are reset."""

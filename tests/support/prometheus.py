@@ -1,7 +1,8 @@
 """A real Prometheus server for the suite (Debian package ``prometheus``).
 
 The binary comes from PATH, else from the Debian package fetched and unpacked
-into a cache by the suite itself; ``.ci/run`` installs the package when missing.
+into a cache by the suite itself (:mod:`tests.support.debian`); ``.ci/run``
+installs the package when missing.
 The server scrapes the given targets every second, optionally evaluates rule
 files, and is queried over its HTTP API.
 """
@@ -23,40 +24,17 @@ from typing import Any
 
 import yaml
 
-from tests.support.debian import unpack
+from tests.support.debian import debian_tool
 from tests.support.net import free_port
+from tests.support.process import stop_process
 
 
 def prometheus_binary() -> str:
-    return _tool("prometheus")
+    return debian_tool("prometheus", "prometheus")
 
 
 def promtool_binary() -> str:
-    return _tool("promtool")
-
-
-CACHE = Path.home() / ".cache" / "spillway-tests" / "prometheus"
-
-
-def _tool(name: str) -> str:
-    """``name`` from PATH, else from Debian's ``prometheus`` package unpacked in a cache
-    (``apt-get download`` + ``dpkg-deb -x``: no root, nothing installed system-wide)."""
-    found = shutil.which(name)
-    if found is not None:
-        return found
-    unpacked = CACHE / "usr" / "bin" / name
-    if not unpacked.exists():
-        _unpack_debian_package()
-    if not unpacked.exists():
-        raise RuntimeError(
-            f"{name} is not on PATH and Debian's prometheus package could not be fetched: "
-            "install it (apt-get install -y prometheus); .ci/run does it when missing"
-        )
-    return str(unpacked)
-
-
-def _unpack_debian_package() -> None:
-    unpack(["prometheus"], CACHE)
+    return debian_tool("promtool", "prometheus")
 
 
 class Prometheus:
@@ -108,13 +86,7 @@ class Prometheus:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self._log.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

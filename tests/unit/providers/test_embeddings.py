@@ -24,8 +24,8 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
 
-    async def post(self, url: str, headers: Any, body: bytes, limits: Any, **_: Any) -> Any:
-        self.sent.append((url, body))
+    async def post(self, url: Any, headers: Any, body: bytes, egress: Any, **_: Any) -> Any:
+        self.sent.append((str(url), body))
         return None
 
 

@@ -127,9 +127,9 @@ def test_url_and_headers() -> None:
         ),
         None,
     )  # type: ignore[arg-type]
-    assert be.endpoint("chat", "m") == "https://h.example/openai/v1/chat/completions"
-    assert be.endpoint("completions", "m") == "https://h.example/openai/v1/completions"
-    assert be.endpoint("embeddings", "m") == "https://h.example/openai/v1/embeddings"
+    assert str(be.endpoint("chat", "m")) == "https://h.example/openai/v1/chat/completions"
+    assert str(be.endpoint("completions", "m")) == "https://h.example/openai/v1/completions"
+    assert str(be.endpoint("embeddings", "m")) == "https://h.example/openai/v1/embeddings"
     assert be.headers["Authorization"] == "Bearer ps-secret"
     assert be.headers["X-Org"] == "o"
 
