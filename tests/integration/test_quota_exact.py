@@ -146,7 +146,8 @@ async def test_killed_process_slots_and_reservations_come_back(
 ) -> None:
     hung = await FakeOpenAI("hung", Behaviour(first_byte_delay=60)).start()
     try:
-        cfg = config(hung, redis_url, key_prefix, lease=2, limits={"concurrent": 2},
+        lease = 10  # long enough for a second process to start inside it on a loaded machine
+        cfg = config(hung, redis_url, key_prefix, lease=lease, limits={"concurrent": 2},
                      budgets=[{"tokens_per_day": 1_000_000}])  # fmt: skip
         victim = GatewayProcess(cfg)
         processes.append(victim)
@@ -158,6 +159,7 @@ async def test_killed_process_slots_and_reservations_come_back(
                 return hung.inflight == 2
 
             await eventually(holding, within=10)
+            lease_ends = time.monotonic() + lease  # the admissions were made before this
             reserved = await counter(redis_url, key_prefix, ":tokens:day:all:*")
             assert reserved > 200
             victim.kill()  # dies holding two slots and two reservations
@@ -167,8 +169,9 @@ async def test_killed_process_slots_and_reservations_come_back(
             survivor = GatewayProcess(cfg)
             processes.append(survivor)
             status, _ = await post(session, survivor.url, {**BODY, "max_tokens": 3})
+            assert time.monotonic() < lease_ends, "the survivor started after the lease ended"
             assert status == 429  # both slots are still held by the dead process
-            await asyncio.sleep(2.2)  # the lease runs out
+            await asyncio.sleep(max(0.0, lease_ends - time.monotonic()) + 0.2)  # lease over
             status, usage = await post(session, survivor.url, {**BODY, "max_tokens": 3})
             assert status == 200 and usage is not None
         deadline = time.monotonic() + 5
