@@ -17,6 +17,7 @@ from router.providers import ProviderBackend, build_backend
 from router.quota import Quota
 from router.quota.base import Store
 from router.quota.memory_store import MemoryStore
+from router.quota.service import Detached
 from router.routing.balance import Balancer
 from router.routing.health import BackendState
 from router.routing.retry import RetryBudget
@@ -35,12 +36,13 @@ class Runtime:
         memory: MemoryStore,
         states: dict[str, BackendState] | None = None,
         retry_budget: RetryBudget | None = None,
+        detached: Detached | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.auth = Authenticator(cfg)
         self.rules = Rules(cfg)
-        self.quota = Quota(cfg, store, memory, metrics)
+        self.quota = Quota(cfg, store, memory, metrics, detached)
         if retry_budget is None:
             retry_budget = RetryBudget(cfg.routing.retries)
         else:

@@ -57,7 +57,7 @@ async def test_reload_during_load_fails_no_request(tmp_path: Path) -> None:
             reloads = 0
             while not all(t.done() for t in tasks):
                 write(path, two if reloads % 2 == 0 else one)
-                assert gw.gateway.reload_file("test")
+                assert await gw.gateway.reload_file("test")
                 reloads += 1
                 await asyncio.sleep(0.015)
             results = await asyncio.gather(*tasks)
@@ -93,7 +93,7 @@ async def test_invalid_config_is_refused_and_the_old_one_keeps_serving(
     try:
         write(path, text)
         with caplog.at_level(logging.ERROR, logger="spillway"):
-            assert not gw.gateway.reload_file("test")
+            assert not await gw.gateway.reload_file("test")
         assert metric(gw, "spillway_config_reloads_total", result="error") == 1
         assert any("refused" in r.getMessage() and problem in r.getMessage()
                    for r in caplog.records)  # fmt: skip

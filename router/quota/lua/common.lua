@@ -29,6 +29,8 @@ end
 
 -- a settled record stays this long, so a retried settlement finds it and does nothing
 local SETTLED_TTL = 120
+-- record states: r reserved, s settled, x reclaimed (lease over), t refunded before its
+-- admission was seen (a tombstone: the admission, if it lands later, does nothing)
 
 -- counters outlive their window by a margin, then vanish
 local TTL = {minute = 180, hour = 7500, day = 180000, month = 2851200}
@@ -45,6 +47,30 @@ end
 local function window_key(base, kind, window, now)
   if kind == 'c' then return base end
   return base .. ':' .. int(bucket(window, now))
+end
+
+-- rate limits slide: the previous minute counts by the part of it still within 60 s
+local RATE_SPAN = 60
+
+-- (current minute's key, previous minute's key, weight of the previous one)
+local function rate_keys(base, now)
+  local b = math.floor(now / RATE_SPAN)
+  return base .. ':' .. int(b), base .. ':' .. int(b - 1), 1 - (now - b * RATE_SPAN) / RATE_SPAN
+end
+
+-- seconds until a rate check of `limit` has room for `cost` more, nothing else arriving
+-- (cur, prev: the two minutes' counts; elapsed: seconds into the current minute)
+local function rate_wait(cur, prev, limit, cost, elapsed)
+  if cost > limit then return RATE_SPAN - elapsed end
+  local room = limit - cost
+  if prev > 0 and cur <= room then
+    local t = RATE_SPAN * (1 - (room - cur) / prev) - elapsed
+    if t < 0 then t = 0 end
+    return t
+  end
+  local s = 0
+  if cur > 0 then s = RATE_SPAN * (1 - room / cur) end
+  return RATE_SPAN - elapsed + s
 end
 
 -- Checks come in ARGV, 6 values each from a given offset o:

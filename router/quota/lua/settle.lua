@@ -1,15 +1,47 @@
 -- Settlement: replace a reservation with what was used, free the slots.
 -- Applied once per request id: a retried settlement is a no-op.
--- KEYS[1] record, KEYS[2] pending leases
--- ARGV: rid, lease, "prompt,completion,refund" (refund 1: the attempt is undone,
--- its request uncounted; the next pool's admission counts it), then the checks as
--- the admission had them (6 per check, see common.lua)
+-- KEYS[1] record, KEYS[2] pending leases, KEYS[2+i] check i base key
+-- ARGV: rid, lease, "prompt,completion,refund,orphan", then the checks as the
+-- admission had them (6 per check, see common.lua).
+--   refund 1: the attempt is undone, its request uncounted (the next pool's admission
+--     counts it).
+--   orphan 1: this admission's outcome here is unknown (it timed out, or was decided
+--     in-process while Redis was away). Without a record, a refund leaves a tombstone
+--     (the admission, if it lands later, does nothing) and a charge is made in full.
 local record, pending, rid, lease = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
-local p, c, r = string.match(ARGV[3], '^(%d+),(%d+),(%d)$')
-local prompt, completion, refund = tonumber(p), tonumber(c), r == '1'
+local p, c, r, o = string.match(ARGV[3], '^(%d+),(%d+),(%d),(%d)$')
+local prompt, completion, refund, orphan = tonumber(p), tonumber(c), r == '1', o == '1'
 local rec = redis.call('HMGET', record, 'state', 'k', 'a')
 local state = rec[1]
-if not state or state == 's' then return 0 end
+if state == 's' or (state == 't' and refund) then return 0 end
+if not state then
+  if not orphan then return 0 end  -- settled long ago: its record is gone
+  if refund then
+    redis.call('HSET', record, 'state', 't', 'out', 0)
+    redis.call('EXPIRE', record, lease * 4)
+    return 1
+  end
+end
+if not state or state == 't' then
+  -- nothing is reserved here: charge the usage in full on the current windows
+  local now = clock()
+  for i = 1, (#ARGV - 3) / 6 do
+    local at = 4 + (i - 1) * 6
+    local kind = ARGV[at]
+    local amount = charge(at, prompt, completion)
+    if kind ~= 'c' and amount > 0 then
+      local key
+      if kind == 'r' then key = rate_keys(KEYS[2 + i], now)
+      else key = window_key(KEYS[2 + i], kind, ARGV[at + 1], now) end
+      if redis.call('INCRBY', key, int(amount)) == amount then
+        redis.call('EXPIRE', key, TTL[ARGV[at + 1]])
+      end
+    end
+  end
+  redis.call('HSET', record, 'state', 's', 'out', 0)
+  redis.call('EXPIRE', record, lease)
+  return 1
+end
 local keys, reserved = record_entries(rec[2], rec[3])
 for i = 1, #keys do
   if reserved[i] == -1 then
