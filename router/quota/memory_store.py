@@ -201,6 +201,9 @@ class MemoryStore:
             counter = self._counters.get(key)
             if delta and counter is not None and counter.expires > now:
                 counter.value += delta
+        if orphan and refund:  # given back; a charge written back later still counts
+            rec.state, rec.forget = "t", now + lease * 4
+            return
         rec.state = "s"
         rec.forget = now + SETTLED_TTL
 

@@ -6,8 +6,9 @@
 --   refund 1: the attempt is undone, its request uncounted (the next pool's admission
 --     counts it).
 --   orphan 1: this admission's outcome here is unknown (it timed out, or was decided
---     in-process while Redis was away). Without a record, a refund leaves a tombstone
---     (the admission, if it lands later, does nothing) and a charge is made in full.
+--     in-process while Redis was away). A refund leaves a tombstone ('t': the
+--     admission, if it lands later, does nothing; a charge written back later is made
+--     in full, once); without a record a charge is made in full.
 local record, pending, rid, lease = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 local p, c, r, o = string.match(ARGV[3], '^(%d+),(%d+),(%d),(%d)$')
 local prompt, completion, refund, orphan = tonumber(p), tonumber(c), r == '1', o == '1'
@@ -59,7 +60,14 @@ for i = 1, #keys do
     end
   end
 end
+redis.call('ZREM', pending, rid)
+if orphan and refund then
+  -- given back, but what the request really used may still be written back: a record
+  -- that takes that charge once, like a tombstone
+  redis.call('HSET', record, 'state', 't')
+  redis.call('EXPIRE', record, lease * 4)
+  return 1
+end
 redis.call('HSET', record, 'state', 's')
 redis.call('EXPIRE', record, SETTLED_TTL)
-redis.call('ZREM', pending, rid)
 return 1

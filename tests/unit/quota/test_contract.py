@@ -52,121 +52,93 @@ class Used:
 
 Step = Admit | Settle | Used
 
+# fmt: off
 TEAM_LIMITS = {"limits": {"requests_per_minute": 3, "concurrent": 2},
-               "budgets": [{"tokens_per_day": 1000}]}  # fmt: skip
+               "budgets": [{"tokens_per_day": 1000}]}
 
 CASES: dict[str, tuple[dict[str, Any], list[Step]]] = {
-    "all or nothing": (
-        TEAM_LIMITS,
-        [
-            Admit("a", 100, 200, ADMITTED, 200),
-            Admit("b", 100, 200, ADMITTED, 200),
-            Used([2, 2, 600]),
-            Admit("c", 100, 10, RATE_LIMITED, failed="concurrent"),
-            Used([2, 2, 600]),  # the refused request reserved nothing
-            Settle("a", 10, 20),
-            Used([2, 1, 330]),
-            Admit("c", 100, 10, ADMITTED, 10),
-            Admit("d", 1, 1, RATE_LIMITED, failed="requests_per_minute"),
-        ],
-    ),
-    "settled once, replay does nothing": (
-        TEAM_LIMITS,
-        [
-            Admit("a", 100, 400, ADMITTED, 400),
-            Settle("a", 20, 30),
-            Settle("a", 20, 30),
-            Settle("a", 0, 0, refund=True),  # too late: settled
-            Used([1, 0, 50]),
-            Admit("a", 100, 400, ADMITTED, 400),
-            Used([1, 0, 50]),
-        ],
-    ),
-    "refund gives the request back": (
-        TEAM_LIMITS,
-        [
-            Admit("a", 100, 400, ADMITTED),
-            Settle("a", 0, 0, refund=True),
-            Used([0, 0, 0]),
-        ],
-    ),
-    "clamp or refuse": (
-        {"budgets": [{"tokens_per_day": 1000}]},
-        [
-            Admit("a", 100, 700, ADMITTED, 700),
-            Admit("b", 100, 400, BUDGET_SHORT, 100, failed="tokens_per_day"),
-            Admit("c", 100, 400, ADMITTED, 100, min_out=1),
-            Used([1000]),
-            Admit("d", 10, 1, BUDGET_SHORT, failed="tokens_per_day", min_out=1),
-        ],
-    ),
-    "orphan refund first: a late admission does nothing": (
-        TEAM_LIMITS,
-        [
-            Settle("a", 0, 0, refund=True, orphan=True),
-            Admit("a", 100, 400, ADMITTED, 0),  # the admission lands after its refund
-            Used([0, 0, 0]),
-            Settle("a", 0, 0, refund=True, orphan=True),
-            Used([0, 0, 0]),
-        ],
-    ),
-    "orphan refund of an admission made: given back": (
-        TEAM_LIMITS,
-        [
-            Admit("a", 100, 400, ADMITTED, 400),
-            Settle("a", 0, 0, refund=True, orphan=True),
-            Used([0, 0, 0]),
-        ],
-    ),
-    "written back once: charged in full": (
-        TEAM_LIMITS,
-        [
-            Settle("a", 40, 60, orphan=True),
-            Settle("a", 40, 60, orphan=True),  # a retry
-            Used([1, 0, 100]),
-            Admit("a", 100, 400, ADMITTED, 0),
-            Used([1, 0, 100]),
-        ],
-    ),
-    "refunded then written back: charged once": (
-        TEAM_LIMITS,
-        [
-            Settle("a", 0, 0, refund=True, orphan=True),
-            Settle("a", 40, 60, orphan=True),
-            Settle("a", 40, 60, orphan=True),
-            Used([1, 0, 100]),
-        ],
-    ),
-    "written back onto its admission: settled as usual": (
-        TEAM_LIMITS,
-        [
-            Admit("a", 100, 400, ADMITTED, 400),
-            Settle("a", 40, 60, orphan=True),
-            Used([1, 0, 100]),
-            Settle("a", 0, 0, refund=True, orphan=True),
-            Used([1, 0, 100]),
-        ],
-    ),
-    "not orphan, no record: nothing": (
-        TEAM_LIMITS,
-        [
-            Settle("a", 40, 60),
-            Used([0, 0, 0]),
-        ],
-    ),
-    "tokens per minute with refunds": (
-        {"limits": {"tokens_per_minute": 1000}},
-        [
-            Admit("a", 300, 300, ADMITTED, 300),
-            Admit("b", 300, 300, RATE_LIMITED, failed="tokens_per_minute"),
-            Settle("a", 100, 50),
-            Used([150]),
-            Admit("b", 300, 300, ADMITTED, 300),
-            Settle("b", 0, 0, refund=True),
-            Used([150]),
-        ],
-    ),
+    "all or nothing": (TEAM_LIMITS, [
+        Admit("a", 100, 200, ADMITTED, 200),
+        Admit("b", 100, 200, ADMITTED, 200),
+        Used([2, 2, 600]),
+        Admit("c", 100, 10, RATE_LIMITED, failed="concurrent"),
+        Used([2, 2, 600]),  # the refused request reserved nothing
+        Settle("a", 10, 20),
+        Used([2, 1, 330]),
+        Admit("c", 100, 10, ADMITTED, 10),
+        Admit("d", 1, 1, RATE_LIMITED, failed="requests_per_minute"),
+    ]),
+    "settled once, replay does nothing": (TEAM_LIMITS, [
+        Admit("a", 100, 400, ADMITTED, 400),
+        Settle("a", 20, 30),
+        Settle("a", 20, 30),
+        Settle("a", 0, 0, refund=True),  # too late: settled
+        Used([1, 0, 50]),
+        Admit("a", 100, 400, ADMITTED, 400),
+        Used([1, 0, 50]),
+    ]),
+    "refund gives the request back": (TEAM_LIMITS, [
+        Admit("a", 100, 400, ADMITTED),
+        Settle("a", 0, 0, refund=True),
+        Used([0, 0, 0]),
+    ]),
+    "clamp or refuse": ({"budgets": [{"tokens_per_day": 1000}]}, [
+        Admit("a", 100, 700, ADMITTED, 700),
+        Admit("b", 100, 400, BUDGET_SHORT, 100, failed="tokens_per_day"),
+        Admit("c", 100, 400, ADMITTED, 100, min_out=1),
+        Used([1000]),
+        Admit("d", 10, 1, BUDGET_SHORT, failed="tokens_per_day", min_out=1),
+    ]),
+    "orphan refund first: a late admission does nothing": (TEAM_LIMITS, [
+        Settle("a", 0, 0, refund=True, orphan=True),
+        Admit("a", 100, 400, ADMITTED, 0),  # the admission lands after its refund
+        Used([0, 0, 0]),
+        Settle("a", 0, 0, refund=True, orphan=True),
+        Used([0, 0, 0]),
+    ]),
+    "orphan refund of an admission made: given back, then written back": (TEAM_LIMITS, [
+        Admit("a", 100, 400, ADMITTED, 400),
+        Settle("a", 0, 0, refund=True, orphan=True),
+        Used([0, 0, 0]),
+        Settle("a", 40, 60, orphan=True),  # what was served in-process meanwhile
+        Settle("a", 40, 60, orphan=True),
+        Used([1, 0, 100]),
+    ]),
+    "written back once: charged in full": (TEAM_LIMITS, [
+        Settle("a", 40, 60, orphan=True),
+        Settle("a", 40, 60, orphan=True),  # a retry
+        Used([1, 0, 100]),
+        Admit("a", 100, 400, ADMITTED, 0),
+        Used([1, 0, 100]),
+    ]),
+    "refunded then written back: charged once": (TEAM_LIMITS, [
+        Settle("a", 0, 0, refund=True, orphan=True),
+        Settle("a", 40, 60, orphan=True),
+        Settle("a", 40, 60, orphan=True),
+        Used([1, 0, 100]),
+    ]),
+    "written back onto its admission: settled as usual": (TEAM_LIMITS, [
+        Admit("a", 100, 400, ADMITTED, 400),
+        Settle("a", 40, 60, orphan=True),
+        Used([1, 0, 100]),
+        Settle("a", 0, 0, refund=True, orphan=True),
+        Used([1, 0, 100]),
+    ]),
+    "not orphan, no record: nothing": (TEAM_LIMITS, [
+        Settle("a", 40, 60),
+        Used([0, 0, 0]),
+    ]),
+    "tokens per minute with refunds": ({"limits": {"tokens_per_minute": 1000}}, [
+        Admit("a", 300, 300, ADMITTED, 300),
+        Admit("b", 300, 300, RATE_LIMITED, failed="tokens_per_minute"),
+        Settle("a", 100, 50),
+        Used([150]),
+        Admit("b", 300, 300, ADMITTED, 300),
+        Settle("b", 0, 0, refund=True),
+        Used([150]),
+    ]),
 }
+# fmt: on
 
 
 @pytest.fixture(params=["memory", "redis"])
