@@ -288,7 +288,7 @@ async def test_three_replicas_mixed_load_never_overspend() -> None:
     """3 replicas x 300 concurrent clients on one budget: streams, plain requests and
     requests cancelled midway (to a provider that bills what it generates). What the
     upstream generated never passes the budget."""
-    budget = 60_000
+    budget = 40_000
     upstream = await FakeOpenAI("up", Behaviour(words=30, first_byte_delay=0.02,
                                                 chunk_delay=0.003)).start()  # fmt: skip
     with (
@@ -314,20 +314,22 @@ async def test_three_replicas_mixed_load_never_overspend() -> None:
                                     headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
                 try:
                     if kind == "cancel":
-                        await asyncio.wait_for(_read(post), rng.uniform(0.005, 0.1))
-                        status = 200
+                        status = await asyncio.wait_for(_read(post), rng.uniform(0.005, 0.1))
                     else:
                         status = await _read(post)
                 except TimeoutError:
                     status = -1  # cancelled by the client
                 statuses[f"{kind} {status}"] = statuses.get(f"{kind} {status}", 0) + 1
-                if status == 429:
-                    spent.set()
+                if status == 429:  # spent, or held by reservations in flight: try again
+                    await asyncio.sleep(0.05)
 
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             clients = [asyncio.ensure_future(client(i, session)) for i in range(300)]
-            done, _ = await asyncio.wait(clients, timeout=90)
+            end = time.monotonic() + 40
+            while upstream.generated < 0.85 * budget and time.monotonic() < end:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2.0)  # clients keep racing for what is left
             spent.set()
             await asyncio.gather(*clients)
         freed = await settled(held, 10)
@@ -342,7 +344,7 @@ async def test_three_replicas_mixed_load_never_overspend() -> None:
     assert freed < 10
     assert generated <= budget
     assert counted <= budget
-    assert generated >= 0.9 * budget
+    assert generated >= 0.8 * budget
 
 
 async def _read(post: Any) -> int:
