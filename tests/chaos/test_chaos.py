@@ -163,7 +163,7 @@ async def test_clients_resetting_at_random_moments() -> None:
                                  "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
             delay = rng.uniform(0, 0.004) if i % 3 else rng.uniform(0.004, 0.3)
             async with gate:
-                reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+                _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
                 writer.write(request % len(body) + body)
                 await writer.drain()
                 await asyncio.sleep(delay)
@@ -209,10 +209,12 @@ async def test_redis_stall_and_cut_under_load(fault: str) -> None:
             await load
             freed = await settled(held, 15)
             counted = held.tokens()
-            print(f"\n[chaos] redis {fault} under load: {sum(tally.statuses.values())} "
-                  f"requests {tally.statuses}; nothing held {freed:.1f} s after the load "
-                  f"({time.monotonic() - ended:.1f} s after the {fault}); counter {counted} "
-                  f"vs served {tally.tokens}: {tally.tokens - counted} tokens unsettled")
+            print(
+                f"\n[chaos] redis {fault} under load: {sum(tally.statuses.values())} "
+                f"requests {tally.statuses}; nothing held {freed:.1f} s after the load "
+                f"({time.monotonic() - ended:.1f} s after the {fault}); counter {counted} "
+                f"vs served {tally.tokens}: {tally.tokens - counted} tokens unsettled"
+            )
             held.close()
         await proxy.stop()
     await upstream.stop()
@@ -270,12 +272,14 @@ async def test_redis_killed_for_ten_seconds() -> None:
             served_before = sum(t for when, t in tally.finished if when <= killed)
             window = sum(t for when, t in tally.finished
                          if killed - interval - 0.5 <= when <= killed)  # fmt: skip
-            print(f"\n[chaos] redis killed for 10 s under load: {tally.statuses}; readiness "
-                  f"{ {s: ready.count(s) for s in set(ready)} }; admissions through Redis "
-                  f"again {resumed:.2f} s after it came back; counter {counted} vs served "
-                  f"{tally.tokens} (off by {tally.tokens - counted}; served in the last "
-                  f"checkpoint interval before the kill: {window}; before it: "
-                  f"{served_before})")
+            print(
+                f"\n[chaos] redis killed for 10 s under load: {tally.statuses}; readiness "
+                f"{ {s: ready.count(s) for s in set(ready)} }; admissions through Redis "
+                f"again {resumed:.2f} s after it came back; counter {counted} vs served "
+                f"{tally.tokens} (off by {tally.tokens - counted}; served in the last "
+                f"checkpoint interval before the kill: {window}; before it: "
+                f"{served_before})"
+            )
     await upstream.stop()
     assert set(tally.statuses) == {200}
     assert set(ready) == {200}
@@ -308,8 +312,10 @@ async def test_three_replicas_mixed_load_never_overspend() -> None:
                 kind = ("stream", "plain", "cancel")[(i + n) % 3]
                 n += 1
                 stream = kind == "stream" or (kind == "cancel" and i % 2 == 0)
-                body: dict[str, Any] = {"model": "chat", "max_tokens": 30, "stream": stream,
-                                        "messages": [{"role": "user", "content": "go"}]}  # fmt: skip
+                body: dict[str, Any] = {
+                    "model": "chat", "max_tokens": 30, "stream": stream,
+                    "messages": [{"role": "user", "content": "go"}],
+                }  # fmt: skip
                 post = session.post(url + "/v1/chat/completions", json=body,
                                     headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
                 try:
@@ -327,7 +333,7 @@ async def test_three_replicas_mixed_load_never_overspend() -> None:
         async with aiohttp.ClientSession(connector=connector) as session:
             clients = [asyncio.ensure_future(client(i, session)) for i in range(300)]
             end = time.monotonic() + 40
-            while upstream.generated < 0.85 * budget and time.monotonic() < end:
+            while upstream.generated < 0.85 * budget and time.monotonic() < end:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
             await asyncio.sleep(2.0)  # clients keep racing for what is left
             spent.set()
@@ -338,9 +344,11 @@ async def test_three_replicas_mixed_load_never_overspend() -> None:
         held.close()
     generated = upstream.generated
     await upstream.stop()
-    print(f"\n[chaos] 3 replicas x 300 clients on a {budget} token budget: {statuses}; "
-          f"upstream generated {generated} ({generated / budget:.1%} of the budget, overspend "
-          f"{max(0, generated - budget)}); counter {counted}")
+    print(
+        f"\n[chaos] 3 replicas x 300 clients on a {budget} token budget: {statuses}; "
+        f"upstream generated {generated} ({generated / budget:.1%} of the budget, overspend "
+        f"{max(0, generated - budget)}); counter {counted}"
+    )
     assert freed < 10
     assert generated <= budget
     assert counted <= budget

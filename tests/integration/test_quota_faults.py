@@ -137,7 +137,7 @@ async def test_unknown_outcome_is_refunded_and_written_back(
 async def test_settlements_outlast_an_outage(own_redis: tuple[int, Any], key_prefix: str) -> None:
     """Finding 3: Redis is unreachable for 3 s between admission and settlement (the old
     code gave up after about 1.5 s): the settlement still lands, the slot is freed."""
-    port, proc = own_redis
+    port, _ = own_redis
     slow = await FakeOpenAI("slow", Behaviour(first_byte_delay=0.3)).start()
     counters = Counters(port, key_prefix)
     gw = await start_gateway(config(slow, f"redis://127.0.0.1:{port}/0", key_prefix))
