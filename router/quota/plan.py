@@ -37,10 +37,10 @@ class Check:
     pools: tuple[str, ...] | None = None  # the budget's pool scope
     in_price: float = 0.0  # nano-USD per prompt token (usd budgets)
     out_price: float = 0.0  # nano-USD per output token
-    args: tuple[str, ...] = field(init=False, repr=False, compare=False)  # see script_args
+    spec: str = field(init=False, repr=False, compare=False)  # as the scripts read it
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "args", tuple(self.script_args()))
+        object.__setattr__(self, "spec", ",".join(self.script_args()))
 
     @property
     def limit_text(self) -> str:
@@ -76,8 +76,8 @@ class Check:
         return prompt + completion
 
     def script_args(self) -> list[str]:
-        """This check as the Lua scripts read it (6 values, see common.lua); kept in
-        ``args``."""
+        """This check's 6 values as the Lua scripts read them (``read_checks`` in
+        common.lua); joined once in ``spec``."""
         unit = {"requests": "q", "tokens": "t", "usd": "u", "slots": "s"}[self.unit]
         return [self.kind, self.window, repr(self.limit), unit, repr(self.in_price),
                 repr(self.out_price)]  # fmt: skip

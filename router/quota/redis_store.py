@@ -133,9 +133,7 @@ class RedisStore:
         groups = self._groups(checks)
         futures: list[asyncio.Future[Any]] = []
         for group in groups:
-            args: list[Any] = [rid, lease, numbers]
-            for c in group:
-                args += c.args
+            args = [rid, lease, numbers, ";".join([c.spec for c in group])]
             future = loop.create_future()
             self._queue.append(_Item(self._admit, self._keys(group, rid), args, rid, group,
                                      lease, future))  # fmt: skip
@@ -198,9 +196,8 @@ class RedisStore:
         self, checks: Sequence[Check], rid: str, prompt: int, completion: int, refund: bool,
         lease: int, orphan: bool,
     ) -> None:  # fmt: skip
-        args: list[Any] = [rid, lease, f"{prompt},{completion},{int(refund)},{int(orphan)}"]
-        for c in checks:
-            args += c.args
+        numbers = f"{prompt},{completion},{int(refund)},{int(orphan)}"
+        args: list[Any] = [rid, lease, numbers, ";".join([c.spec for c in checks])]
         item = _Item(self._settle, self._keys(checks, rid), args, rid, checks, lease, None)
         item.deadline = time.monotonic() + lease
         self._queue.append(item)
@@ -238,9 +235,9 @@ class RedisStore:
     async def _execute(self, batch: Sequence[_Item]) -> list[Any]:
         """One pipeline on standalone Redis (or Sentinel's primary); on a Cluster one
         call per item in parallel (each to its slot's node)."""
-        async with asyncio.timeout(self._timeout * 2):
-            if self._cluster:
-                cluster: RedisCluster = self._client
+        if self._cluster:
+            cluster: RedisCluster = self._client
+            async with asyncio.timeout(self._timeout * 2):
                 return list(
                     await asyncio.gather(
                         *(cluster.evalsha(i.script.sha, len(i.keys), *i.keys, *i.args)
@@ -248,10 +245,11 @@ class RedisStore:
                         return_exceptions=True,
                     )
                 )  # fmt: skip
-            pipe = self._client.pipeline(transaction=False)
-            for i in batch:
-                pipe.execute_command("EVALSHA", i.script.sha, len(i.keys), *i.keys, *i.args)
-            return list(await pipe.execute(raise_on_error=False))
+        # bounded by the client's connect and socket timeouts
+        pipe = self._client.pipeline(transaction=False)
+        for i in batch:
+            pipe.execute_command("EVALSHA", i.script.sha, len(i.keys), *i.keys, *i.args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def _send(self, batch: list[_Item]) -> None:
         try:

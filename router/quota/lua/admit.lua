@@ -1,8 +1,8 @@
 -- Admission: every rate limit, the concurrency slots and the budget
 -- reservations of one request, all or nothing.
 -- KEYS[1] record (prefix .. rid), KEYS[2] pending leases (zset), KEYS[2+i] check i base key
--- ARGV: rid, lease, "out,min_out,prompt,n" (min_out 0: never clamp), then 6 per check
---       (see common.lua)
+-- ARGV: rid, lease, "out,min_out,prompt,n" (min_out 0: never clamp), the checks (see
+--       read_checks in common.lua)
 -- Reply: {code, out, failed (0-based, -1), now, wait, used_1..used_n}
 --   code 1 admitted (used = after), 2 rate limited, 3 budget short (used = before);
 --   wait: seconds until the refusing rate limit has room (0 otherwise)
@@ -22,13 +22,13 @@ local prefix = string.sub(record, 1, #record - #rid)
 local expired = redis.call('ZRANGEBYSCORE', pending, '-inf', now, 'LIMIT', 0, 16)
 for _, old in ipairs(expired) do reclaim(pending, prefix, old) end
 
-local n = (#ARGV - 3) / 6
+local checks = read_checks(ARGV[4])
+local n = #checks
 local bases, pers, keys, used, limits = {}, {}, {}, {}, {}
 local counters, at = {}, {}  -- the counter keys, read in one MGET
 local prevs, weights = {}, {}  -- rate checks: the previous minute and its weight
 for i = 1, n do
-  local o = 4 + (i - 1) * 6
-  local kind = ARGV[o]
+  local kind = checks[i].kind
   if kind == 'c' then
     keys[i] = KEYS[2 + i]
     redis.call('ZREMRANGEBYSCORE', keys[i], '-inf', now)
@@ -42,7 +42,7 @@ for i = 1, n do
     at[#counters] = -i
     weights[i] = weight
   else
-    keys[i] = window_key(KEYS[2 + i], kind, ARGV[o + 1], now)
+    keys[i] = window_key(KEYS[2 + i], kind, checks[i].window, now)
     counters[#counters + 1] = keys[i]
     at[#counters] = i
   end
@@ -63,10 +63,9 @@ for i = 1, n do
 end
 local fit, short = out, -1
 for i = 1, n do
-  local o = 4 + (i - 1) * 6
-  local kind = ARGV[o]
-  local base, per = amounts(o, prompt, nchoices)
-  local limit = tonumber(ARGV[o + 2])
+  local kind = checks[i].kind
+  local base, per = amounts(checks[i], prompt, nchoices)
+  local limit = checks[i].limit
   bases[i], pers[i], limits[i] = base, per, limit
   if kind == 'b' then
     local avail = limit - used[i] - base
@@ -85,7 +84,7 @@ if fit < out then
   if min_out > 0 and fit >= min_out then out = fit else budget_fail = short end
 end
 for i = 1, n do
-  local kind = ARGV[4 + (i - 1) * 6]
+  local kind = checks[i].kind
   local cost = bases[i] + pers[i] * out
   if kind == 'r' and used[i] + cost > limits[i] then
     local elapsed = now - math.floor(now / RATE_SPAN) * RATE_SPAN
@@ -102,9 +101,8 @@ end
 
 local reserved = {}
 for i = 1, n do
-  local o = 4 + (i - 1) * 6
   local key = keys[i]
-  if ARGV[o] == 'c' then
+  if checks[i].kind == 'c' then
     redis.call('ZADD', key, now + lease, rid)
     redis.call('EXPIRE', key, lease * 2)
     shown[i] = shown[i] + 1
@@ -112,7 +110,7 @@ for i = 1, n do
   else
     local amount = math.ceil(bases[i] + pers[i] * out)
     if amount > 0 and redis.call('INCRBY', key, int(amount)) == amount then
-      redis.call('EXPIRE', key, TTL[ARGV[o + 1]])  -- a new window's counter
+      redis.call('EXPIRE', key, TTL[checks[i].window])  -- a new window's counter
     end
     shown[i] = math.floor(used[i] + amount)
     reserved[i] = int(amount)

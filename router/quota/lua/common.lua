@@ -73,26 +73,32 @@ local function rate_wait(cur, prev, limit, cost, elapsed)
   return RATE_SPAN - elapsed + s
 end
 
--- Checks come in ARGV, 6 values each from a given offset o:
---   kind (r rate counter | c concurrency | b budget), window, limit,
---   unit (q requests | t tokens | u usd | s slots), in_price, out_price (nano-USD/token)
+-- Checks come in one argument, ';'-separated, each
+--   kind,window,limit,unit,in_price,out_price
+-- kind: r rate counter | c concurrency | b budget; window: minute|hour|day|month ('' for
+-- concurrency); unit: q requests | t tokens | u usd | s slots; prices in nano-USD/token
+local function read_checks(text)
+  local checks = {}
+  for kind, window, limit, unit, inp, outp in
+      string.gmatch(text, '([rcb]),(%a*),([^,;]+),(%a),([^,;]+),([^,;]+)') do
+    checks[#checks + 1] = {kind = kind, window = window, limit = tonumber(limit), unit = unit,
+                           inp = tonumber(inp), outp = tonumber(outp)}
+  end
+  return checks
+end
 
--- what a request reserves on check o: base + per * out
-local function amounts(o, prompt, n)
-  local kind, unit = ARGV[o], ARGV[o + 3]
-  if kind == 'c' or unit == 'q' then return 1, 0 end
-  if unit == 'u' then return prompt * tonumber(ARGV[o + 4]), n * tonumber(ARGV[o + 5]) end
+-- what a request reserves on a check: base + per * out
+local function amounts(c, prompt, n)
+  if c.kind == 'c' or c.unit == 'q' then return 1, 0 end
+  if c.unit == 'u' then return prompt * c.inp, n * c.outp end
   return prompt, n
 end
 
--- what actual usage costs on check o
-local function charge(o, prompt, completion)
-  local kind, unit = ARGV[o], ARGV[o + 3]
-  if kind == 'c' then return 0 end
-  if unit == 'q' then return 1 end
-  if unit == 'u' then
-    return math.ceil(prompt * tonumber(ARGV[o + 4]) + completion * tonumber(ARGV[o + 5]))
-  end
+-- what actual usage costs on a check
+local function charge(c, prompt, completion)
+  if c.kind == 'c' then return 0 end
+  if c.unit == 'q' then return 1 end
+  if c.unit == 'u' then return math.ceil(prompt * c.inp + completion * c.outp) end
   return prompt + completion
 end
 

@@ -1,8 +1,8 @@
 -- Settlement: replace a reservation with what was used, free the slots.
 -- Applied once per request id: a retried settlement is a no-op.
 -- KEYS[1] record, KEYS[2] pending leases, KEYS[2+i] check i base key
--- ARGV: rid, lease, "prompt,completion,refund,orphan", then the checks as the
--- admission had them (6 per check, see common.lua).
+-- ARGV: rid, lease, "prompt,completion,refund,orphan", the checks as the admission had
+-- them (see read_checks in common.lua).
 --   refund 1: the attempt is undone, its request uncounted (the next pool's admission
 --     counts it).
 --   orphan 1: this admission's outcome here is unknown (it timed out, or was decided
@@ -12,6 +12,7 @@
 local record, pending, rid, lease = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
 local p, c, r, o = string.match(ARGV[3], '^(%d+),(%d+),(%d),(%d)$')
 local prompt, completion, refund, orphan = tonumber(p), tonumber(c), r == '1', o == '1'
+local checks = read_checks(ARGV[4])
 local rec = redis.call('HMGET', record, 'state', 'k', 'a')
 local state = rec[1]
 if state == 's' or (state == 't' and refund) then return 0 end
@@ -26,16 +27,14 @@ end
 if not state or state == 't' then
   -- nothing is reserved here: charge the usage in full on the current windows
   local now = clock()
-  for i = 1, (#ARGV - 3) / 6 do
-    local at = 4 + (i - 1) * 6
-    local kind = ARGV[at]
-    local amount = charge(at, prompt, completion)
-    if kind ~= 'c' and amount > 0 then
+  for i, check in ipairs(checks) do
+    local amount = charge(check, prompt, completion)
+    if check.kind ~= 'c' and amount > 0 then
       local key
-      if kind == 'r' then key = rate_keys(KEYS[2 + i], now)
-      else key = window_key(KEYS[2 + i], kind, ARGV[at + 1], now) end
+      if check.kind == 'r' then key = rate_keys(KEYS[2 + i], now)
+      else key = window_key(KEYS[2 + i], check.kind, check.window, now) end
       if redis.call('INCRBY', key, int(amount)) == amount then
-        redis.call('EXPIRE', key, TTL[ARGV[at + 1]])
+        redis.call('EXPIRE', key, TTL[check.window])
       end
     end
   end
@@ -49,7 +48,7 @@ for i = 1, #keys do
     if state == 'r' then redis.call('ZREM', keys[i], rid) end
   else
     local actual = 0
-    if not refund then actual = charge(4 + (i - 1) * 6, prompt, completion) end
+    if not refund then actual = charge(checks[i], prompt, completion) end
     -- a reclaimed ('x') reservation was already given back: charge in full
     local delta = actual
     if state == 'r' then delta = actual - reserved[i] end
