@@ -21,10 +21,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis as syncredis
 
 from tests.support.fakes import Behaviour, FakeOpenAI
 from tests.support.gateway import GatewayProcess
+from tests.support.quota_counters import TeamCounters
 from tests.support.redis_server import redis_process
 from tests.support.tcpproxy import CuttableProxy
 
@@ -50,27 +50,6 @@ def config(upstream: FakeOpenAI, redis_port: int, *, budget: int = 100_000_000,
                         "budgets": [{"tokens_per_day": budget}]}},
         "keys": [{"id": "k", "team": "t", "key": KEY}],
     }  # fmt: skip
-
-
-class Held:
-    """What the team holds in Redis: concurrency slots, open reservations, the day's
-    token counter."""
-
-    def __init__(self, port: int) -> None:
-        self.client = syncredis.Redis(port=port, socket_timeout=2)
-
-    def slots(self) -> int:
-        return int(self.client.zcard(f"{PREFIX}:{{team:t}}:team:conc"))
-
-    def reservations(self) -> int:
-        return int(self.client.zcard(f"{PREFIX}:{{team:t}}:pending"))
-
-    def tokens(self) -> int:
-        keys = list(self.client.scan_iter(f"{PREFIX}:*team:b:tokens:day:*"))
-        return sum(int(self.client.get(k) or 0) for k in keys)
-
-    def close(self) -> None:
-        self.client.close()
 
 
 @dataclass
@@ -122,7 +101,7 @@ async def drive(urls: list[str], seconds: float, workers: int, tally: Tally) -> 
         await asyncio.gather(*(worker(i, session) for i in range(workers)))
 
 
-async def settled(held: Held, within: float) -> float:
+async def settled(held: TeamCounters, within: float) -> float:
     """Seconds until nothing is held (or the deadline); polls Redis."""
     start = time.monotonic()
     while time.monotonic() - start < within:
@@ -149,7 +128,7 @@ async def test_clients_resetting_at_random_moments() -> None:
     upstream = await FakeOpenAI("up", Behaviour(words=20, chunk_delay=0.01)).start()
     clients, at_once = 1000, 100
     with redis_process() as (port, _, _), gateways(config(upstream, port), 1) as (gw,):
-        held = Held(port)
+        held = TeamCounters(port, PREFIX)
         request = (
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json"
             b"\r\nAuthorization: Bearer " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n"
@@ -194,7 +173,7 @@ async def test_redis_stall_and_cut_under_load(fault: str) -> None:
     with redis_process() as (port, _, _):
         proxy = await CuttableProxy(port).start()
         with gateways(config(upstream, proxy.port), 1) as (gw,):
-            held = Held(port)
+            held = TeamCounters(port, PREFIX)
             tally = Tally()
             load = asyncio.ensure_future(drive([gw.url], 7.0, 40, tally))
             await asyncio.sleep(1.5)
@@ -208,7 +187,7 @@ async def test_redis_stall_and_cut_under_load(fault: str) -> None:
             ended = time.monotonic()
             await load
             freed = await settled(held, 15)
-            counted = held.tokens()
+            counted = held.tokens_today()
             print(
                 f"\n[chaos] redis {fault} under load: {sum(tally.statuses.values())} "
                 f"requests {tally.statuses}; nothing held {freed:.1f} s after the load "
@@ -255,7 +234,7 @@ async def test_redis_killed_for_ten_seconds() -> None:
             await asyncio.sleep(10.0)
             with redis_process(port=port):
                 back = time.monotonic()
-                held = Held(port)
+                held = TeamCounters(port, PREFIX)
                 resumed = float("inf")
                 while time.monotonic() - back < 10:
                     if held.slots() > 0 or held.reservations() > 0:  # admitted in Redis
@@ -267,7 +246,7 @@ async def test_redis_killed_for_ten_seconds() -> None:
                 await probing
                 freed = await settled(held, 10)
                 await asyncio.sleep(2 * interval)
-                counted = held.tokens()
+                counted = held.tokens_today()
                 held.close()
             served_before = sum(t for when, t in tally.finished if when <= killed)
             window = sum(t for when, t in tally.finished
@@ -300,7 +279,7 @@ async def test_three_replicas_mixed_load_never_overspend() -> None:
         gateways(config(upstream, port, budget=budget, backend={"flavour": "openai"}),
                  3) as replicas,
     ):  # fmt: skip
-        held = Held(port)
+        held = TeamCounters(port, PREFIX)
         statuses: dict[str, int] = {}
         rng = random.Random(11)
         spent = asyncio.Event()
@@ -340,7 +319,7 @@ async def test_three_replicas_mixed_load_never_overspend() -> None:
             await asyncio.gather(*clients)
         freed = await settled(held, 10)
         await asyncio.sleep(1)
-        counted = held.tokens()
+        counted = held.tokens_today()
         held.close()
     generated = upstream.generated
     await upstream.stop()

@@ -19,6 +19,7 @@ from router.quota.plan import RATE_SPAN
 from tests.support.fakes import Behaviour, FakeOpenAI
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.net import eventually
+from tests.support.quota_counters import TeamCounters
 from tests.support.redis_server import redis_process
 
 KEY = "sk-test-faults-0001"
@@ -42,24 +43,6 @@ def config(upstream: FakeOpenAI, url: str, prefix: str, *, team: dict[str, Any] 
     }  # fmt: skip
 
 
-class Counters:
-    """The team's counters, read straight from Redis."""
-
-    def __init__(self, port: int, prefix: str) -> None:
-        self.client = syncredis.Redis(port=port)
-        self.prefix = prefix
-
-    def slots(self) -> int:
-        return int(self.client.zcard(f"{self.prefix}:{{team:t}}:team:conc"))
-
-    def tokens_today(self) -> int:
-        keys = list(self.client.scan_iter(f"{self.prefix}:*team:b:tokens:day:*"))
-        return sum(int(self.client.get(k) or 0) for k in keys)
-
-    def close(self) -> None:
-        self.client.close()
-
-
 async def post(session: aiohttp.ClientSession, url: str, **extra: Any) -> tuple[int, Any]:
     body = {"model": "chat", "messages": MSG, "max_tokens": 8, **extra}
     async with session.post(url + "/v1/chat/completions", json=body,
@@ -81,7 +64,7 @@ async def test_hangup_during_admission_leaks_nothing(
     port, _ = own_redis
     gw = GatewayProcess(config(upstream, f"redis://127.0.0.1:{port}/0", key_prefix,
                                redis={"socket_timeout_seconds": 2.0}))  # fmt: skip
-    counters = Counters(port, key_prefix)
+    counters = TeamCounters(port, key_prefix)
     try:
         async with aiohttp.ClientSession() as s:
             status, first = await post(s, gw.url)  # scripts loaded, connection made
@@ -112,7 +95,7 @@ async def test_unknown_outcome_is_refunded_and_written_back(
     held, and the usage served meanwhile is written back, once."""
     port, _ = own_redis
     gw = GatewayProcess(config(upstream, f"redis://127.0.0.1:{port}/0", key_prefix))
-    counters = Counters(port, key_prefix)
+    counters = TeamCounters(port, key_prefix)
     try:
         async with aiohttp.ClientSession() as s:
             status, first = await post(s, gw.url)
@@ -139,7 +122,7 @@ async def test_settlements_outlast_an_outage(own_redis: tuple[int, Any], key_pre
     code gave up after about 1.5 s): the settlement still lands, the slot is freed."""
     port, _ = own_redis
     slow = await FakeOpenAI("slow", Behaviour(first_byte_delay=0.3)).start()
-    counters = Counters(port, key_prefix)
+    counters = TeamCounters(port, key_prefix)
     gw = await start_gateway(config(slow, f"redis://127.0.0.1:{port}/0", key_prefix))
     try:
         async with aiohttp.ClientSession() as s:
@@ -210,14 +193,14 @@ async def test_budget_survives_an_empty_restart(
             async with aiohttp.ClientSession() as s:
                 results = [await post(s, gw.url) for _ in range(5)]
             served = sum(body["usage"]["total_tokens"] for _, body in results)
-            counters = Counters(port, key_prefix)
+            counters = TeamCounters(port, key_prefix)
             assert counters.tokens_today() == served
             counters.close()
             await asyncio.sleep(0.5)  # a checkpoint or two
             proc.terminate()
             proc.wait(timeout=10)
             with redis_process(port=port):  # empty: no persistence
-                counters = Counters(port, key_prefix)
+                counters = TeamCounters(port, key_prefix)
                 try:
                     await eventually(_true(lambda: counters.tokens_today() == served), within=5)
                     gw.stop()
@@ -242,7 +225,7 @@ async def test_cancelled_request_billed_as_upstream_reports(
     backend = {"flavour": "openai"} if bills else {}
     gw = await start_gateway(config(slow, f"redis://127.0.0.1:{port}/0", key_prefix,
                                     backend=backend))  # fmt: skip
-    counters = Counters(port, key_prefix)
+    counters = TeamCounters(port, key_prefix)
     try:
         async with aiohttp.ClientSession() as s:
             call = asyncio.ensure_future(post(s, gw.url, max_tokens=40))

@@ -9,15 +9,12 @@ calendar minute the case runs: a burst inside the sliding window counts the same
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from router.config import RedisSettings
 from router.quota.base import ADMITTED, BUDGET_SHORT, RATE_LIMITED, Store
-from router.quota.memory_store import MemoryStore
 from router.quota.plan import Planner
 from router.quota.redis_store import RedisStore
 from tests.unit.quota.test_stores import quota_config
@@ -139,18 +136,6 @@ CASES: dict[str, tuple[dict[str, Any], list[Step]]] = {
     ]),
 }
 # fmt: on
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_url: str, key_prefix: str
-) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    s = RedisStore(RedisSettings(url=redis_url, key_prefix=key_prefix))
-    yield s
-    await s.aclose()
 
 
 @pytest.mark.parametrize("case", list(CASES))
