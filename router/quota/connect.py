@@ -43,7 +43,20 @@ def _tls(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k == "ssl" or k in TLS_OPTIONS}
 
 
-def make_client(settings: RedisSettings) -> Redis | RedisCluster:
+class Connected:
+    """The client to use, and what else to close with it (Sentinel's own clients)."""
+
+    def __init__(self, client: Redis | RedisCluster, sentinels: list[Redis] | None = None):
+        self.client = client
+        self._sentinels = sentinels or []
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        for sentinel in self._sentinels:
+            await sentinel.aclose()
+
+
+def make_client(settings: RedisSettings) -> Connected:
     """A redis-py client for ``settings``: a Redis (standalone or the primary named by
     Sentinel) or a RedisCluster."""
     options = redis_url_options(settings.url) if settings.url else {}
@@ -67,18 +80,18 @@ def make_client(settings: RedisSettings) -> Redis | RedisCluster:
             s.service, redis_class=Redis, db=options.get("db", 0), retry=no_retry,
             max_connections=settings.max_connections, **auth, **_tls(options), **common,
         )  # fmt: skip
-        return primary
+        return Connected(primary, list(sentinel.sentinels))
     if settings.cluster:
-        return RedisCluster(
+        return Connected(RedisCluster(
             host=options.get("host", "localhost"), port=int(options.get("port", 6379)),
             max_connections=settings.max_connections, **auth, **_tls(options), **common,
-        )  # fmt: skip
+        ))  # fmt: skip
     place: dict[str, Any] = (
         {"unix_socket_path": options["path"]}
         if options.get("unix")
         else {"host": options.get("host", "localhost"), "port": int(options.get("port", 6379))}
     )
-    return Redis(
+    return Connected(Redis(
         **place, db=options.get("db", 0), retry=no_retry,
         max_connections=settings.max_connections, **auth, **_tls(options), **common,
-    )  # fmt: skip
+    ))  # fmt: skip

@@ -84,7 +84,8 @@ class RedisStore:
         self._prefix = settings.key_prefix
         self._cluster = settings.cluster
         self._timeout = settings.socket_timeout_seconds + settings.connect_timeout_seconds
-        self._client: Any = make_client(settings)
+        self._connected = make_client(settings)
+        self._client: Any = self._connected.client
         self._metrics = metrics
         self._admit = Script("admit.lua")
         self._settle = Script("settle.lua")
@@ -409,7 +410,7 @@ class RedisStore:
             if not self._tasks:
                 break
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._client.aclose()
+        await self._connected.aclose()
 
 
 def _noscript(result: Any) -> bool:
