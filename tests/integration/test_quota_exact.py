@@ -148,10 +148,11 @@ async def test_killed_process_slots_and_reservations_come_back(
 ) -> None:
     hung = await FakeOpenAI("hung", Behaviour(first_byte_delay=60)).start()
     try:
-        cfg = config(hung, redis_url, key_prefix, lease=2, limits={"concurrent": 2},
+        cfg = config(hung, redis_url, key_prefix, lease=3, limits={"concurrent": 2},
                      budgets=[{"tokens_per_day": 1_000_000}])  # fmt: skip
         victim = GatewayProcess(cfg)
-        processes.append(victim)
+        survivor = GatewayProcess(cfg)  # up before the lease starts: its boot time is no part
+        processes += [victim, survivor]
         async with aiohttp.ClientSession() as session:
             held = [asyncio.ensure_future(post(session, victim.url, {**BODY, "max_tokens": 100}))
                     for _ in range(2)]  # fmt: skip
@@ -166,11 +167,9 @@ async def test_killed_process_slots_and_reservations_come_back(
             await asyncio.gather(*held, return_exceptions=True)
 
             hung.behaviour = Behaviour(words=3)
-            survivor = GatewayProcess(cfg)
-            processes.append(survivor)
             status, _ = await post(session, survivor.url, {**BODY, "max_tokens": 3})
             assert status == 429  # both slots are still held by the dead process
-            await asyncio.sleep(2.2)  # the lease runs out
+            await asyncio.sleep(3.2)  # the lease runs out
             status, usage = await post(session, survivor.url, {**BODY, "max_tokens": 3})
             assert status == 200 and usage is not None
         deadline = time.monotonic() + 5
