@@ -37,10 +37,13 @@ class Check:
     pools: tuple[str, ...] | None = None  # the budget's pool scope
     in_price: float = 0.0  # nano-USD per prompt token (usd budgets)
     out_price: float = 0.0  # nano-USD per output token
-    spec: str = field(init=False, repr=False, compare=False)  # as the scripts read it
+    # as the scripts get them, encoded once: the check's values, its key
+    spec: bytes = field(init=False, repr=False, compare=False)
+    key_bytes: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "spec", ",".join(self.script_args()))
+        object.__setattr__(self, "spec", ",".join(self.script_args()).encode())
+        object.__setattr__(self, "key_bytes", self.key.encode())
 
     @property
     def limit_text(self) -> str:

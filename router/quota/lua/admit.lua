@@ -1,14 +1,14 @@
 -- Admission: every rate limit, the concurrency slots and the budget
 -- reservations of one request, all or nothing.
 -- KEYS[1] record (prefix .. rid), KEYS[2] pending leases (zset), KEYS[2+i] check i base key
--- ARGV: rid, lease, "out,min_out,prompt,n" (min_out 0: never clamp), the checks (see
+-- ARGV: "lease,out,min_out,prompt,n,rid" (min_out 0: never clamp), the checks (see
 --       read_checks in common.lua)
 -- Reply: {code, out, failed (0-based, -1), now, wait, used_1..used_n}
 --   code 1 admitted (used = after), 2 rate limited, 3 budget short (used = before);
 --   wait: seconds until the refusing rate limit has room (0 otherwise)
-local rid, lease = ARGV[1], tonumber(ARGV[2])
-local a, b, c, d = string.match(ARGV[3], '^(%d+),(%d+),(%d+),(%d+)$')
-local out, min_out, prompt, nchoices = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+local l, a, b, c, d, rid = string.match(ARGV[1], '^(%d+),(%d+),(%d+),(%d+),(%d+),(.+)$')
+local lease, out, min_out = tonumber(l), tonumber(a), tonumber(b)
+local prompt, nchoices = tonumber(c), tonumber(d)
 local record, pending = KEYS[1], KEYS[2]
 local now = clock()
 
@@ -22,7 +22,7 @@ local prefix = string.sub(record, 1, #record - #rid)
 local expired = redis.call('ZRANGEBYSCORE', pending, '-inf', now, 'LIMIT', 0, 16)
 for _, old in ipairs(expired) do reclaim(pending, prefix, old) end
 
-local checks = read_checks(ARGV[4])
+local checks = read_checks(ARGV[2])
 local n = #checks
 local bases, pers, keys, used, limits = {}, {}, {}, {}, {}
 local counters, at = {}, {}  -- the counter keys, read in one MGET

@@ -1,7 +1,7 @@
 -- Settlement: replace a reservation with what was used, free the slots.
 -- Applied once per request id: a retried settlement is a no-op.
 -- KEYS[1] record, KEYS[2] pending leases, KEYS[2+i] check i base key
--- ARGV: rid, lease, "prompt,completion,refund,orphan", the checks as the admission had
+-- ARGV: "lease,prompt,completion,refund,orphan,rid", the checks as the admission had
 -- them (see read_checks in common.lua).
 --   refund 1: the attempt is undone, its request uncounted (the next pool's admission
 --     counts it).
@@ -9,10 +9,11 @@
 --     in-process while Redis was away). A refund leaves a tombstone ('t': the
 --     admission, if it lands later, does nothing; a charge written back later is made
 --     in full, once); without a record a charge is made in full.
-local record, pending, rid, lease = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
-local p, c, r, o = string.match(ARGV[3], '^(%d+),(%d+),(%d),(%d)$')
-local prompt, completion, refund, orphan = tonumber(p), tonumber(c), r == '1', o == '1'
-local checks = read_checks(ARGV[4])
+local record, pending = KEYS[1], KEYS[2]
+local l, p, c, r, o, rid = string.match(ARGV[1], '^(%d+),(%d+),(%d+),(%d),(%d),(.+)$')
+local lease, prompt, completion = tonumber(l), tonumber(p), tonumber(c)
+local refund, orphan = r == '1', o == '1'
+local checks = read_checks(ARGV[2])
 local rec = redis.call('HMGET', record, 'state', 'k', 'a')
 local state = rec[1]
 if state == 's' or (state == 't' and refund) then return 0 end
