@@ -17,17 +17,32 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.connection import parse_url as redis_parse_url
 
-from router.contract import VLLM_EXTRAS
+from router.fim import PRESETS, FimTemplate
+from router.serving import (
+    VLLM_PARAMS,
+    FimTemplateConfig,
+    endpoint_checks,
+    fim_setting,
+)
 
 DEFAULT_CONFIG = "default.yaml"
 # libyaml's safe loader when PyYAML was built with it: several times faster on big configs
 _YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 ANTHROPIC_SAMPLING = frozenset({"temperature", "top_p", "top_k"})
 WINDOWS = ("minute", "hour", "day", "month")
+USER_PREFIX = "user:"  # principal ids of SSO users
 
 
 class ConfigError(Exception):
@@ -216,7 +231,7 @@ class Backend(_Strict):
         for name in ("model", "messages"):
             if name in self.deny_params:
                 raise ValueError(f"deny_params: {name!r} cannot be denied")
-        allowed, kind = VLLM_EXTRAS, "a vLLM extra parameter"
+        allowed, kind = VLLM_PARAMS, "a vLLM extra parameter"
         if self.provider == "anthropic":
             allowed, kind = ANTHROPIC_SAMPLING, "one of " + ", ".join(sorted(ANTHROPIC_SAMPLING))
         unknown = [p for p in self.allow_params if p not in allowed]
@@ -229,6 +244,21 @@ class Member(_Strict):
     backend: str
     model: str
     weight: PositiveFloat = 1.0
+    # fill-in-the-middle: "native" (the backend takes `suffix`), a preset, or a template
+    fim: str | FimTemplateConfig | None = None
+
+    @field_validator("fim", mode="before")
+    @classmethod
+    def _fim_setting(cls, value: Any) -> Any:
+        return fim_setting(value)
+
+    def fim_template(self) -> FimTemplate | None:
+        """The template the gateway renders (None: no FIM, or the backend's own)."""
+        if isinstance(self.fim, FimTemplateConfig):
+            return self.fim.template()
+        if self.fim is None or self.fim == "native":
+            return None
+        return PRESETS[self.fim]
 
 
 class Price(_Strict):
@@ -293,6 +323,7 @@ class Route(_Strict):
 
 
 class ModelEntry(_Strict):
+    kind: Literal["chat", "embeddings"] = "chat"  # chat: chat + completions endpoints
     routes: Annotated[list[Route], Field(min_length=1)]
     aliases: list[str] = Field(default_factory=list)
     description: str | None = None
@@ -331,6 +362,101 @@ class Key(_Strict):
             return self.sha256.lower()
         assert self.key is not None
         return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
+
+
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class JwtIssuer(_Strict):
+    """An identity provider whose signed tokens (OIDC ID or access tokens) are accepted."""
+
+    issuer: Annotated[str, Field(min_length=1)]
+    audience: Annotated[list[str], Field(min_length=1)]
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    algorithms: Annotated[list[JwtAlgorithm], Field(min_length=1)] = ["RS256", "ES256"]
+    team_claim: str = "groups"  # a string or a list of strings; the first that maps wins
+    teams: Annotated[dict[str, str], Field(min_length=1)]  # claim value -> team
+    user_claim: str = "sub"  # who the user is, for auth.user_limits and the access log
+    leeway_seconds: Annotated[float, Field(ge=0, le=300)] = 30.0
+    refresh_seconds: PositiveFloat = 300.0  # JWKS re-read this often
+    # an unknown kid re-reads the JWKS at most this often (garbage tokens cannot flood the IdP)
+    min_refresh_seconds: Annotated[float, Field(ge=0)] = 10.0
+    fetch_timeout_seconds: PositiveFloat = 5.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _audience_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("audience"), str):
+            return {**data, "audience": [data["audience"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JwtIssuer:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("an issuer needs exactly one of jwks_url or jwks_file")
+        if self.jwks_url is not None and not re.match(r"^https?://[^/\s]+", self.jwks_url):
+            raise ValueError(f"jwks_url must be an http(s) URL, got {self.jwks_url!r}")
+        return self
+
+
+class AuthSettings(_Strict):
+    jwt: list[JwtIssuer] = Field(default_factory=list)
+    # every SSO user's own limits (like a key's), counted per user on top of the team's
+    user_limits: Limits | None = None
+    token_cache_size: Annotated[int, Field(ge=0)] = 10000  # verified tokens remembered
+
+
+class AdminJwt(_Strict):
+    """Admin API callers with an SSO token whose ``claim`` holds one of ``values``."""
+
+    claim: str = "groups"
+    values: Annotated[list[str], Field(min_length=1)]
+
+
+class AdminSettings(_Strict):
+    """The key admin API, on a listener of its own (keep it off the public network)."""
+
+    listen: Listen = Listen(host="127.0.0.1", port=8081)
+    tokens: list[Sha256Hex] = Field(default_factory=list)  # sha256 of admin bearer tokens
+    jwt: AdminJwt | None = None
+    max_grace_seconds: Annotated[int, Field(ge=0)] = 7 * 86400  # rotation grace, at most
+
+    @model_validator(mode="after")
+    def _has_callers(self) -> AdminSettings:
+        if not self.tokens and self.jwt is None:
+            raise ValueError("admin needs tokens or jwt (who may call it)")
+        return self
+
+
+class DatabaseSettings(_Strict):
+    """PostgreSQL holding the keys made through the admin API (empty url: none)."""
+
+    url: str = ""
+    schema_name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "spillway"
+    resync_seconds: PositiveFloat = 30.0  # full re-read, in case a notification was lost
+    connect_timeout_seconds: PositiveFloat = 5.0
+    retry_seconds: PositiveFloat = 2.0  # reconnect delay while the database is down
+
+
+class TracingSettings(_Strict):
+    """OpenTelemetry traces over OTLP/HTTP (needs ``spillway[otel]``); off without endpoint."""
+
+    otlp_endpoint: str = ""  # http://collector:4318 (or its /v1/traces URL)
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    capture_content: bool = False  # record prompts and completions on the spans
+    service_name: str = "spillway"
+    headers: dict[str, str] = Field(default_factory=dict)
+    export_interval_seconds: PositiveFloat = 5.0
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> TracingSettings:
+        if self.otlp_endpoint and not re.match(r"^https?://[^/\s]+", self.otlp_endpoint):
+            raise ValueError(f"otlp_endpoint must be an http(s) URL, got {self.otlp_endpoint!r}")
+        return self
 
 
 class ServerSettings(_Strict):
@@ -413,6 +539,10 @@ class Config(_Strict):
     models: dict[str, ModelEntry]
     teams: dict[str, Team] = Field(default_factory=dict)
     keys: list[Key] = Field(default_factory=list)
+    auth: AuthSettings = AuthSettings()
+    admin: AdminSettings | None = None
+    database: DatabaseSettings = DatabaseSettings()
+    tracing: TracingSettings = TracingSettings()
 
 
 # ----------------------------------------------------------------- interpolation
@@ -515,6 +645,27 @@ def _cross_check(cfg: Config) -> list[str]:
             problems.append(f"keys[{i}]: the same secret is already used by another key")
         digests.add(digest)
         problems += _budget_scopes(cfg, f"keys[{i}]", key.budgets)
+        if key.id.startswith(USER_PREFIX):
+            problems.append(f"keys[{i}].id: ids starting with {USER_PREFIX!r} are SSO users'")
+    problems += _identity_checks(cfg)
+    return problems + endpoint_checks(cfg)
+
+
+def _identity_checks(cfg: Config) -> list[str]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, issuer in enumerate(cfg.auth.jwt):
+        if issuer.issuer in seen:
+            problems.append(f"auth.jwt[{i}].issuer: {issuer.issuer!r} is listed twice")
+        seen.add(issuer.issuer)
+        for value, team in issuer.teams.items():
+            if team not in cfg.teams:
+                problems.append(f"auth.jwt[{i}].teams.{value}: undefined team {team!r}")
+    if cfg.admin is not None:
+        if not cfg.database.url:
+            problems.append("admin: the admin API keeps keys in the database: set database.url")
+        if cfg.admin.jwt is not None and not cfg.auth.jwt:
+            problems.append("admin.jwt: admin tokens are verified by auth.jwt issuers; none set")
     return problems
 
 

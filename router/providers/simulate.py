@@ -9,7 +9,7 @@ the function's JSON schema. Knobs (per backend, or ``spillway simulate``):
 time to first token, tokens per second, failure rate and failure status.
 
 The same generator serves the standalone OpenAI-compatible server in
-:mod:`router.simserver`.
+:mod:`router.simserver`; :mod:`router.providers.simulated` is the backend.
 """
 
 from __future__ import annotations
@@ -24,10 +24,8 @@ from typing import Any
 
 import orjson
 
-from router.config import Backend, SimulateSettings
+from router.config import SimulateSettings
 from router.contract import ChatCompletionRequest, FunctionTool, NamedToolChoice, TextPart
-from router.errors import UpstreamStatus
-from router.providers.base import Call, Opened, Usage
 from router.streaming import DONE, event
 
 _WORDS = (
@@ -125,17 +123,29 @@ def _tool_calls(req: ChatCompletionRequest, digest: bytes) -> list[dict[str, Any
 
 def generate(req: ChatCompletionRequest, default_max_tokens: int = 256) -> Generation:
     """The deterministic answer to ``req`` (same request, same answer)."""
-    seed_text = "\x1f".join(_texts(req)) + f"\x1f{req.seed}"
-    digest = hashlib.sha256(seed_text.encode()).digest()
-    limit = req.output_limit() or default_max_tokens
-    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
+    gen = generate_text(
+        _texts(req), req.seed, req.output_limit() or default_max_tokens,
+        [req.stop] if isinstance(req.stop, str) else list(req.stop or ()), req.n or 1,
+        include_stop=bool(req.include_stop_str_in_output), prefix="chatcmpl-sim",
+    )  # fmt: skip
+    gen.prompt_tokens = count_prompt_tokens(req)
+    digest = hashlib.sha256(("\x1f".join(_texts(req)) + f"\x1f{req.seed}").encode()).digest()
+    calls = _tool_calls(req, digest)
+    if calls:
+        gen.choices = [SimChoice(tool_calls=calls, finish_reason="tool_calls") for _ in gen.choices]
+    return gen
+
+
+def generate_text(
+    texts: list[str], seed: int | None, limit: int, stops: list[str], n: int,
+    *, include_stop: bool = False, prefix: str = "cmpl-sim",
+) -> Generation:  # fmt: skip
+    """``n`` deterministic texts for a prompt (same prompt and seed, same texts);
+    ``prompt_tokens`` counts whitespace-separated words."""
+    digest = hashlib.sha256(("\x1f".join(texts) + f"\x1f{seed}").encode()).digest()
     choices: list[SimChoice] = []
-    for index in range(req.n or 1):
-        calls = _tool_calls(req, digest)
-        if calls:
-            choices.append(SimChoice(tool_calls=calls, finish_reason="tool_calls"))
-            continue
-        rng = random.Random(digest + bytes([index]))
+    for index in range(n):
+        rng = random.Random(digest + bytes([index % 256]))
         natural = 12 + rng.randrange(36)
         choice = SimChoice()
         text = ""
@@ -144,7 +154,7 @@ def generate(req: ChatCompletionRequest, default_max_tokens: int = 256) -> Gener
             token = (word if i == 0 else " " + word) + ("." if i == natural - 1 else "")
             hit = _first_stop(text + token, stops)
             if hit is not None:
-                end = hit[0] + (len(hit[1]) if req.include_stop_str_in_output else 0)
+                end = hit[0] + (len(hit[1]) if include_stop else 0)
                 rest = (text + token)[len(text) : end]
                 if rest:
                     choice.tokens.append(rest)
@@ -156,9 +166,9 @@ def generate(req: ChatCompletionRequest, default_max_tokens: int = 256) -> Gener
             choice.finish_reason = "length" if natural > limit else "stop"
         choices.append(choice)
     return Generation(
-        id="chatcmpl-sim" + digest[:10].hex(),
+        id=prefix + digest[:10].hex(),
         created=int(time.time()),
-        prompt_tokens=count_prompt_tokens(req),
+        prompt_tokens=sum(len(t.split()) for t in texts),
         choices=choices,
     )
 
@@ -234,89 +244,3 @@ async def stream_events(
     if include_usage:
         yield event({**base, "choices": [], "usage": gen.usage()})
     yield DONE
-
-
-class _SimOpened:
-    __slots__ = ("_call", "_gen", "_knobs")
-
-    def __init__(self, call: Call, gen: Generation, knobs: SimulateSettings) -> None:
-        self._call, self._gen, self._knobs = call, gen, knobs
-
-    @property
-    def is_stream(self) -> bool:
-        return self._call.stream
-
-    async def read(self) -> bytes:
-        k = self._knobs
-        delay = k.ttft_ms / 1000
-        if k.tokens_per_second > 0:
-            delay += self._gen.completion_tokens / k.tokens_per_second
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return completion_body(self._gen, self._call.client_model)
-
-    def chunks(self) -> AsyncIterator[bytes]:
-        return stream_events(
-            self._gen, self._call.client_model, self._call.wants_usage, self._knobs
-        )
-
-    def close(self) -> None:
-        return None
-
-
-class SimulateBackend:
-    provider = "simulate"
-
-    def __init__(self, name: str, cfg: Backend) -> None:
-        self.name = name
-        self.cfg = cfg
-        self._rng = random.Random(cfg.simulate.seed)
-
-    def should_fail(self) -> bool:
-        rate = self.cfg.simulate.failure_rate
-        return rate > 0 and self._rng.random() < rate
-
-    def adapter(self, call: Call) -> SimulateAdapter:
-        return SimulateAdapter(self, call)
-
-
-class SimulateAdapter:
-    __slots__ = ("_backend", "_call", "_gen", "usage")
-
-    def __init__(self, backend: SimulateBackend, call: Call) -> None:
-        self._backend, self._call = backend, call
-        self._gen: Generation | None = None
-        self.usage: Usage | None = None
-
-    async def open(self) -> Opened:
-        be, call = self._backend, self._call
-        if be.should_fail():
-            status = be.cfg.simulate.failure_status
-            raise UpstreamStatus(
-                status, f"Simulated failure of backend {be.name!r} (HTTP {status})."
-            )
-        req = call.request
-        if call.max_tokens is not None:
-            req = req.model_copy(
-                update={"max_tokens": call.max_tokens, "max_completion_tokens": None}
-            )
-        self._gen = generate(req, call.default_max_tokens)
-        return _SimOpened(call, self._gen, be.cfg.simulate)
-
-    def _usage(self) -> Usage:
-        assert self._gen is not None
-        return Usage(self._gen.prompt_tokens, self._gen.completion_tokens)
-
-    def transform_body(self, body: bytes) -> bytes:
-        self.usage = self._usage()
-        return body
-
-    def transform_chunk(self, data: bytes) -> bytes:
-        return data
-
-    def finish_stream(self) -> bytes:
-        self.usage = self._usage()
-        return b""
-
-    def stream_usage_so_far(self) -> Usage | None:
-        return self._usage() if self._gen is not None else None

@@ -18,6 +18,9 @@ rendezvous hashing gives the session key, among available members: the same
 key lands on the same member on every replica, and only its own sessions move
 when a member leaves.
 
+A member serves the client APIs of its backend (``apis``) and, when it declares
+``fim``, fill-in-the-middle; the walk skips members that cannot serve a call.
+
 A member is saturated when it is at its ``max_concurrency`` or its scraped
 waiting queue is past the pool's ``max_waiting``; a pool is saturated when
 every healthy member is, and unhealthy when no member is healthy.
@@ -32,7 +35,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from router.config import Pool
+from router.fim import FimTemplate
 from router.routing.health import BackendState
+
+EVERY_API = frozenset(("chat", "completions", "embeddings"))
 
 PoolStatus = Literal["ok", "saturated", "unhealthy"]
 
@@ -46,12 +52,26 @@ class Member:
     weight: float
     state: BackendState
     ident: bytes  # stable identity for rendezvous hashing
+    apis: frozenset[str] = EVERY_API  # the client APIs its backend serves
+    fills: bool = False  # declares fim: serves completions with `suffix`
+    fim: FimTemplate | None = None  # the template the gateway renders (None: native)
+
+    def serves(self, apis: frozenset[str], fim: bool) -> bool:
+        """It has one of ``apis`` (and fills in the middle, when ``fim``)."""
+        return (self.fills or not fim) and not self.apis.isdisjoint(apis)
 
 
 class Balancer:
     """One per pool per config; holds the strategy's counters."""
 
-    def __init__(self, name: str, cfg: Pool, states: Mapping[str, BackendState]) -> None:
+    def __init__(
+        self,
+        name: str,
+        cfg: Pool,
+        states: Mapping[str, BackendState],
+        apis: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
+        """``apis``: the client APIs of each backend (default: every API)."""
         self.name = name
         self.strategy = cfg.strategy
         self.max_waiting = cfg.max_waiting
@@ -66,11 +86,27 @@ class Balancer:
                 weight=m.weight,
                 state=states[m.backend],
                 ident=f"{m.backend}\x00{m.model}".encode(),
+                apis=EVERY_API if apis is None else apis[m.backend],
+                fills=m.fim is not None,
+                fim=m.fim_template(),
             )
             for i, m in enumerate(cfg.members)
         ]
+        self._serves = {
+            (api, fim) for m in self.members for api in m.apis for fim in (False, True)
+            if m.serves(frozenset((api,)), fim)
+        }  # fmt: skip
+        self._answers: dict[tuple[frozenset[str], bool], bool] = {}
         self._next = 0
         self._current = [0.0] * len(self.members)  # smooth weighted round robin
+
+    def serves(self, apis: frozenset[str], fim: bool) -> bool:
+        """Some member can serve a call in one of ``apis`` (with ``suffix`` when ``fim``)."""
+        key = (apis, fim)
+        got = self._answers.get(key)  # bounded: one entry per codec, with and without fim
+        if got is None:
+            got = self._answers[key] = any((api, fim) in self._serves for api in apis)
+        return got
 
     # -- capacity ---------------------------------------------------------------------
     def saturated(self, m: Member) -> bool:
