@@ -30,12 +30,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from router import __version__
 from router.config import TracingSettings
+from router.contract import ChatCompletionRequest
 from router.errors import QuotaExceeded, RateLimited, SpillwayError
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from router.contract import ChatCompletionRequest
     from router.exchange import Exchange
     from router.routing.balance import Member
 
