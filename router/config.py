@@ -681,10 +681,18 @@ def _budget_scopes(cfg: Config, where: str, budgets: list[Budget]) -> list[str]:
 # ------------------------------------------------------------------------ loading
 
 
-def parse_config(text: str, source: str = "config", env: Mapping[str, str] | None = None) -> Config:
-    """Parse YAML text into a checked :class:`Config`; raise :class:`ConfigError`."""
+def parse_config(
+    text: str, source: str = "config", env: Mapping[str, str] | None = None, *,
+    interleaved: bool = False,
+) -> Config:  # fmt: skip
+    """Parse YAML text into a checked :class:`Config`; raise :class:`ConfigError`.
+
+    ``interleaved``: parse with the pure-Python loader, for a worker thread beside a
+    running event loop (libyaml's faster loader holds the GIL while it reads the whole
+    document, stalling the loop as if it ran on it)."""
+    loader = yaml.SafeLoader if interleaved else _YAML_LOADER
     try:
-        doc = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader (no arbitrary objects)
+        doc = yaml.load(text, Loader=loader)  # a safe loader (no arbitrary objects)
     except yaml.YAMLError as exc:
         raise ConfigError([f"invalid YAML: {exc}"], source) from None
     if not isinstance(doc, dict):

@@ -258,7 +258,7 @@ class Gateway:
 
 def _read_config(path: str) -> tuple[bytes, Config]:
     raw = Path(path).read_bytes()
-    return raw, parse_config(raw.decode("utf-8"), path)
+    return raw, parse_config(raw.decode("utf-8"), path, interleaved=True)
 
 
 def start_tracing(cfg: Config) -> Tracing:
