@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Literal
 
 from aiohttp import web
@@ -49,6 +49,7 @@ _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}  # fmt: skip
 Outcome = Literal["refund", "used", "cancelled"]
+_OpenResult = tuple[Opened, AsyncIterator[bytes] | None, bytes, bytes]
 
 
 class PoolFailed(Exception):
@@ -83,7 +84,8 @@ class Walk:
     """One request's way through its candidate pools."""
 
     __slots__ = (
-        "admissions", "attempts", "last", "last_backend", "loop", "request", "rt", "stopped", "x",
+        "admissions", "attempts", "detached", "last", "last_backend", "loop", "request", "rt",
+        "stopped", "x",
     )  # fmt: skip
 
     def __init__(self, rt: Runtime, request: web.Request, x: Exchange) -> None:
@@ -96,6 +98,7 @@ class Walk:
         self.last: UpstreamError | None = None
         self.last_backend = ""
         self.stopped = False  # out of attempts or retry budget
+        self.detached: Ticket | None = None  # settled in the background (see _detach)
 
     async def run(self) -> web.StreamResponse:
         rt, x = self.rt, self.x
@@ -171,8 +174,7 @@ class Walk:
             out = rt.cfg.pools[pool].max_output_tokens
         try:
             ticket = await rt.quota.admit(
-                key=x.principal, pool=pool,
-                rid=f"{x.rid}:{self.admissions}", prompt=call.prompt_bound, out=out,
+                key=x.principal, pool=pool, prompt=call.prompt_bound, out=out,
                 n=call.outputs, clamp=clamp,
             )  # fmt: skip
         except BudgetShort as short:
@@ -370,14 +372,25 @@ class Walk:
             span = tracing.start_attempt(
                 x.span, member, provider, self.attempts, call.forward_headers, x.endpoint
             )
+        reading: asyncio.Task[_OpenResult] | None = None
+        opening: Awaitable[_OpenResult]
+        if not call.stream and rt.cfg.backends[member.backend].bills_generation:
+            # the upstream bills what it generates: should the client leave, the answer
+            # is still read to its end and its usage charged (see _detach)
+            reading = loop.create_task(self._open(member, adapter, call))
+            opening = asyncio.shield(reading)
+        else:
+            opening = self._open(member, adapter, call)
         try:
             try:
                 if limit is None:
-                    opened, chunks, first, out = await self._open(member, adapter, call)
+                    opened, chunks, first, out = await opening
                 else:
                     async with asyncio.timeout(limit):  # to the first byte of the answer
-                        opened, chunks, first, out = await self._open(member, adapter, call)
+                        opened, chunks, first, out = await opening
             except TimeoutError:
+                if reading is not None:
+                    reading.cancel()
                 exc: UpstreamError = UpstreamTimeout(
                     f"Backend {member.backend!r} did not answer within the attempt timeout "
                     f"({limit:g}s)."
@@ -388,6 +401,10 @@ class Walk:
             except UpstreamError as exc:
                 self._failed(member, exc)
                 x.adapter = None
+                raise
+            except asyncio.CancelledError:
+                if reading is not None and not reading.done():
+                    self._detach(reading, ticket, adapter, member)
                 raise
             now = loop.time()
             if chunks is not None:
@@ -418,10 +435,38 @@ class Walk:
                 assert tracing is not None
                 tracing.end_attempt(span, x, member, failure)
 
+    def _detach(
+        self, reading: asyncio.Task[_OpenResult], ticket: Ticket, adapter: Adapter, member: Member
+    ) -> None:
+        """The client left a non-streamed request to a backend that bills generation:
+        read the answer in the background, up to the backend's total timeout, and settle
+        with the usage it reports, else with the reserved bound."""
+        self.detached = ticket
+        quota = self.rt.quota
+        limit = self.rt.cfg.backends[member.backend].timeouts.total
+
+        async def settle_when_read() -> None:
+            prompt, completion, refund = ticket.prompt, ticket.out, False  # the bound
+            try:
+                async with asyncio.timeout(limit):
+                    await reading
+                usage = adapter.usage
+                if usage is not None and usage.reported:
+                    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+            except UpstreamError:
+                refund = True  # refused: nothing was generated
+            except TimeoutError:
+                log.warning("cancelled request to %s: no answer within %gs; charged the "
+                            "reserved bound", member.backend, limit)  # fmt: skip
+            finally:
+                if not reading.done():
+                    reading.cancel()
+                quota.settle(ticket, prompt, completion, refund=refund)
+
+        quota.detached.start(settle_when_read())
+
     @staticmethod
-    async def _open(
-        member: Member, adapter: Adapter, call: Call
-    ) -> tuple[Opened, AsyncIterator[bytes] | None, bytes, bytes]:
+    async def _open(member: Member, adapter: Adapter, call: Call) -> _OpenResult:
         """Send, and read to the first byte (a stream) or the whole answer."""
         opened = await adapter.open()
         if call.stream and opened.is_stream:
@@ -510,7 +555,7 @@ class Walk:
         return headers
 
     def _settle(self, ticket: Ticket, outcome: Outcome) -> None:
-        if ticket.settled:
+        if ticket.settled or ticket is self.detached:
             return
         x = self.x
         if outcome == "refund" and not x.committed:

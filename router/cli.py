@@ -98,7 +98,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload_file, "SIGHUP")
+    loop.add_signal_handler(signal.SIGHUP, gateway.request_reload, "SIGHUP")
     try:
         await stop.wait()
     finally:
@@ -191,7 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if port == 0:
             print("--workers needs a fixed --port", file=sys.stderr)
             return 2
-        if not cfg.redis.url:
+        if not cfg.redis.enabled:
             logging.getLogger("spillway").warning(
                 "no redis.url: each of the %d workers keeps its own rate limits and budgets "
                 "(set redis.url to share them)", args.workers,

@@ -27,6 +27,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import parse_url as redis_parse_url
 
 from router.fim import PRESETS, FimTemplate
 from router.serving import (
@@ -37,6 +39,8 @@ from router.serving import (
 )
 
 DEFAULT_CONFIG = "default.yaml"
+# libyaml's safe loader when PyYAML was built with it: several times faster on big configs
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 ANTHROPIC_SAMPLING = frozenset({"temperature", "top_p", "top_k"})
 WINDOWS = ("minute", "hour", "day", "month")
 USER_PREFIX = "user:"  # principal ids of SSO users
@@ -64,14 +68,90 @@ class Listen(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
 
 
+TLS_OPTIONS = frozenset(
+    {"ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"}
+)
+
+
+def redis_url_options(url: str) -> dict[str, Any]:
+    """What a Redis URL gives, read by redis-py's own parser: host, port or unix socket
+    path, username, password, db, and the TLS options (query parameters of a
+    ``rediss://`` URL). Raises ValueError for anything else."""
+    parsed: dict[str, Any] = dict(redis_parse_url(url))
+    options: dict[str, Any] = {}
+    for name, value in parsed.items():
+        if name == "connection_class":
+            if value is SSLConnection:
+                options["ssl"] = True
+            elif value is UnixDomainSocketConnection:
+                options["unix"] = True
+        elif name in ("host", "port", "path", "username", "password", "db") or name in TLS_OPTIONS:
+            options[name] = value
+        else:
+            raise ValueError(f"unknown option {name!r} in the redis URL")
+    tls = sorted(name for name in options if name in TLS_OPTIONS)
+    if tls and not options.get("ssl"):
+        raise ValueError(f"{tls[0]} needs a rediss:// URL")
+    if "ssl_check_hostname" in options:
+        options["ssl_check_hostname"] = str(options["ssl_check_hostname"]).lower() in (
+            "1", "true", "yes",
+        )  # fmt: skip
+    reqs = options.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in ("required", "optional", "none"):
+        raise ValueError("ssl_cert_reqs must be required, optional or none")
+    return options
+
+
+class SentinelSettings(_Strict):
+    """Redis Sentinel: the sentinels to ask, and the service whose primary to use."""
+
+    hosts: Annotated[list[str], Field(min_length=1)]  # host:port
+    service: Annotated[str, Field(min_length=1)]
+    username: str = ""  # the sentinels' own ACL user and password, when they have one
+    password: SecretStr | None = None
+    tls: bool = False  # speak TLS to the sentinels too (with the url's ssl_* options)
+
+    @model_validator(mode="after")
+    def _hosts(self) -> SentinelSettings:
+        for host in self.hosts:
+            name, _, port = host.rpartition(":")
+            if not name or not port.isdigit():
+                raise ValueError(f"sentinel host must be host:port, got {host!r}")
+        return self
+
+
 class RedisSettings(_Strict):
+    # redis://[user:password@]host[:port][/db], rediss://... (TLS, ssl_* query options),
+    # unix:///path/to/socket[?db=N]; with sentinel: credentials, db and TLS of the primary
     url: str = ""
     on_error: Literal["allow", "deny"] = "allow"
     cluster: bool = False
+    sentinel: SentinelSettings | None = None
     key_prefix: str = "spillway"
     socket_timeout_seconds: PositiveFloat = 0.5
     connect_timeout_seconds: PositiveFloat = 0.5
     max_connections: PositiveInt = 64
+    health_check_seconds: Annotated[int, Field(ge=0)] = 15  # PING an idle connection first
+
+    @property
+    def enabled(self) -> bool:
+        """Quotas are kept in Redis (else in-process)."""
+        return bool(self.url) or self.sentinel is not None
+
+    @model_validator(mode="after")
+    def _url(self) -> RedisSettings:
+        if self.url:
+            try:
+                options = redis_url_options(self.url)
+            except ValueError as exc:
+                raise ValueError(f"url: {exc}") from None
+            if self.cluster and options.get("db"):
+                raise ValueError("url: a Redis Cluster has only database 0")
+            if self.cluster and options.get("unix"):
+                raise ValueError("url: a Redis Cluster is not reached over a unix socket")
+        if self.sentinel is not None and self.cluster:
+            raise ValueError("sentinel and cluster cannot be used together")
+        return self
 
 
 class Timeouts(_Strict):
@@ -155,6 +235,20 @@ class Backend(_Strict):
     api_version: str | None = None
     anthropic_version: str = "2023-06-01"
     simulate: SimulateSettings = SimulateSettings()
+    # the provider bills what it generates even when the client hangs up (hosted APIs):
+    # a cancelled non-streamed request is then read to its end in the background and
+    # charged what the upstream reports. Default: true for hosted providers (anthropic,
+    # azure, openai with flavour openai), false for self-hosted servers (vLLM aborts).
+    bills_cancelled: bool | None = None
+
+    @property
+    def bills_generation(self) -> bool:
+        """Whether a request cancelled by its client is still billed (see bills_cancelled)."""
+        if self.bills_cancelled is not None:
+            return self.bills_cancelled
+        if self.provider in ("anthropic", "azure"):
+            return True
+        return self.provider == "openai" and self.flavour == "openai"
 
     @model_validator(mode="after")
     def _url_rules(self) -> Backend:
@@ -431,6 +525,9 @@ class ServerSettings(_Strict):
 class QuotaSettings(_Strict):
     on_budget_short: Literal["clamp", "reject"] = "clamp"
     lease_seconds: PositiveInt = 900
+    # budget counters read this often and restored if Redis comes back empty (0: never)
+    checkpoint_seconds: Annotated[float, Field(ge=0)] = 5.0
+    checkpoint_file: str = ""  # also kept in this file, so a restarted gateway has it
 
 
 class RetrySettings(_Strict):
@@ -635,10 +732,18 @@ def _budget_scopes(cfg: Config, where: str, budgets: list[Budget]) -> list[str]:
 # ------------------------------------------------------------------------ loading
 
 
-def parse_config(text: str, source: str = "config", env: Mapping[str, str] | None = None) -> Config:
-    """Parse YAML text into a checked :class:`Config`; raise :class:`ConfigError`."""
+def parse_config(
+    text: str, source: str = "config", env: Mapping[str, str] | None = None, *,
+    interleaved: bool = False,
+) -> Config:  # fmt: skip
+    """Parse YAML text into a checked :class:`Config`; raise :class:`ConfigError`.
+
+    ``interleaved``: parse with the pure-Python loader, for a worker thread beside a
+    running event loop (libyaml's faster loader holds the GIL while it reads the whole
+    document, stalling the loop as if it ran on it)."""
+    loader = yaml.SafeLoader if interleaved else _YAML_LOADER
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=loader)  # a safe loader (no arbitrary objects)
     except yaml.YAMLError as exc:
         raise ConfigError([f"invalid YAML: {exc}"], source) from None
     if not isinstance(doc, dict):

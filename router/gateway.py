@@ -4,11 +4,13 @@ Created with the app, started and stopped by its ``cleanup_ctx`` (with the
 task that refreshes the budget and health gauges). ``reload``
 builds a new :class:`Runtime` from a new config and swaps it in; requests in
 flight keep the one they started with. ``reload_file`` re-reads the config
-file (on SIGHUP, and when the watcher sees the file change): a config that
+file (on SIGHUP, and when the watcher sees the file change), reading and
+parsing it in a worker thread so the event loop keeps serving: a config that
 does not validate is refused with a log line and
 ``spillway_config_reloads_total{result="error"}``, and the old one keeps
 serving. Background tasks (health probes and load scrapes, the config
-watcher) are owned here and awaited on stop.
+watcher, budget checkpoints, settlements left by clients that hung up) are
+owned here and awaited on stop.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from router.inbound.registry import openai_codecs
 from router.metrics import Metrics
 from router.monitor import Monitor
 from router.proxy import Proxy
-from router.quota.base import Store
+from router.quota.base import Store, StoreUnavailable
+from router.quota.checkpoint import BudgetCheckpoint
 from router.quota.memory_store import MemoryStore
 from router.quota.redis_store import RedisStore
+from router.quota.service import Detached
 from router.routing.retry import RetryBudget
 from router.runtime import Runtime, RuntimeHolder
 from router.upstream import Upstream
@@ -66,12 +70,14 @@ class Gateway:
         self.monitor: Monitor | None = None
         self._upstream: Upstream | None = None
         self._store: Store | None = None
-        self._redis_url = ""
+        self.checkpoint: BudgetCheckpoint | None = None
+        self.detached = Detached()
         self._holder: RuntimeHolder | None = None
         self._proxy: Proxy | None = None
         self._retry_budget = RetryBudget(cfg.routing.retries)
         self._digest = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self._reloads: set[asyncio.Task[bool]] = set()
         self._gauges: GaugeRefresher | None = None
         self._tracing: Tracing | None = None
         self.identity = Identity(cfg, on_key_store=self._key_store_state)
@@ -103,8 +109,9 @@ class Gateway:
         if self.cfg.tracing.otlp_endpoint:
             self._tracing = start_tracing(self.cfg)
         self._upstream = Upstream()
-        self._redis_url = self.cfg.redis.url
-        self._store = RedisStore(self.cfg.redis) if self.cfg.redis.url else None
+        if self.cfg.redis.enabled:
+            store = self._store = RedisStore(self.cfg.redis, self.metrics)
+            self.checkpoint = BudgetCheckpoint(store, self.cfg.quota.checkpoint_file)
         self._holder = RuntimeHolder(self._build(self.cfg))
         holder = self._holder
         await self.identity.start(lambda: (holder.current.cfg, holder.current.jwt))
@@ -115,6 +122,8 @@ class Gateway:
         if self.config_path is not None:
             self._digest = _digest_of(self.config_path)
             self._tasks.append(asyncio.create_task(self._watch(), name="spillway-config-watch"))
+        if self.checkpoint is not None:
+            self._tasks.append(asyncio.create_task(self._checkpoints(), name="spillway-budgets"))
         self._gauges = GaugeRefresher(self._holder, self.metrics)
         self._gauges.start()
 
@@ -124,7 +133,7 @@ class Gateway:
         return Runtime(
             cfg, upstream=self._upstream, metrics=self.metrics, store=self._store,
             memory=self.memory, states=old, retry_budget=self._retry_budget,
-            identity=self.identity, tracing=self._tracing,
+            identity=self.identity, tracing=self._tracing, detached=self.detached,
         )  # fmt: skip
 
     def reload(self, cfg: Config) -> None:
@@ -142,15 +151,22 @@ class Gateway:
         self.cfg = cfg
         self.loaded_at = time.time()
 
-    def reload_file(self, reason: str = "signal") -> bool:
-        """Re-read the config file; False (old config kept) when it is not valid."""
+    def request_reload(self, reason: str = "signal") -> None:
+        """Reload the config file in the background (from a signal handler)."""
+        task: asyncio.Task[bool] = asyncio.get_running_loop().create_task(self.reload_file(reason))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload_file(self, reason: str = "signal") -> bool:
+        """Re-read the config file; False (old config kept) when it is not valid. The
+        file is read and parsed in a worker thread: a large config never stalls the
+        event loop."""
         path = self.config_path
         if path is None:
             log.warning("reload (%s) ignored: running on the built-in config", reason)
             return False
         try:
-            raw = Path(path).read_bytes()
-            cfg = parse_config(raw.decode("utf-8"), path)
+            raw, cfg = await asyncio.to_thread(_read_config, path)
         except OSError as exc:
             return self._refused(reason, [f"cannot read {path}: {exc.strerror}"])
         except UnicodeDecodeError:
@@ -195,9 +211,30 @@ class Gateway:
             if _digest_of(path) == self._digest:
                 continue  # touched, not changed
             try:
-                self.reload_file("file changed")
+                await self.reload_file("file changed")
             except Exception:  # keep watching whatever happened
                 log.exception("config reload failed")
+
+    async def _checkpoints(self) -> None:
+        """Budget checkpoints (see :mod:`router.quota.checkpoint`)."""
+        checkpoint = self.checkpoint
+        assert checkpoint is not None
+        warned = 0.0
+        while True:
+            interval = self.cfg.quota.checkpoint_seconds
+            if interval:
+                try:
+                    await checkpoint.run_once(
+                        [c for c, _ in self.runtime.quota.planner.budget_checks()]
+                    )
+                except StoreUnavailable as exc:
+                    now = time.monotonic()
+                    if now - warned > 60:
+                        warned = now
+                        log.warning("budget checkpoint skipped: redis unavailable (%s)", exc)
+                except Exception:  # keep checkpointing whatever happened
+                    log.exception("budget checkpoint failed")
+            await asyncio.sleep(interval or 1.0)
 
     async def stop(self) -> None:
         if self._holder is not None:
@@ -208,8 +245,11 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        for reload in list(self._reloads):
+            reload.cancel()
         if self._gauges is not None:
             await self._gauges.stop()
+        await self.detached.aclose(self.cfg.server.shutdown_grace_seconds)
         await self.identity.stop()
         if self._tracing is not None:
             await asyncio.to_thread(self._tracing.shutdown)  # exports the spans still queued
@@ -217,6 +257,11 @@ class Gateway:
             await self._store.aclose()
         if self._upstream is not None:
             await self._upstream.close()
+
+
+def _read_config(path: str) -> tuple[bytes, Config]:
+    raw = Path(path).read_bytes()
+    return raw, parse_config(raw.decode("utf-8"), path, interleaved=True)
 
 
 def start_tracing(cfg: Config) -> Tracing:

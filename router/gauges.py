@@ -64,6 +64,8 @@ class GaugeRefresher:
         self._forget(m.backend_up, {(b,) for b in self._backends - backends})
         self._backends = backends
 
+        if rt.cfg.redis.enabled:
+            m.redis_up.set(1 if await rt.quota.primary.ping() else 0)
         checks = rt.quota.planner.budget_checks()
         if not checks:
             self._forget_budgets(set())

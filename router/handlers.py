@@ -85,16 +85,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Whether this replica can serve. Redis unreachable: with ``on_error: allow`` it
+    can (quotas decided in-process): ready, and ``degraded`` says why; with ``deny``
+    it cannot."""
     if request.app[GATEWAY].draining.is_set():
         raise ServiceUnavailable("Shutting down.", code="draining")
     rt = request.app[GATEWAY].runtime
-    store = rt.quota.primary
-    if rt.cfg.redis.url and not await store.ping():
-        raise ServiceUnavailable("Redis is unreachable.", code="redis_unreachable")
+    degraded: list[str] = []
+    if rt.cfg.redis.enabled:
+        up = await rt.quota.primary.ping()
+        rt.metrics.redis_up.set(1 if up else 0)
+        if not up:
+            if rt.quota.deny_on_error:
+                raise ServiceUnavailable("Redis is unreachable.", code="redis_unreachable")
+            degraded.append("redis_unreachable")
     if all(b.status() == "unhealthy" for b in rt.balancers.values()):
         raise ServiceUnavailable("No pool has a healthy member.", code="no_healthy_backend")
     loaded = time.gmtime(request.app[GATEWAY].loaded_at)
-    doc = {"status": "ready", "config_loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", loaded)}
+    doc: dict[str, object] = {
+        "status": "ready", "config_loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", loaded),
+    }  # fmt: skip
+    if degraded:
+        doc["degraded"] = degraded
     doc.update(request.app[GATEWAY].identity.status())  # a key database down stays ready
     return _json(doc)
 

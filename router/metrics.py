@@ -177,6 +177,17 @@ class Metrics:
             "Admissions decided in-process because Redis was unreachable (on_error: allow).",
             registry=r,
         )  # fmt: skip
+        self.settlements_pending = Gauge(
+            "spillway_quota_settlements_pending",
+            "Settlements that failed to reach Redis and wait to be sent again.",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.redis_up = Gauge(
+            "spillway_redis_up",
+            "1 when Redis answers; 0 while it does not (quotas then decided in-process "
+            "with on_error: allow, the replica ready but degraded).",
+            registry=r, multiprocess_mode="livemin",
+        )  # fmt: skip
         # a series only when a key database is configured (store="postgresql")
         self.key_store_up = Gauge(
             "spillway_key_store_up",

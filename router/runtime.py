@@ -20,6 +20,7 @@ from router.providers import ProviderBackend, build_backend
 from router.quota import Quota
 from router.quota.base import Store
 from router.quota.memory_store import MemoryStore
+from router.quota.service import Detached
 from router.routing.balance import Balancer
 from router.routing.health import BackendState
 from router.routing.retry import RetryBudget
@@ -43,6 +44,7 @@ class Runtime:
         retry_budget: RetryBudget | None = None,
         identity: Identity | None = None,
         tracing: Tracing | None = None,
+        detached: Detached | None = None,
     ) -> None:
         self.tracing = tracing  # None: tracing off (router.tracing is then never imported)
         self.cfg = cfg
@@ -50,7 +52,7 @@ class Runtime:
         keys, self.jwt = identity.sources(cfg) if identity is not None else (None, None)
         self.auth = Authenticator(cfg, keys, self.jwt)
         self.rules = Rules(cfg)
-        self.quota = Quota(cfg, store, memory, metrics)
+        self.quota = Quota(cfg, store, memory, metrics, detached)
         if retry_budget is None:
             retry_budget = RetryBudget(cfg.routing.retries)
         else:

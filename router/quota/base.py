@@ -21,7 +21,8 @@ class Reply:
     out: int  # output tokens granted (clamped) or, when short, what would fit
     failed: int  # index of the check that refused, -1 when admitted
     now: float  # the store's clock, epoch seconds
-    used: tuple[float, ...]  # per check: after admission, or before a refusal
+    wait: float  # rate limited: seconds until the refusing limit has room (else 0)
+    used: tuple[float, ...]  # per check: after admission, or before a refusal (whole)
 
 
 class Store(Protocol):
@@ -40,10 +41,13 @@ class Store(Protocol):
 
     def settle(
         self, rid: str, checks: Sequence[Check], prompt: int, completion: int, refund: bool,
-        lease: int,
+        lease: int, orphan: bool = False,
     ) -> None:  # fmt: skip
         """Queue the settlement of ``rid`` with the tokens used (idempotent); never blocks
-        the caller. ``refund`` undoes the attempt, its request count included."""
+        the caller. ``refund`` undoes the attempt, its request count included.
+        ``orphan``: this store may never have seen the admission (its outcome was
+        unknown, or it was decided elsewhere): without a record the usage is charged in
+        full and a record is left so a late admission does nothing."""
         ...
 
     async def status(self, checks: Sequence[Check]) -> tuple[float, list[float]]:

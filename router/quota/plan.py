@@ -13,7 +13,7 @@ shares ``{team:<name>}``; a pool's own budget lives under ``{pool:<name>}``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -37,6 +37,13 @@ class Check:
     pools: tuple[str, ...] | None = None  # the budget's pool scope
     in_price: float = 0.0  # nano-USD per prompt token (usd budgets)
     out_price: float = 0.0  # nano-USD per output token
+    # as the scripts get them, encoded once: the check's values, its key
+    spec: bytes = field(init=False, repr=False, compare=False)
+    key_bytes: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", ",".join(self.script_args()).encode())
+        object.__setattr__(self, "key_bytes", self.key.encode())
 
     @property
     def limit_text(self) -> str:
@@ -72,7 +79,8 @@ class Check:
         return prompt + completion
 
     def script_args(self) -> list[str]:
-        """This check as the Lua scripts read it (see ``read_checks`` in common.lua)."""
+        """This check's 6 values as the Lua scripts read them (``read_checks`` in
+        common.lua); joined once in ``spec``."""
         unit = {"requests": "q", "tokens": "t", "usd": "u", "slots": "s"}[self.unit]
         return [self.kind, self.window, repr(self.limit), unit, repr(self.in_price),
                 repr(self.out_price)]  # fmt: skip
@@ -103,6 +111,27 @@ def bucket_id(window: str, now: float) -> int:
         return int(now // 86400)
     t = datetime.fromtimestamp(now, UTC)
     return t.year * 12 + t.month - 1
+
+
+RATE_SPAN = 60.0  # rate limits slide over the last 60 s (see rate_keys in common.lua)
+
+
+def rate_weight(now: float) -> float:
+    """The weight of the previous minute's count: the part of it within the last 60 s."""
+    return 1.0 - (now - (now // RATE_SPAN) * RATE_SPAN) / RATE_SPAN
+
+
+def rate_wait(cur: float, prev: float, limit: float, cost: float, now: float) -> float:
+    """Seconds until a rate check has room for ``cost`` more, nothing else arriving
+    (``cur``, ``prev``: this and the previous minute's counts). As ``rate_wait`` in Lua."""
+    elapsed = now - (now // RATE_SPAN) * RATE_SPAN
+    if cost > limit:
+        return RATE_SPAN - elapsed
+    room = limit - cost
+    if prev > 0 and cur <= room:
+        return max(0.0, RATE_SPAN * (1 - (room - cur) / prev) - elapsed)
+    extra = RATE_SPAN * (1 - room / cur) if cur > 0 else 0.0
+    return RATE_SPAN - elapsed + extra
 
 
 def reset_at(window: str, now: float) -> float:

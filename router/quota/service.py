@@ -4,15 +4,21 @@ Turns a store's :class:`Reply` into a :class:`Ticket` (with OpenAI's
 ``x-ratelimit-*`` headers), a :class:`router.errors.RateLimited`, or a
 :class:`BudgetShort` that lets the proxy try the next pool. When Redis cannot
 answer, ``redis.on_error: allow`` decides in-process (logged at most every
-ten seconds, counted in a metric); ``deny`` answers 503.
+ten seconds, counted in a metric); ``deny`` answers 503. What was decided
+in-process is written back to Redis at settlement (an *orphan* settlement:
+charged in full there, once). Accounting ids are made here, never taken from a
+client.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -115,6 +121,39 @@ def _rate_headers(
     return headers
 
 
+class Detached:
+    """Work that outlives its request: settlements waiting, off any request, for an
+    upstream answer whose client left. Owned by the gateway, awaited when it stops."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("detached settlement failed", exc_info=task.exception())
+
+    async def aclose(self, grace: float) -> None:
+        """Let the work finish within ``grace`` seconds, then cancel it (each task
+        settles with what it knows when cancelled)."""
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in late:
+            task.cancel()
+        for task in late:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 class Quota:
     def __init__(
         self,
@@ -122,8 +161,12 @@ class Quota:
         primary: Store | None,
         fallback: MemoryStore,
         metrics: Metrics,
+        detached: Detached | None = None,
     ) -> None:
         self.planner = Planner(cfg)
+        self.detached = detached if detached is not None else Detached()
+        self._id_prefix = os.urandom(8).hex() + ":"
+        self._ids = 0
         self.primary: Store = primary if primary is not None else fallback
         self.fallback = fallback
         self.deny_on_error = cfg.redis.on_error == "deny"
@@ -141,7 +184,6 @@ class Quota:
         *,
         key: KeySpec,
         pool: str,
-        rid: str,
         prompt: int,
         out: int,
         n: int,
@@ -149,6 +191,8 @@ class Quota:
     ) -> Ticket:
         """Reserve for one attempt on ``pool``. Raises RateLimited or BudgetShort."""
         checks = self.planner.checks(key, pool)
+        self._ids += 1
+        rid = f"{self._id_prefix}{self._ids:x}"
         if not checks:
             return Ticket(rid, checks, self.primary, out, False, prompt)
         store = self.primary
@@ -204,7 +248,7 @@ class Quota:
             )
             etype = "requests"
         else:
-            wait = reset_at(check.window, reply.now) - reply.now
+            wait = reply.wait if reply.wait > 0 else reset_at(check.window, reply.now) - reply.now
             etype = check.unit
             msg = (
                 f"Rate limit reached for {check.scope} {check.owner!r} on {check.name}: "
@@ -221,6 +265,10 @@ class Quota:
             return
         ticket.settled = True
         ticket.store.settle(ticket.rid, ticket.checks, prompt, completion, refund, self.lease)
+        if ticket.store is not self.primary:  # decided in-process: write it back to Redis
+            self.primary.settle(
+                ticket.rid, ticket.checks, prompt, completion, refund, self.lease, True
+            )
 
     async def status(self, key: KeySpec | str) -> dict[str, Any]:
         """The caller's limits and budgets with what is used and left (GET /v1/quota)."""

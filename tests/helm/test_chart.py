@@ -266,11 +266,22 @@ def test_redis_statefulset() -> None:
     r = render({})
     sts = r.one("StatefulSet")
     c = container(r, "StatefulSet")
-    assert "--appendonly" in c["args"] and c["args"][c["args"].index("--appendonly") + 1] == "yes"
+
+    def arg(c: dict[str, Any], name: str) -> str:
+        args: list[str] = c["args"]
+        return args[args.index(name) + 1]
+
+    assert arg(c, "--appendonly") == "yes" and arg(c, "--appendfsync") == "everysec"
     assert c["securityContext"]["readOnlyRootFilesystem"]
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
-    ephemeral = render({"redis": {"internal": {"persistence": {"enabled": False}}}})
+    # without a volume the append-only file is still written (it outlives a container
+    # restart), and how often it is fsync'd is the operator's choice
+    ephemeral = render(
+        {"redis": {"internal": {"persistence": {"enabled": False, "appendfsync": "always"}}}}
+    )
     assert "volumeClaimTemplates" not in ephemeral.one("StatefulSet")["spec"]
+    c = container(ephemeral, "StatefulSet")
+    assert arg(c, "--appendonly") == "yes" and arg(c, "--appendfsync") == "always"
 
 
 def test_helm_test_hook() -> None:
@@ -335,6 +346,7 @@ BAD_VALUES = [
     ("unknown top-level key", {"replicas": 3}),
     ("zero replicas", {"replicaCount": 0}),
     ("zero workers", {"workers": 0}),
+    ("unknown appendfsync", {"redis": {"internal": {"persistence": {"appendfsync": "sometimes"}}}}),
     ("image tag as a number", {"image": {"tag": 5}}),
     ("unknown redis mode", {"redis": {"mode": "cluster"}}),
     ("redis url that is not one", {"redis": {"mode": "external", "url": "localhost:6379"}}),

@@ -12,7 +12,6 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from router.quota.plan import bucket_id
 from tests.support.fakes import Behaviour, FakeOpenAI
 from tests.support.gateway import GatewayProcess
 from tests.support.net import eventually
@@ -127,9 +126,7 @@ async def test_rate_limit_exact_across_processes(
 ) -> None:
     cfg = config(upstream, redis_url, key_prefix, limits={"requests_per_minute": 40})
     processes += [GatewayProcess(cfg) for _ in range(3)]
-    second = time.time() % 60
-    if second > 45:  # one burst must fall inside one UTC minute
-        await asyncio.sleep(61 - second)
+    # the window slides: a burst across a minute boundary counts the same as one inside
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         results = await asyncio.gather(
             *(post(session, processes[i % 3].url, {**BODY, "max_tokens": 2}) for i in range(120))
@@ -137,8 +134,13 @@ async def test_rate_limit_exact_across_processes(
     codes = [status for status, _ in results]
     assert codes.count(200) == 40
     assert codes.count(429) == 80
-    rpm = await counter(redis_url, key_prefix, f":rpm:{bucket_id('minute', time.time())}")
-    assert rpm == 40
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(f"{key_prefix}:*:rpm:*")]
+        rpm = sum([int(await client.get(k) or 0) for k in keys])
+    finally:
+        await client.aclose()
+    assert rpm == 40  # in one minute's counter or split over two
 
 
 async def test_killed_process_slots_and_reservations_come_back(
@@ -146,11 +148,11 @@ async def test_killed_process_slots_and_reservations_come_back(
 ) -> None:
     hung = await FakeOpenAI("hung", Behaviour(first_byte_delay=60)).start()
     try:
-        lease = 10  # long enough for a second process to start inside it on a loaded machine
-        cfg = config(hung, redis_url, key_prefix, lease=lease, limits={"concurrent": 2},
+        cfg = config(hung, redis_url, key_prefix, lease=3, limits={"concurrent": 2},
                      budgets=[{"tokens_per_day": 1_000_000}])  # fmt: skip
         victim = GatewayProcess(cfg)
-        processes.append(victim)
+        survivor = GatewayProcess(cfg)  # up before the lease starts: its boot time is no part
+        processes += [victim, survivor]
         async with aiohttp.ClientSession() as session:
             held = [asyncio.ensure_future(post(session, victim.url, {**BODY, "max_tokens": 100}))
                     for _ in range(2)]  # fmt: skip
@@ -159,19 +161,15 @@ async def test_killed_process_slots_and_reservations_come_back(
                 return hung.inflight == 2
 
             await eventually(holding, within=10)
-            lease_ends = time.monotonic() + lease  # the admissions were made before this
             reserved = await counter(redis_url, key_prefix, ":tokens:day:all:*")
             assert reserved > 200
             victim.kill()  # dies holding two slots and two reservations
             await asyncio.gather(*held, return_exceptions=True)
 
             hung.behaviour = Behaviour(words=3)
-            survivor = GatewayProcess(cfg)
-            processes.append(survivor)
             status, _ = await post(session, survivor.url, {**BODY, "max_tokens": 3})
-            assert time.monotonic() < lease_ends, "the survivor started after the lease ended"
             assert status == 429  # both slots are still held by the dead process
-            await asyncio.sleep(max(0.0, lease_ends - time.monotonic()) + 0.2)  # lease over
+            await asyncio.sleep(3.2)  # the lease runs out
             status, usage = await post(session, survivor.url, {**BODY, "max_tokens": 3})
             assert status == 200 and usage is not None
         deadline = time.monotonic() + 5

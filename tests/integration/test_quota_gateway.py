@@ -83,7 +83,7 @@ async def test_rate_limit_429_and_headers(
         assert body["code"] == "rate_limit_exceeded" and body["type"] == "requests"
         assert "requests_per_minute" in body["message"] and "limit 3" in body["message"]
         headers = err.value.response.headers
-        assert 1 <= int(headers["retry-after"]) <= 60
+        assert 1 <= int(headers["retry-after"]) <= 120  # the window slides: up to two minutes
         assert headers["x-ratelimit-remaining-requests"] == "0"
         assert len(hosted.seen) == 3
     finally:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -147,8 +148,10 @@ async def play(
     *,
     break_after: int | None,
     chunk_delay: float,
+    sent: Callable[[int], None] | None = None,
 ) -> web.StreamResponse:
-    """Write prepared SSE events, pausing between them, or drop the connection midway."""
+    """Write prepared SSE events, pausing between them, or drop the connection midway.
+    ``sent(i)`` is told of each event written."""
     for i, data in enumerate(events):
         if break_after is not None and i >= break_after:
             assert request.transport is not None
@@ -157,6 +160,8 @@ async def play(
         if chunk_delay and i:
             await asyncio.sleep(chunk_delay)
         await resp.write(data)
+        if sent is not None:
+            sent(i)
     await resp.write_eof()
     return resp
 
@@ -182,6 +187,7 @@ class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
         self.seen: list[Seen] = []
         self.disconnects: list[float] = []  # when a client went away mid-answer
         self.chats = 0  # chat requests received
+        self.generated = 0  # tokens produced (prompt + completion), as a provider bills them
         self.scrapes = 0  # GET /metrics
         self.probes = 0  # GET /v1/models
         super().__init__(self._make_app(), host=host, ssl_context=ssl_context)
@@ -275,7 +281,9 @@ class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
                 )  # fmt: skip
             if body.get("stream"):
                 return await self._stream(request, body)
-            return web.json_response(self._completion(body))
+            doc = self._completion(body)
+            self.generated += self._usage(body, self._limit(body))["total_tokens"]
+            return web.json_response(doc)
         except asyncio.CancelledError:
             self.disconnects.append(time.monotonic())
             raise
@@ -334,6 +342,13 @@ class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
         if b.send_usage and opts.get("include_usage"):
             chunks.append(ev({**base, "choices": [], "usage": self._usage(body, n)}))
         chunks.append(b"data: [DONE]\n\n")
+        self.generated += self._usage(body, 0)["prompt_tokens"]
+
+        def sent(i: int) -> None:
+            if 1 <= i <= n:  # a content chunk: one token
+                self.generated += 1
+
         return await play(
-            request, resp, chunks, break_after=b.break_after, chunk_delay=b.chunk_delay
-        )
+            request, resp, chunks, break_after=b.break_after, chunk_delay=b.chunk_delay,
+            sent=sent,
+        )  # fmt: skip

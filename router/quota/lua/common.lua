@@ -29,6 +29,8 @@ end
 
 -- a settled record stays this long, so a retried settlement finds it and does nothing
 local SETTLED_TTL = 120
+-- record states: r reserved, s settled, x reclaimed (lease over), t refunded before its
+-- admission was seen (a tombstone: the admission, if it lands later, does nothing)
 
 -- counters outlive their window by a margin, then vanish
 local TTL = {minute = 180, hour = 7500, day = 180000, month = 2851200}
@@ -47,26 +49,56 @@ local function window_key(base, kind, window, now)
   return base .. ':' .. int(bucket(window, now))
 end
 
--- Checks come in ARGV, 6 values each from a given offset o:
---   kind (r rate counter | c concurrency | b budget), window, limit,
---   unit (q requests | t tokens | u usd | s slots), in_price, out_price (nano-USD/token)
+-- rate limits slide: the previous minute counts by the part of it still within 60 s
+local RATE_SPAN = 60
 
--- what a request reserves on check o: base + per * out
-local function amounts(o, prompt, n)
-  local kind, unit = ARGV[o], ARGV[o + 3]
-  if kind == 'c' or unit == 'q' then return 1, 0 end
-  if unit == 'u' then return prompt * tonumber(ARGV[o + 4]), n * tonumber(ARGV[o + 5]) end
+-- (current minute's key, previous minute's key, weight of the previous one)
+local function rate_keys(base, now)
+  local b = math.floor(now / RATE_SPAN)
+  return base .. ':' .. int(b), base .. ':' .. int(b - 1), 1 - (now - b * RATE_SPAN) / RATE_SPAN
+end
+
+-- seconds until a rate check of `limit` has room for `cost` more, nothing else arriving
+-- (cur, prev: the two minutes' counts; elapsed: seconds into the current minute)
+local function rate_wait(cur, prev, limit, cost, elapsed)
+  if cost > limit then return RATE_SPAN - elapsed end
+  local room = limit - cost
+  if prev > 0 and cur <= room then
+    local t = RATE_SPAN * (1 - (room - cur) / prev) - elapsed
+    if t < 0 then t = 0 end
+    return t
+  end
+  local s = 0
+  if cur > 0 then s = RATE_SPAN * (1 - room / cur) end
+  return RATE_SPAN - elapsed + s
+end
+
+-- Checks come in one argument, ';'-separated, each
+--   kind,window,limit,unit,in_price,out_price
+-- kind: r rate counter | c concurrency | b budget; window: minute|hour|day|month ('' for
+-- concurrency); unit: q requests | t tokens | u usd | s slots; prices in nano-USD/token
+local function read_checks(text)
+  local checks = {}
+  for kind, window, limit, unit, inp, outp in
+      string.gmatch(text, '([rcb]),(%a*),([^,;]+),(%a),([^,;]+),([^,;]+)') do
+    checks[#checks + 1] = {kind = kind, window = window, limit = tonumber(limit), unit = unit,
+                           inp = tonumber(inp), outp = tonumber(outp)}
+  end
+  return checks
+end
+
+-- what a request reserves on a check: base + per * out
+local function amounts(c, prompt, n)
+  if c.kind == 'c' or c.unit == 'q' then return 1, 0 end
+  if c.unit == 'u' then return prompt * c.inp, n * c.outp end
   return prompt, n
 end
 
--- what actual usage costs on check o
-local function charge(o, prompt, completion)
-  local kind, unit = ARGV[o], ARGV[o + 3]
-  if kind == 'c' then return 0 end
-  if unit == 'q' then return 1 end
-  if unit == 'u' then
-    return math.ceil(prompt * tonumber(ARGV[o + 4]) + completion * tonumber(ARGV[o + 5]))
-  end
+-- what actual usage costs on a check
+local function charge(c, prompt, completion)
+  if c.kind == 'c' then return 0 end
+  if c.unit == 'q' then return 1 end
+  if c.unit == 'u' then return math.ceil(prompt * c.inp + completion * c.outp) end
   return prompt + completion
 end
 
