@@ -12,6 +12,10 @@ when every attempt on the pool failed, charged with the usage otherwise.
 
 When every pool was skipped as unhealthy, the ejected members are tried anyway
 (an ejection may be stale; failing outright would be worse).
+
+A pool with a queue (:mod:`router.routing.queueing`) is not skipped when
+saturated: after admission the request waits there for its turn, holding its
+reservation, and moves on (reservation refunded) when its wait is over.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from router.providers import Adapter, Call, Usage
 from router.providers.base import Opened
 from router.quota import BudgetShort, Ticket
 from router.routing.balance import Member
+from router.routing.queueing import Gate, Place, QueueExit
 from router.routing.retry import backoff
 from router.runtime import Runtime
 from router.streaming import error_event
@@ -82,8 +87,8 @@ class Walk:
     """One request's way through its candidate pools."""
 
     __slots__ = (
-        "admissions", "attempts", "last", "last_backend", "loop", "raw", "request", "rt",
-        "stopped", "x",
+        "admissions", "attempts", "last", "last_backend", "loop", "place", "raw", "request",
+        "rt", "stopped", "x",
     )  # fmt: skip
 
     def __init__(self, rt: Runtime, request: web.Request, x: Exchange, raw: bytes) -> None:
@@ -97,11 +102,13 @@ class Walk:
         self.last: UpstreamError | None = None
         self.last_backend = ""
         self.stopped = False  # out of attempts or retry budget
+        self.place: Place | None = None  # team and priority band, when a pool queues
 
     async def run(self) -> web.StreamResponse:
         rt, x = self.rt, self.x
-        assert x.decision is not None
+        assert x.decision is not None and x.principal is not None
         pools = x.decision.pools
+        self.place = rt.scheduler.place(x.principal.team, self.request.headers)
         rt.retry_budget.record_request(self.loop.time())
         shorts: dict[str, BudgetShort] = {}
         unhealthy: list[int] = []
@@ -111,7 +118,11 @@ class Walk:
                 if clamp_pass and pool not in shorts:
                     continue
                 if not clamp_pass:
-                    status = rt.balancers[pool].status()
+                    status: str = rt.balancers[pool].status()
+                    if self.place is not None:
+                        status = rt.scheduler.admission(
+                            pool, status, self.place, last_pool=i + 1 == len(pools)
+                        )
                     if status != "ok":
                         if status == "unhealthy":
                             unhealthy.append(i)
@@ -137,6 +148,8 @@ class Walk:
 
     def _failure(self, shorts: dict[str, BudgetShort], saturated: bool) -> SpillwayError:
         last = self.last
+        if last is None and self.place is not None and self.place.refusal is not None:
+            return self.place.refusal  # the last queue let the request go
         if last is not None:
             retry_after = getattr(last, "retry_after", None)
             if retry_after is not None:
@@ -182,11 +195,38 @@ class Walk:
             self.admissions += 1
         try:
             last_pool = i + 1 == len(x.decision.pools)
+            gate = rt.scheduler.gates.get(pool) if self.place is not None and not panic else None
+            if gate is not None:
+                return await self._queued(gate, i, ticket, last_pool)
             return await self._serve_pool(pool, ticket, panic, last_pool)
         except PoolFailed as failed:
             reason = "error" if failed.error is not None or self.stopped else "saturated"
             self._fallback(pool, i, reason)
             return None
+
+    async def _queued(
+        self, gate: Gate, i: int, ticket: Ticket, last_pool: bool
+    ) -> web.StreamResponse | None:
+        """A pool with a queue: wait for a turn holding the reservation, then serve;
+        None (reservation refunded) when the queue lets the request go."""
+        assert self.place is not None and self.x.request is not None
+        started = self.loop.time()
+        try:
+            cost = ticket.prompt + ticket.out * (self.x.request.n or 1)
+            await gate.wait(self.place, cost, last_pool=last_pool)
+        except QueueExit as left:
+            self._settle(ticket, "refund")
+            self._fallback(gate.name, i, left.reason)
+            return None
+        except asyncio.CancelledError:
+            self._settle(ticket, "refund")  # the client left the queue: nothing was used
+            raise
+        finally:
+            self.x.queued += self.loop.time() - started
+        try:
+            return await self._serve_pool(gate.name, ticket, False, last_pool)
+        finally:
+            gate.release()
 
     async def _serve_pool(
         self, pool: str, ticket: Ticket, panic: bool, last_pool: bool
@@ -206,7 +246,7 @@ class Walk:
         session = None
         if bal.affinity != "none":
             session = bal.session_key(req.user, self.request.headers)
-        members = bal.order(self.loop.time(), session)
+        members = bal.order(self.loop.time(), session, req)
         outcome: Outcome = "refund"
         failed_here: UpstreamError | None = None
         try:

@@ -70,11 +70,18 @@ class Timeouts(_Strict):
 class SimulateSettings(_Strict):
     """Knobs of the built-in simulated model."""
 
+    # time to first token; with a prefix cache, for a prompt none of which is cached
     ttft_ms: Annotated[float, Field(ge=0)] = 0.0
     tokens_per_second: Annotated[float, Field(ge=0)] = 0.0  # 0: as fast as possible
     failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     failure_status: Annotated[int, Field(ge=400, le=599)] = 503
     seed: int = 0
+    # requests generated at once (vLLM's max_num_seqs); the rest wait in line. 0: no limit
+    max_num_seqs: Annotated[int, Field(ge=0)] = 0
+    # prefix cache: an LRU of this many blocks of block_size prompt tokens (0: none);
+    # time to first token scales with the share of the prompt not found in it
+    prefix_cache_blocks: Annotated[int, Field(ge=0)] = 0
+    block_size: PositiveInt = 16
 
 
 class Backend(_Strict):
@@ -172,8 +179,29 @@ class Budget(_Strict):
         return out
 
 
+class QueueSettings(_Strict):
+    """A saturated pool queues requests, fair across teams, instead of spilling at once."""
+
+    max_wait_ms: PositiveInt = 5000  # then on to the next pool of the route, or 429
+    max_depth: PositiveInt = 1000  # requests waiting, all teams and priorities together
+    # while a lower priority band has requests waiting it gets at least this share of
+    # the pool (by reserved tokens), so higher bands cannot starve it
+    min_share: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+
+
+class PrefixAffinitySettings(_Strict):
+    """``strategy: prefix_affinity``: a conversation stays on the member holding its prefix."""
+
+    # no member takes more than (1 + epsilon) x the mean load (requests at the members)
+    epsilon: Annotated[float, Field(gt=0, le=10)] = 0.25
+    max_prefix_bytes: Annotated[int, Field(ge=64, le=1048576)] = 65536  # hashed at most
+
+
+Strategy = Literal["round_robin", "weighted", "least_loaded", "lowest_latency", "prefix_affinity"]
+
+
 class Pool(_Strict):
-    strategy: Literal["round_robin", "weighted", "least_loaded", "lowest_latency"] = "round_robin"
+    strategy: Strategy = "round_robin"
     members: Annotated[list[Member], Field(min_length=1)]
     budget: Budget | None = None
     price: Price = Price()
@@ -181,6 +209,8 @@ class Pool(_Strict):
     affinity: Literal["none", "user", "header"] = "none"
     affinity_header: str = "x-session-id"
     max_waiting: Annotated[int, Field(ge=0)] | None = None
+    queue: QueueSettings | None = None  # None: a saturated pool is skipped at once
+    prefix_affinity: PrefixAffinitySettings = PrefixAffinitySettings()
 
 
 class When(_Strict):
@@ -210,10 +240,16 @@ class Limits(_Strict):
     concurrent: PositiveInt | None = None
 
 
+PRIORITY_LIMIT = 1000  # priorities (config and x-spillway-priority) lie within +-this
+
+
 class Team(_Strict):
     models: list[str] | None = None  # None: every model
     limits: Limits = Limits()
     budgets: list[Budget] = Field(default_factory=list)
+    weight: Annotated[float, Field(gt=0, le=1000)] = 1.0  # share of a queued pool
+    # queued requests of higher priority go first; negative: shed, never queued
+    priority: Annotated[int, Field(ge=-PRIORITY_LIMIT, le=PRIORITY_LIMIT)] = 0
 
 
 class Key(_Strict):
@@ -371,6 +407,13 @@ def _cross_check(cfg: Config) -> list[str]:
                 )
         if pool.budget and pool.budget.pools:
             problems.append(f"pools.{name}.budget.pools: a pool budget cannot be scoped")
+        if pool.queue is not None and pool.queue.min_share:
+            bands = len({0, *(t.priority for t in cfg.teams.values() if t.priority >= 0)})
+            if pool.queue.min_share * (bands - 1) >= 1:
+                problems.append(
+                    f"pools.{name}.queue.min_share: {bands - 1} priority bands below the top "
+                    f"one at {pool.queue.min_share:g} each would leave the top band nothing"
+                )
     model_names = set(cfg.models)
     seen_names: dict[str, str] = {}
     for name, entry in cfg.models.items():

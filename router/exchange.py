@@ -14,8 +14,8 @@ class Exchange:
 
     __slots__ = (
         "adapter", "backend", "clamped", "committed", "decision", "model", "opened_at", "out",
-        "pool", "principal", "prompt_bound", "read_at", "request", "rid", "started", "status",
-        "ttft", "usage",
+        "pool", "principal", "prompt_bound", "queued", "read_at", "request", "rid", "started",
+        "status", "ttft", "usage",
     )  # fmt: skip
 
     def __init__(self, rid: str, started: float) -> None:
@@ -37,6 +37,7 @@ class Exchange:
         self.committed = False  # the response has started: no retry, no refund
         self.opened_at = 0.0
         self.read_at = 0.0
+        self.queued = 0.0  # seconds spent waiting in pool queues
 
 
 def billable(x: Exchange) -> tuple[int, int]:

@@ -169,7 +169,7 @@ class Proxy:
                 if cost:
                     series.cost.inc(cost)
             if x.opened_at:
-                overhead = x.opened_at - x.started
+                overhead = x.opened_at - x.started - x.queued
                 if x.read_at:
                     overhead += now - x.read_at
                 series.overhead.observe(overhead)

@@ -19,6 +19,7 @@ from router.quota.base import Store
 from router.quota.memory_store import MemoryStore
 from router.routing.balance import Balancer
 from router.routing.health import BackendState
+from router.routing.queueing import Scheduler
 from router.routing.retry import RetryBudget
 from router.routing.rules import Rules
 from router.upstream import Upstream
@@ -60,6 +61,7 @@ class Runtime:
         self.balancers = {
             name: Balancer(name, pool, self.states) for name, pool in cfg.pools.items()
         }
+        self.scheduler = Scheduler(cfg, self.balancers, metrics.queue_series)
         self.route_headers = cfg.server.route_headers
         self.access = AccessLog(cfg.logging)
 

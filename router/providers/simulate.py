@@ -6,7 +6,8 @@ It honours ``max_tokens``/``max_completion_tokens``, ``stop`` (and
 ``tool_choice`` other than ``none``) and a conversation that does not end in a
 tool result, it calls the named or first function with arguments built from
 the function's JSON schema. Knobs (per backend, or ``spillway simulate``):
-time to first token, tokens per second, failure rate and failure status.
+time to first token, tokens per second, failure rate and failure status, and
+the engine's batch size and prefix cache (:mod:`router.providers.simengine`).
 
 The same generator serves the standalone OpenAI-compatible server in
 :mod:`router.simserver`.
@@ -28,6 +29,7 @@ from router.config import Backend, SimulateSettings
 from router.contract import ChatCompletionRequest, FunctionTool, NamedToolChoice, TextPart
 from router.errors import UpstreamStatus
 from router.providers.base import Call, Opened, Usage
+from router.providers.simengine import SimEngine
 from router.streaming import DONE, event
 
 _WORDS = (
@@ -194,9 +196,14 @@ def completion_body(gen: Generation, model: str) -> bytes:
 
 
 async def stream_events(
-    gen: Generation, model: str, include_usage: bool, knobs: SimulateSettings
+    gen: Generation,
+    model: str,
+    include_usage: bool,
+    knobs: SimulateSettings,
+    first_token_seconds: float | None = None,
 ) -> AsyncIterator[bytes]:
-    """The answer as OpenAI SSE events, paced by the knobs."""
+    """The answer as OpenAI SSE events, paced by the knobs (the first token after
+    ``first_token_seconds``, else ``ttft_ms``)."""
     base = {"id": gen.id, "object": "chat.completion.chunk", "created": gen.created, "model": model}
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -209,8 +216,9 @@ async def stream_events(
     gap = 1.0 / knobs.tokens_per_second if knobs.tokens_per_second > 0 else 0.0
     for i, _ in enumerate(gen.choices):
         yield chunk(i, {"role": "assistant", "content": ""})
-    if knobs.ttft_ms > 0:
-        await asyncio.sleep(knobs.ttft_ms / 1000)
+    ttft = knobs.ttft_ms / 1000 if first_token_seconds is None else first_token_seconds
+    if ttft > 0:
+        await asyncio.sleep(ttft)
     for i, c in enumerate(gen.choices):
         for k, tc in enumerate(c.tool_calls):
             yield chunk(i, {"tool_calls": [{"index": k, "id": tc["id"], "type": "function",
@@ -236,28 +244,49 @@ async def stream_events(
     yield DONE
 
 
-class _SimOpened:
-    __slots__ = ("_call", "_gen", "_knobs")
+def answer_seconds(gen: Generation, knobs: SimulateSettings, first_token: float) -> float:
+    """How long a whole (non-streamed) answer takes."""
+    if knobs.tokens_per_second > 0:
+        return first_token + gen.completion_tokens / knobs.tokens_per_second
+    return first_token
 
-    def __init__(self, call: Call, gen: Generation, knobs: SimulateSettings) -> None:
-        self._call, self._gen, self._knobs = call, gen, knobs
+
+async def engine_read(engine: SimEngine, req: ChatCompletionRequest, gen: Generation) -> None:
+    """Take a place in the engine's batch and spend the time of a whole answer."""
+    async with engine.slot():
+        delay = answer_seconds(gen, engine.knobs, engine.first_token_seconds(req))
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+async def engine_stream(
+    engine: SimEngine, req: ChatCompletionRequest, gen: Generation, model: str, usage: bool
+) -> AsyncIterator[bytes]:
+    """The answer's SSE events, generated in a place of the engine's batch."""
+    async with engine.slot():
+        ttft = engine.first_token_seconds(req)
+        async for data in stream_events(gen, model, usage, engine.knobs, ttft):
+            yield data
+
+
+class _SimOpened:
+    __slots__ = ("_call", "_engine", "_gen")
+
+    def __init__(self, call: Call, gen: Generation, engine: SimEngine) -> None:
+        self._call, self._gen, self._engine = call, gen, engine
 
     @property
     def is_stream(self) -> bool:
         return self._call.stream
 
     async def read(self) -> bytes:
-        k = self._knobs
-        delay = k.ttft_ms / 1000
-        if k.tokens_per_second > 0:
-            delay += self._gen.completion_tokens / k.tokens_per_second
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await engine_read(self._engine, self._call.request, self._gen)
         return completion_body(self._gen, self._call.client_model)
 
     def chunks(self) -> AsyncIterator[bytes]:
-        return stream_events(
-            self._gen, self._call.client_model, self._call.wants_usage, self._knobs
+        call = self._call
+        return engine_stream(
+            self._engine, call.request, self._gen, call.client_model, call.wants_usage
         )
 
     def close(self) -> None:
@@ -271,6 +300,7 @@ class SimulateBackend:
         self.name = name
         self.cfg = cfg
         self._rng = random.Random(cfg.simulate.seed)
+        self.engine = SimEngine(cfg.simulate)
 
     def should_fail(self) -> bool:
         rate = self.cfg.simulate.failure_rate
@@ -301,7 +331,7 @@ class SimulateAdapter:
                 update={"max_tokens": call.max_tokens, "max_completion_tokens": None}
             )
         self._gen = generate(req, call.default_max_tokens)
-        return _SimOpened(call, self._gen, be.cfg.simulate)
+        return _SimOpened(call, self._gen, be.engine)
 
     def _usage(self) -> Usage:
         assert self._gen is not None

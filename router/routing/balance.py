@@ -12,27 +12,35 @@ pool is unhealthy as a whole) the ejected or saturated ones.
 * ``lowest_latency`` is peak-EWMA: moving average of time to first byte times
   (in-flight + 1), so the fastest member takes traffic until its queue makes it
   slower than the next; members never measured go first.
+* ``prefix_affinity`` keeps a conversation on the member that holds its prefix
+  cache: rendezvous hashing of the conversation's opening with bounded load
+  (:mod:`router.routing.prefix`), the load being the requests at the member as
+  ``least_loaded`` counts them; least-loaded when every member is over the bound.
 
 Session affinity (``affinity: user|header``) puts first the member that
 rendezvous hashing gives the session key, among available members: the same
 key lands on the same member on every replica, and only its own sessions move
 when a member leaves.
 
-A member is saturated when it is at its ``max_concurrency`` or its scraped
-waiting queue is past the pool's ``max_waiting``; a pool is saturated when
-every healthy member is, and unhealthy when no member is healthy.
+A member is saturated when it is at its ``max_concurrency`` or its waiting
+queue is past the pool's ``max_waiting`` (scraped; when the scrape found the
+server queueing, every request this gateway sent since counts as waiting too);
+a pool is saturated when every healthy member is, and unhealthy when no member
+is healthy. :meth:`Balancer.room` counts how many more requests the pool takes
+now, for a pool that queues.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from router.config import Pool
+from router.contract import ChatCompletionRequest
 from router.routing.health import BackendState
+from router.routing.prefix import bounded_choice, opening_key, score
 
 PoolStatus = Literal["ok", "saturated", "unhealthy"]
 
@@ -57,6 +65,8 @@ class Balancer:
         self.max_waiting = cfg.max_waiting
         self.affinity = cfg.affinity
         self.affinity_header = cfg.affinity_header
+        self.epsilon = cfg.prefix_affinity.epsilon
+        self.max_prefix_bytes = cfg.prefix_affinity.max_prefix_bytes
         self.members = [
             Member(
                 pool=name,
@@ -77,10 +87,21 @@ class Balancer:
         s = m.state
         if s.max_concurrency is not None and s.inflight >= s.max_concurrency:
             return True
-        return self.max_waiting is not None and s.load_known and s.waiting > self.max_waiting
+        return self.max_waiting is not None and s.load_known and s.waiting_now() > self.max_waiting
 
     def available(self, m: Member) -> bool:
         return m.state.healthy and not self.saturated(m)
+
+    def room(self) -> int:
+        """Requests the pool takes now: free slots under ``max_concurrency`` of each
+        available member, one for an available member without a limit."""
+        free = 0
+        for m in self.members:
+            s = m.state
+            if not s.healthy or self.saturated(m):
+                continue
+            free += 1 if s.max_concurrency is None else s.max_concurrency - s.inflight
+        return free
 
     def status(self) -> PoolStatus:
         healthy = False
@@ -99,7 +120,12 @@ class Balancer:
             return headers.get(self.affinity_header) or None
         return None
 
-    def order(self, now: float = 0.0, session: str | None = None) -> list[Member]:
+    def order(
+        self,
+        now: float = 0.0,
+        session: str | None = None,
+        request: ChatCompletionRequest | None = None,
+    ) -> list[Member]:
         members = self.members
         if len(members) == 1:
             return list(members)
@@ -111,6 +137,8 @@ class Balancer:
                 first = _rendezvous(avail, session)
                 avail.remove(first)
                 avail.insert(0, first)
+            elif self.strategy == "prefix_affinity" and request is not None:
+                avail = self._by_prefix(avail, opening_key(request, self.max_prefix_bytes))
             else:
                 avail = self._by_strategy(avail)
             throttled = [m for m in avail if m.state.throttled_until > now]
@@ -129,9 +157,19 @@ class Balancer:
         if self.strategy == "weighted":
             first = self._pick_weighted(avail)
             return [first, *(m for m in avail if m is not first)]
-        if self.strategy == "least_loaded":
+        if self.strategy in ("least_loaded", "prefix_affinity"):
             return sorted(rotated, key=_load)  # stable: ties keep the rotation
         return sorted(rotated, key=_latency_cost)
+
+    def _by_prefix(self, avail: list[Member], key: bytes) -> list[Member]:
+        """The member the key hashes to within the load bound, then least-loaded."""
+        ranked = sorted(avail, key=lambda m: score(key, m.ident, m.weight), reverse=True)
+        first = bounded_choice(ranked, _in_flight, _weight, self.epsilon)
+        rest = self._by_strategy(avail)
+        if first is None:
+            return rest
+        rest.remove(first)
+        return [first, *rest]
 
     def _pick_weighted(self, avail: list[Member]) -> Member:
         total = 0.0
@@ -145,6 +183,15 @@ class Balancer:
         assert best is not None
         cur[best.index] -= total
         return best
+
+
+def _in_flight(m: Member) -> float:
+    """Requests at the member: scraped running + waiting, corrected since the scrape."""
+    return m.state.queue()
+
+
+def _weight(m: Member) -> float:
+    return m.weight
 
 
 def _load(m: Member) -> tuple[float, float]:
@@ -166,9 +213,7 @@ def _rendezvous(members: list[Member], session: str) -> Member:
     best = members[0]
     best_score = -math.inf
     for m in members:
-        digest = hashlib.blake2b(key + b"\x00" + m.ident, digest_size=8).digest()
-        u = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)  # in (0, 1)
-        score = -m.weight / math.log(u)
-        if score > best_score:
-            best, best_score = m, score
+        got = score(key, m.ident, m.weight)
+        if got > best_score:
+            best, best_score = m, got
     return best

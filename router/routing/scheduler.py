@@ -1,0 +1,220 @@
+"""Weighted fair queueing over teams in priority bands (pure and deterministic).
+
+One :class:`FairQueue` per queued pool holds the requests waiting for it. No
+clock and no I/O here: the caller stamps each :class:`Entry` with its arrival
+and deadline and says what time it is when expiring, so every decision can be
+replayed in a test.
+
+Order. The highest priority band with requests waiting is served first, except
+that every lower band with requests waiting is owed ``min_share`` of whatever
+is served while it waits (by cost): a band that is owed something goes first,
+so a flood in a higher band slows a lower band down to ``min_share`` but never
+stops it. Within a band, teams share by weight with start-time fair queueing
+(Goyal, Vin and Cheng, 1996): the first request of each team carries a virtual
+start tag, the smallest tag is served, and serving a request of cost ``c``
+moves its team's next tag ``c / weight`` further and the band's virtual time
+to the tag served. A team that was idle starts at the band's virtual time: no
+credit for having been idle, no debt from an old burst.
+
+Cost is the request's reserved token bound (prompt bound + output cap x n), so
+a team sending huge prompts gets its share of tokens, not more by count.
+
+Depth. When ``max_depth`` requests wait, a newcomer pushes out the newest
+request of the heaviest team (queued cost / weight) of the lowest band — if
+that band is below the newcomer's, or is the newcomer's and that team is
+heavier than the newcomer's team would be with it; otherwise the newcomer is
+refused. A flooding team fills the queue and then displaces only itself.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+WAITING, SERVED, GONE = 0, 1, 2
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """One waiting request; ``waiter`` is whatever the caller wakes it with."""
+
+    team: str
+    band: int
+    cost: float
+    arrived: float
+    deadline: float
+    waiter: Any = None
+    seq: int = 0
+    state: int = WAITING
+
+
+@dataclass(slots=True, eq=False)
+class _Flow:
+    """One team's requests in one band, oldest first (gone ones skipped lazily)."""
+
+    team: str
+    weight: float
+    entries: deque[Entry] = field(default_factory=deque)
+    live: int = 0
+    cost: float = 0.0  # queued cost
+    start: float = 0.0  # virtual start tag of the first live entry
+    finish: float = 0.0  # virtual finish tag of the last entry served
+
+    def head(self) -> Entry:
+        entries = self.entries
+        while entries[0].state != WAITING:
+            entries.popleft()
+        return entries[0]
+
+    def tail(self) -> Entry:
+        entries = self.entries
+        while entries[-1].state != WAITING:
+            entries.pop()
+        return entries[-1]
+
+    def load(self) -> float:
+        return self.cost / self.weight
+
+
+@dataclass(slots=True, eq=False)
+class _Band:
+    priority: int
+    flows: dict[str, _Flow] = field(default_factory=dict)
+    active: dict[str, _Flow] = field(default_factory=dict)  # flows with live entries
+    live: int = 0
+    vtime: float = 0.0
+    credit: float = 0.0  # what this band is owed of its minimum share
+
+
+class FairQueue:
+    def __init__(self, *, max_depth: int, min_share: float, weights: Mapping[str, float]) -> None:
+        self.max_depth = max_depth
+        self.min_share = min_share
+        self.weights = dict(weights)
+        self._bands: dict[int, _Band] = {}
+        self._live = 0
+        self._seq = 0
+        self._deadlines: list[tuple[float, int, Entry]] = []
+
+    def __len__(self) -> int:
+        return self._live
+
+    # -- in -------------------------------------------------------------------------
+    def push(self, entry: Entry) -> tuple[bool, Entry | None]:
+        """Queue ``entry``: (accepted, the entry pushed out to make room, if any)."""
+        victim = None
+        if self._live >= self.max_depth:
+            victim = self._victim(entry)
+            if victim is None:
+                return False, None
+            self.remove(victim)
+        self._seq += 1
+        entry.seq = self._seq
+        entry.state = WAITING
+        band = self._bands.get(entry.band)
+        if band is None:
+            band = self._bands[entry.band] = _Band(entry.band)
+        flow = band.flows.get(entry.team)
+        if flow is None:
+            flow = band.flows[entry.team] = _Flow(entry.team, self.weights.get(entry.team, 1.0))
+        if not flow.live:
+            flow.start = max(band.vtime, flow.finish)
+            band.active[entry.team] = flow
+        flow.entries.append(entry)
+        flow.live += 1
+        flow.cost += entry.cost
+        band.live += 1
+        self._live += 1
+        heapq.heappush(self._deadlines, (entry.deadline, entry.seq, entry))
+        return True, victim
+
+    def _victim(self, newcomer: Entry) -> Entry | None:
+        lowest = min((b for b in self._bands.values() if b.live), key=lambda b: b.priority)
+        if lowest.priority > newcomer.band:
+            return None
+        heaviest = max(lowest.active.values(), key=_Flow.load)
+        if lowest.priority == newcomer.band:
+            if heaviest.team == newcomer.team:
+                return None
+            own = lowest.active.get(newcomer.team)
+            weight = self.weights.get(newcomer.team, 1.0)
+            mine = ((own.cost if own is not None else 0.0) + newcomer.cost) / weight
+            if heaviest.load() <= mine:
+                return None
+        return heaviest.tail()
+
+    # -- out ------------------------------------------------------------------------
+    def pop(self) -> Entry | None:
+        """The next request to serve, or None when nothing waits."""
+        if not self._live:
+            return None
+        waiting = sorted((b for b in self._bands.values() if b.live), key=lambda b: -b.priority)
+        band = waiting[0]
+        if self.min_share and len(waiting) > 1:
+            for lower in waiting[1:]:
+                if lower.credit > 0:
+                    band = lower
+                    break
+        flow = min(band.active.values(), key=lambda f: (f.start, f.head().seq))
+        entry = flow.head()
+        flow.entries.popleft()
+        start = flow.start
+        self._take(band, flow, entry, SERVED)
+        flow.finish = start + entry.cost / flow.weight
+        band.vtime = max(band.vtime, start)
+        if flow.live:
+            flow.start = flow.finish
+        if self.min_share and len(waiting) > 1:
+            for lower in waiting[1:]:
+                if lower.live:
+                    lower.credit += self.min_share * entry.cost
+            if band is not waiting[0] and band.live:
+                band.credit -= entry.cost
+        return entry
+
+    def remove(self, entry: Entry) -> bool:
+        """Take a waiting entry out (its client left); False when it is not waiting."""
+        if entry.state != WAITING:
+            return False
+        band = self._bands[entry.band]
+        self._take(band, band.flows[entry.team], entry, GONE)
+        return True
+
+    def expire(self, now: float) -> list[Entry]:
+        """Take out and return every waiting entry whose deadline is at or before ``now``."""
+        out = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)[2]
+            if self.remove(entry):
+                out.append(entry)
+        return out
+
+    def next_deadline(self) -> float | None:
+        heap = self._deadlines
+        while heap and heap[0][2].state != WAITING:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _take(self, band: _Band, flow: _Flow, entry: Entry, state: int) -> None:
+        entry.state = state
+        flow.live -= 1
+        flow.cost -= entry.cost
+        band.live -= 1
+        self._live -= 1
+        if not flow.live:
+            flow.cost = 0.0  # no float residue
+            flow.entries.clear()
+            del band.active[flow.team]
+        if not band.live:
+            band.credit = 0.0
+
+    # -- views ----------------------------------------------------------------------
+    def depths(self) -> Iterator[tuple[int, str, int]]:
+        """(band, team, requests waiting) for every team with requests waiting."""
+        for priority in sorted(self._bands, reverse=True):
+            for team, flow in self._bands[priority].active.items():
+                yield priority, team, flow.live
