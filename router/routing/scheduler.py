@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WAITING, SERVED, GONE = 0, 1, 2
+_OWED = 1e-9  # a credit above this is owed (below: rounding)
 
 
 @dataclass(slots=True, eq=False)
@@ -155,7 +156,7 @@ class FairQueue:
         band = waiting[0]
         if self.min_share and len(waiting) > 1:
             for lower in waiting[1:]:
-                if lower.credit > 0:
+                if lower.credit > _OWED:
                     band = lower
                     break
         flow = min(band.active.values(), key=lambda f: (f.start, f.head().seq))
