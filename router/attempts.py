@@ -211,8 +211,8 @@ class Walk:
         None (reservation refunded) when the queue lets the request go."""
         assert self.place is not None and self.x.request is not None
         started = self.loop.time()
+        cost = ticket.prompt + ticket.out * (self.x.request.n or 1)
         try:
-            cost = ticket.prompt + ticket.out * (self.x.request.n or 1)
             await gate.wait(self.place, cost, last_pool=last_pool)
         except QueueExit as left:
             self._settle(ticket, "refund")
@@ -226,7 +226,7 @@ class Walk:
         try:
             return await self._serve_pool(gate.name, ticket, False, last_pool)
         finally:
-            gate.release()
+            gate.release(self.place, cost)
 
     async def _serve_pool(
         self, pool: str, ticket: Ticket, panic: bool, last_pool: bool

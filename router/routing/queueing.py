@@ -135,6 +135,7 @@ class Gate:
         series = self.series(place)
         queue = self.queue
         if not queue and self.room() > 0:
+            queue.passed(place.team, place.band, cost)
             series.wait.observe(0.0)
             return
         if place.sheddable:
@@ -158,6 +159,7 @@ class Gate:
             if not future.cancelled():  # woken just before the client left
                 if future.result() == "go":
                     self.in_transit -= 1
+                    queue.done(place.team, place.band, cost)
                     self.dispatch()
                 else:
                     series.dropped("disconnect")
@@ -200,9 +202,10 @@ class Gate:
         place.refusal = error
         return QueueExit(reason, error)
 
-    def release(self) -> None:
-        """A request finished on the pool: its slot goes to the next in line, here or
-        in a pool sharing a backend."""
+    def release(self, place: Place, cost: float) -> None:
+        """A request let through finished on the pool: its slot goes to the next in
+        line, here or in a pool sharing a backend."""
+        self.queue.done(place.team, place.band, cost)
         if self.queue:
             self.dispatch()
         for peer in self.peers:

@@ -13,8 +13,11 @@ stops it. Within a band, teams share by weight with start-time fair queueing
 (Goyal, Vin and Cheng, 1996): the first request of each team carries a virtual
 start tag, the smallest tag is served, and serving a request of cost ``c``
 moves its team's next tag ``c / weight`` further and the band's virtual time
-to the tag served. A team that was idle starts at the band's virtual time: no
-credit for having been idle, no debt from an old burst.
+to the tag served. A team that was idle starts at the band's virtual time plus
+what it has in service (requests that went straight through or got their turn
+and have not finished, per unit of weight): a team already holding the members
+waits behind one that holds none, but nothing is remembered once its requests
+are done — no credit for having been idle, no debt from an old burst.
 
 Cost is the request's reserved token bound (prompt bound + output cap x n), so
 a team sending huge prompts gets its share of tokens, not more by count.
@@ -63,6 +66,7 @@ class _Flow:
     cost: float = 0.0  # queued cost
     start: float = 0.0  # virtual start tag of the first live entry
     finish: float = 0.0  # virtual finish tag of the last entry served
+    in_service: float = 0.0  # cost of its requests let through and not finished
 
     def head(self) -> Entry:
         entries = self.entries
@@ -115,14 +119,10 @@ class FairQueue:
         self._seq += 1
         entry.seq = self._seq
         entry.state = WAITING
-        band = self._bands.get(entry.band)
-        if band is None:
-            band = self._bands[entry.band] = _Band(entry.band)
-        flow = band.flows.get(entry.team)
-        if flow is None:
-            flow = band.flows[entry.team] = _Flow(entry.team, self.weights.get(entry.team, 1.0))
+        band = self._band(entry.band)
+        flow = self._flow(band, entry.team)
         if not flow.live:
-            flow.start = max(band.vtime, flow.finish)
+            flow.start = max(band.vtime + flow.in_service / flow.weight, flow.finish)
             band.active[entry.team] = flow
         flow.entries.append(entry)
         flow.live += 1
@@ -131,6 +131,27 @@ class FairQueue:
         self._live += 1
         heapq.heappush(self._deadlines, (entry.deadline, entry.seq, entry))
         return True, victim
+
+    def _flow(self, band: _Band, team: str) -> _Flow:
+        flow = band.flows.get(team)
+        if flow is None:
+            flow = band.flows[team] = _Flow(team, self.weights.get(team, 1.0))
+        return flow
+
+    def _band(self, priority: int) -> _Band:
+        band = self._bands.get(priority)
+        if band is None:
+            band = self._bands[priority] = _Band(priority)
+        return band
+
+    def passed(self, team: str, band: int, cost: float) -> None:
+        """A request went straight through (nothing waited): it is in service."""
+        self._flow(self._band(band), team).in_service += cost
+
+    def done(self, team: str, band: int, cost: float) -> None:
+        """A request let through (:meth:`passed` or :meth:`pop`) finished."""
+        flow = self._flow(self._band(band), team)
+        flow.in_service = max(0.0, flow.in_service - cost)
 
     def _victim(self, newcomer: Entry) -> Entry | None:
         lowest = min((b for b in self._bands.values() if b.live), key=lambda b: b.priority)
@@ -164,6 +185,7 @@ class FairQueue:
         flow.entries.popleft()
         start = flow.start
         self._take(band, flow, entry, SERVED)
+        flow.in_service += entry.cost
         flow.finish = start + entry.cost / flow.weight
         band.vtime = max(band.vtime, start)
         if flow.live:

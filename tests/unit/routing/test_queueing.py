@@ -59,9 +59,9 @@ class Rig:
     def start(self) -> None:
         self.gpu.inflight += 1  # what the walk does when its attempt starts
 
-    def finish(self) -> None:
+    def finish(self, team: str = "a") -> None:
         self.gpu.inflight -= 1
-        self.gate.release()
+        self.gate.release(self.place(team), 1.0)
 
 
 # ------------------------------------------------------------------------ places
@@ -78,7 +78,9 @@ def test_the_priority_header_lowers_and_never_raises() -> None:
     assert rig.place("batch", "999").band == -1
     assert rig.place("a", "-9999").band == -1  # any negative is the sheddable band
     assert {rig.place(t, p).label for t in ("a", "vip") for p in ("7", "-50", "3")} <= {
-        "0", "10", "-1"
+        "0",
+        "10",
+        "-1",
     }  # labels are bands from config only
 
 

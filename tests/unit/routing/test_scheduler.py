@@ -17,7 +17,9 @@ def queue(
     return FairQueue(max_depth=max_depth, min_share=min_share, weights=weights or {})
 
 
-def entry(team: str, cost: float = 1.0, band: int = 0, at: float = 0.0, wait: float = 60.0) -> Entry:
+def entry(
+    team: str, cost: float = 1.0, band: int = 0, at: float = 0.0, wait: float = 60.0
+) -> Entry:
     return Entry(team, band, cost, at, at + wait)
 
 
@@ -213,6 +215,7 @@ def test_flood_and_trickle_on_a_simulated_server() -> None:
             free += 1
             team = kind[5:]
             done[team] += 1
+            q.done(team, 0, 1.0)
             if team == "flood":
                 q.push(entry("flood", at=now, wait=1e9))  # the flood keeps 40 outstanding
         while free and len(q):
@@ -225,3 +228,23 @@ def test_flood_and_trickle_on_a_simulated_server() -> None:
     assert len(waits["trickle"]) >= 95  # all it asked for (a few still in service)
     assert max(waits["trickle"]) < service
     assert done["flood"] >= 0.75 * 4 * 120 * 0.8  # the rest of the capacity
+
+
+def test_requests_in_service_count_when_a_queue_forms() -> None:
+    q = queue()
+    for _ in range(3):
+        q.passed("a", 0, 1.0)  # a went straight through three times and holds the members
+    fill(q, "a", 3)
+    fill(q, "b", 3)
+    assert served(q, 4) == ["b", "b", "b", "a"]
+
+
+def test_finished_requests_are_forgotten() -> None:
+    q = queue()
+    for _ in range(3):
+        q.passed("a", 0, 1.0)
+    for _ in range(3):
+        q.done("a", 0, 1.0)
+    fill(q, "a", 2)
+    fill(q, "b", 2)
+    assert served(q, 4) == ["a", "b", "a", "b"]
