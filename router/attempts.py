@@ -226,7 +226,7 @@ class Walk:
         try:
             return await self._serve_pool(gate.name, ticket, False, last_pool)
         finally:
-            gate.release(self.place, cost)
+            gate.release()
 
     async def _serve_pool(
         self, pool: str, ticket: Ticket, panic: bool, last_pool: bool

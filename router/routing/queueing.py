@@ -159,7 +159,6 @@ class Gate:
             if not future.cancelled():  # woken just before the client left
                 if future.result() == "go":
                     self.in_transit -= 1
-                    queue.done(place.team, place.band, cost)
                     self.dispatch()
                 else:
                     series.dropped("disconnect")
@@ -202,10 +201,9 @@ class Gate:
         place.refusal = error
         return QueueExit(reason, error)
 
-    def release(self, place: Place, cost: float) -> None:
-        """A request let through finished on the pool: its slot goes to the next in
-        line, here or in a pool sharing a backend."""
-        self.queue.done(place.team, place.band, cost)
+    def release(self) -> None:
+        """A request finished on the pool: its slot goes to the next in line, here or
+        in a pool sharing a backend."""
         if self.queue:
             self.dispatch()
         for peer in self.peers:

@@ -13,11 +13,11 @@ stops it. Within a band, teams share by weight with start-time fair queueing
 (Goyal, Vin and Cheng, 1996): the first request of each team carries a virtual
 start tag, the smallest tag is served, and serving a request of cost ``c``
 moves its team's next tag ``c / weight`` further and the band's virtual time
-to the tag served. A team that was idle starts at the band's virtual time plus
-what it has in service (requests that went straight through or got their turn
-and have not finished, per unit of weight): a team already holding the members
-waits behind one that holds none, but nothing is remembered once its requests
-are done — no credit for having been idle, no debt from an old burst.
+to the tag served. A request that went straight through (nothing waited) is
+tagged and served the same way (:meth:`FairQueue.passed`), so when a queue
+forms the team that was using the pool goes after the ones that were not. A
+team that was idle starts at the band's virtual time: no credit for having
+been idle, and no more than one request's debt from its past.
 
 Cost is the request's reserved token bound (prompt bound + output cap x n), so
 a team sending huge prompts gets its share of tokens, not more by count.
@@ -66,7 +66,6 @@ class _Flow:
     cost: float = 0.0  # queued cost
     start: float = 0.0  # virtual start tag of the first live entry
     finish: float = 0.0  # virtual finish tag of the last entry served
-    in_service: float = 0.0  # cost of its requests let through and not finished
 
     def head(self) -> Entry:
         entries = self.entries
@@ -122,7 +121,7 @@ class FairQueue:
         band = self._band(entry.band)
         flow = self._flow(band, entry.team)
         if not flow.live:
-            flow.start = max(band.vtime + flow.in_service / flow.weight, flow.finish)
+            flow.start = max(band.vtime, flow.finish)
             band.active[entry.team] = flow
         flow.entries.append(entry)
         flow.live += 1
@@ -145,13 +144,14 @@ class FairQueue:
         return band
 
     def passed(self, team: str, band: int, cost: float) -> None:
-        """A request went straight through (nothing waited): it is in service."""
-        self._flow(self._band(band), team).in_service += cost
-
-    def done(self, team: str, band: int, cost: float) -> None:
-        """A request let through (:meth:`passed` or :meth:`pop`) finished."""
-        flow = self._flow(self._band(band), team)
-        flow.in_service = max(0.0, flow.in_service - cost)
+        """A request went straight through (nothing waited): serve it in virtual time."""
+        group = self._band(band)
+        flow = self._flow(group, team)
+        if flow.live:
+            return  # cannot happen while requests wait; their tags stay as they are
+        start = max(group.vtime, flow.finish)
+        flow.finish = start + cost / flow.weight
+        group.vtime = start
 
     def _victim(self, newcomer: Entry) -> Entry | None:
         lowest = min((b for b in self._bands.values() if b.live), key=lambda b: b.priority)
@@ -185,7 +185,6 @@ class FairQueue:
         flow.entries.popleft()
         start = flow.start
         self._take(band, flow, entry, SERVED)
-        flow.in_service += entry.cost
         flow.finish = start + entry.cost / flow.weight
         band.vtime = max(band.vtime, start)
         if flow.live:

@@ -137,8 +137,9 @@ async def test_simulate_server_exposes_vllm_gauges_and_prefix_counters() -> None
     knobs = SimulateSettings(ttft_ms=1, max_num_seqs=1, prefix_cache_blocks=256, block_size=4)
     server = await FakeServer(create_sim_app(knobs, ["m1", "m2"])).start()
     try:
-        body = {"model": "m1", "messages": [{"role": "system", "content": SYSTEM},
-                                            {"role": "user", "content": "one two three"}]}  # fmt: skip
+        messages = [{"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": "one two three"}]  # fmt: skip
+        body = {"model": "m1", "messages": messages}
         async with aiohttp.ClientSession() as s:
             for _ in range(2):
                 async with s.post(server.base + "/v1/chat/completions", json=body) as r:

@@ -46,8 +46,10 @@ def placement(b: Balancer, n: int) -> dict[int, str]:
 
 def test_every_turn_of_a_conversation_has_the_key_of_its_opening() -> None:
     first = chat(("user", "rename the config loader"))
-    later = chat(("user", "rename the config loader"), ("assistant", "done, see the diff"),
-                 ("user", "now add a test"), ("assistant", "added"), ("user", "run it"))  # fmt: skip
+    later = chat(
+        ("user", "rename the config loader"), ("assistant", "done, see the diff"),
+        ("user", "now add a test"), ("assistant", "added"), ("user", "run it"),
+    )  # fmt: skip
     assert opening_key(first, 65536) == opening_key(later, 65536)
     other = chat(("user", "rename the config writer"))
     assert opening_key(other, 65536) != opening_key(first, 65536)

@@ -59,9 +59,9 @@ class Rig:
     def start(self) -> None:
         self.gpu.inflight += 1  # what the walk does when its attempt starts
 
-    def finish(self, team: str = "a") -> None:
+    def finish(self) -> None:
         self.gpu.inflight -= 1
-        self.gate.release(self.place(team), 1.0)
+        self.gate.release()
 
 
 # ------------------------------------------------------------------------ places
