@@ -1,7 +1,8 @@
 """The Grafana dashboards, checked against a real Prometheus.
 
-A real ``spillway serve --workers 2`` (real Redis, simulated backends) is
-driven with a traffic mix while a real Prometheus scrapes it every second.
+A real ``spillway serve --workers 2`` (real Redis, simulated backends, one of
+them a ``spillway simulate`` process) is driven with a traffic mix while a real
+Prometheus scrapes the gateway and that model server every second.
 Then every panel's PromQL, with the dashboard variables substituted the way
 Grafana does for "All", is evaluated through Prometheus's HTTP API: each must
 parse and return data.
@@ -13,6 +14,8 @@ import asyncio
 import json
 import math
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ import pytest
 
 from tests.support.gateway import GatewayProcess
 from tests.support.metrics import samples, scrape
+from tests.support.net import free_port, wait_http
 from tests.support.prometheus import Prometheus
 from tests.support.traffic import config, drive
 
@@ -114,11 +118,29 @@ def test_dashboard_model(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def live(redis_url: str) -> Iterator[tuple[Prometheus, str]]:
-    prefix = f"spt-graf-{int(time.time() * 1000)}"
-    gw = GatewayProcess(config(redis_url, prefix), workers=2)
+def model_server() -> Iterator[str]:
+    """``spillway simulate`` with a prefix cache: a model server Prometheus scrapes too."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router", "simulate", "--port", str(port),
+         "--prefix-cache-blocks", "256", "--block-size", "4"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
-        with Prometheus([f"127.0.0.1:{gw.port}"]) as prom:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=30)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live(redis_url: str, model_server: str) -> Iterator[tuple[Prometheus, str]]:
+    prefix = f"spt-graf-{int(time.time() * 1000)}"
+    gw = GatewayProcess(config(redis_url, prefix, simulate_url=f"http://{model_server}"),
+                        workers=2)  # fmt: skip
+    try:
+        with Prometheus([f"127.0.0.1:{gw.port}", model_server]) as prom:
             prom.wait_scraping()
             counts = asyncio.run(drive(gw.url, seconds=8))
             assert {200, 429, 503} <= set(counts), counts
