@@ -31,19 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from router.config import Config, QueueSettings
-from router.errors import InvalidRequest, RateLimited, SpillwayError
+from router.errors import RateLimited, SpillwayError
 from router.routing.balance import Balancer
-from router.routing.scheduler import Entry, FairQueue
+from router.routing.scheduler import PRIORITY_HEADER, Entry, FairQueue, asked_priority, band_of
 
-PRIORITY_HEADER = "x-spillway-priority"
 POLL_SECONDS = 0.05
-_PRIORITY = re.compile(r"^\s*[+-]?[0-9]{1,4}\s*$")
 
 
 class _Gauge(Protocol):
@@ -288,26 +285,9 @@ class Scheduler:
         priority = self.priorities[team] if known else 0
         asked = headers.get(PRIORITY_HEADER)
         if asked is not None:
-            if not _PRIORITY.match(asked):
-                raise InvalidRequest(
-                    f"Header {PRIORITY_HEADER} must be an integer (it can lower the "
-                    "team's priority, never raise it).",
-                    code="invalid_priority",
-                )
-            priority = min(priority, int(asked))
-        band = self.band(priority)
+            priority = min(priority, asked_priority(asked))
+        band = band_of(self.bands, priority)
         return Place(team if known else "", band, str(band))
-
-    def band(self, priority: int) -> int:
-        """The highest configured band at or below ``priority``; any negative
-        priority below them all is the sheddable band -1 (or the lowest)."""
-        best: int | None = None
-        for level in self.bands:
-            if level <= priority:
-                best = level
-        if best is None:
-            best = min(-1, self.bands[0])
-        return best
 
     def admission(self, pool: str, status: str, place: Place, *, last_pool: bool) -> str:
         """How the walk treats a pool: ``ok`` (admit; a queued pool may then make the

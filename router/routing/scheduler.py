@@ -32,13 +32,41 @@ refused. A flooding team fills the queue and then displaces only itself.
 from __future__ import annotations
 
 import heapq
+import re
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.errors import InvalidRequest
+
+PRIORITY_HEADER = "x-spillway-priority"
+_PRIORITY = re.compile(r"^\s*[+-]?[0-9]{1,4}\s*$")
 WAITING, SERVED, GONE = 0, 1, 2
 _OWED = 1e-9  # a credit above this is owed (below: rounding)
+
+
+def asked_priority(value: str) -> int:
+    """The priority an ``x-spillway-priority`` header asks for; a 400 when malformed."""
+    if not _PRIORITY.match(value):
+        raise InvalidRequest(
+            f"Header {PRIORITY_HEADER} must be an integer (it can lower the team's "
+            "priority, never raise it).",
+            code="invalid_priority",
+        )
+    return int(value)
+
+
+def band_of(levels: Iterable[int], priority: int) -> int:
+    """The highest of the configured ``levels`` at or below ``priority``; a negative
+    priority below them all is the sheddable band -1 (or the lowest level)."""
+    best: int | None = None
+    lowest = 0
+    for level in levels:
+        lowest = min(lowest, level)
+        if level <= priority and (best is None or level > best):
+            best = level
+    return best if best is not None else min(-1, lowest)
 
 
 @dataclass(slots=True, eq=False)

@@ -14,8 +14,6 @@ import asyncio
 import json
 import math
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +23,8 @@ import pytest
 
 from tests.support.gateway import GatewayProcess
 from tests.support.metrics import samples, scrape
-from tests.support.net import free_port, wait_http
 from tests.support.prometheus import Prometheus
+from tests.support.simulate import SimulateProcess
 from tests.support.traffic import config, drive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,18 +118,11 @@ def test_dashboard_model(path: Path) -> None:
 @pytest.fixture(scope="module")
 def model_server() -> Iterator[str]:
     """``spillway simulate`` with a prefix cache: a model server Prometheus scrapes too."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "router", "simulate", "--port", str(port),
-         "--prefix-cache-blocks", "256", "--block-size", "4"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    sim = SimulateProcess("--prefix-cache-blocks", "256", "--block-size", "4")
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=30)
-        yield f"127.0.0.1:{port}"
+        yield sim.address
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        sim.stop()
 
 
 @pytest.fixture(scope="module")
