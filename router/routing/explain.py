@@ -149,7 +149,7 @@ def _pool(
     health = cfg.routing.health
     capacity = _capacity(cfg, pool)
     queue = _queue(cfg, team, pool, headers)
-    if queue is not None and capacity:
+    if queue is not None and queue.startswith("waits") and capacity:
         capacity = [f"{capacity[0]}, after waiting in its queue"]
     affinity = "none"
     if p.affinity == "user":

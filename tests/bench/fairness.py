@@ -48,10 +48,7 @@ import aiohttp
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - the gateway installs it everywhere it can
-    uvloop = None
+import uvloop
 
 from tests.support.gateway import start_gateway
 
@@ -264,10 +261,7 @@ def cli() -> None:
         coro = replicas_main(args.seconds)
     else:
         coro = main(args.seconds)
-    if uvloop is not None:
-        uvloop.run(coro)
-    else:
-        asyncio.run(coro)
+    uvloop.run(coro)
 
 
 if __name__ == "__main__":

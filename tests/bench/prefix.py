@@ -37,13 +37,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
+import uvloop
 
 from router.contract import ChatCompletionRequest
 from router.providers.simengine import PrefixCache, prompt_tokens
+from tests.bench.fairness import pct
 from tests.support.gateway import start_gateway
 
 KEY = "sk-bench-prefix-0001"
@@ -141,11 +139,6 @@ def recording(
     return wrapped
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def measure(strategy: str, conversations: int, turns: int) -> dict[str, float]:
     gw = await start_gateway(config(strategy))
     rng = random.Random(7)
@@ -200,10 +193,7 @@ def cli() -> None:
     parser.add_argument("--turns", type=int, default=10)
     args = parser.parse_args()
     coro = main(args.conversations, args.turns)
-    if uvloop is not None:
-        uvloop.run(coro)
-    else:
-        asyncio.run(coro)
+    uvloop.run(coro)
 
 
 if __name__ == "__main__":

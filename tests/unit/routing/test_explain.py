@@ -153,6 +153,7 @@ def test_a_queued_pool_explains_its_wait() -> None:
     assert "this request: 5 " in raised["pools"][0]["queue"]  # never raised
     shed = explain(cfg, team="batch", model="chat", prompt_tokens=10, headers={})
     assert "sheddable: never queued" in shed["pools"][0]["queue"]
+    assert "after waiting" not in shed["pools"][0]["skipped_if"]["saturated"][0]
     bad = explain(cfg, team="eng", model="chat", prompt_tokens=10,
                   headers={"x-spillway-priority": "soon"})  # fmt: skip
     assert "refused (400)" in bad["pools"][0]["queue"]
