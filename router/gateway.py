@@ -104,10 +104,12 @@ class Gateway:
 
     def _build(self, cfg: Config) -> Runtime:
         assert self._upstream is not None
-        old = self._holder.current.states if self._holder is not None else None
+        current = self._holder.current if self._holder is not None else None
         return Runtime(
             cfg, upstream=self._upstream, metrics=self.metrics, store=self._store,
-            memory=self.memory, states=old, retry_budget=self._retry_budget,
+            memory=self.memory, states=current.states if current else None,
+            retry_budget=self._retry_budget,
+            gates=current.scheduler.gates if current else None,
         )  # fmt: skip
 
     def reload(self, cfg: Config) -> None:

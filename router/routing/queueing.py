@@ -108,18 +108,28 @@ class Gate:
         series: SeriesFactory,
     ) -> None:
         self.name = name
-        self.settings = settings
-        self.max_wait = settings.max_wait_ms / 1000
-        self.balancer = balancer
         self.queue = FairQueue(
             max_depth=settings.max_depth, min_share=settings.min_share, weights=weights
         )
+        self.configure(settings, balancer, weights)
         self.in_transit = 0  # turns given whose request has not started yet
         self.peers: list[Gate] = []  # gates of pools sharing a backend with this one
         self._series = series
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+
+    def configure(
+        self, settings: QueueSettings, balancer: Balancer, weights: Mapping[str, float]
+    ) -> None:
+        """Settings and members of a (reloaded) config; requests waiting keep their place
+        and deadline."""
+        self.settings = settings
+        self.max_wait = settings.max_wait_ms / 1000
+        self.balancer = balancer
+        self.queue.configure(
+            max_depth=settings.max_depth, min_share=settings.min_share, weights=weights
+        )
 
     def room(self) -> int:
         return self.balancer.room() - self.in_transit
@@ -255,19 +265,32 @@ class Gate:
 
 
 class Scheduler:
-    """The gates of one runtime's queued pools, and each request's place."""
+    """The gates of one runtime's queued pools, and each request's place.
+
+    ``previous``: the gates of the runtime a reload replaces; a pool that still
+    queues keeps its gate (reconfigured), so requests waiting in it keep their place
+    and new ones line up behind them."""
 
     def __init__(
-        self, cfg: Config, balancers: Mapping[str, Balancer], series: SeriesFactory
+        self,
+        cfg: Config,
+        balancers: Mapping[str, Balancer],
+        series: SeriesFactory,
+        previous: Mapping[str, Gate] | None = None,
     ) -> None:
         self.priorities = {name: team.priority for name, team in cfg.teams.items()}
         weights = {name: team.weight for name, team in cfg.teams.items()}
         self.bands = sorted({0, *self.priorities.values()})
-        self.gates: dict[str, Gate] = {
-            name: Gate(name, pool.queue, balancers[name], weights, series)
-            for name, pool in cfg.pools.items()
-            if pool.queue is not None
-        }
+        self.gates: dict[str, Gate] = {}
+        for name, pool in cfg.pools.items():
+            if pool.queue is None:
+                continue
+            gate = (previous or {}).get(name)
+            if gate is None:
+                gate = Gate(name, pool.queue, balancers[name], weights, series)
+            else:
+                gate.configure(pool.queue, balancers[name], weights)
+            self.gates[name] = gate
         for name, gate in self.gates.items():
             backends = {m.backend for m in cfg.pools[name].members}
             gate.peers = [

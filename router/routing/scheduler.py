@@ -134,6 +134,15 @@ class FairQueue:
     def __len__(self) -> int:
         return self._live
 
+    def configure(self, *, max_depth: int, min_share: float, weights: Mapping[str, float]) -> None:
+        """New settings (a config reload); what waits keeps its place."""
+        self.max_depth = max_depth
+        self.min_share = min_share
+        self.weights = dict(weights)
+        for band in self._bands.values():
+            for team, flow in band.flows.items():
+                flow.weight = self.weights.get(team, 1.0)
+
     # -- in -------------------------------------------------------------------------
     def push(self, entry: Entry) -> tuple[bool, Entry | None]:
         """Queue ``entry``: (accepted, the entry pushed out to make room, if any)."""

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.fakes import Behaviour, FakeOpenAI
 from tests.support.fleet import backend, fleet_config, members, metric, post, wait_for
-from tests.support.gateway import Running, start_gateway
+from tests.support.gateway import Running, make_config, start_gateway
 from tests.support.net import eventually
 
 KEYS = {"a": "sk-queue-team-a-01", "b": "sk-queue-team-b-01", "vip": "sk-queue-team-vip1",
@@ -261,3 +261,28 @@ async def test_pools_without_a_queue_still_spill_at_once() -> None:
         await gw.stop()
         await gpu.stop()
         await cloud.stop()
+
+
+async def test_a_reload_keeps_the_queue_and_its_order() -> None:
+    gpu = await FakeOpenAI("gpu", Behaviour(first_byte_delay=0.3)).start()
+    doc = queued_config(gpu)
+    gw = await start_gateway(doc)
+    gate = gw.gateway.runtime.scheduler.gates["local"]
+    try:
+        async with aiohttp.ClientSession() as s:
+            tasks = [asyncio.create_task(ask(s, gw, "a", "first"))]
+            await wait_for(lambda: gpu.inflight == 1, what="the GPU to fill")
+            tasks.append(asyncio.create_task(ask(s, gw, "a", "second")))
+            await wait_for(lambda: len(gate.queue) == 1, what="a request to queue")
+            doc["pools"]["local"]["queue"]["max_wait_ms"] = 9000
+            gw.gateway.reload(make_config(doc))
+            assert gw.gateway.runtime.scheduler.gates["local"] is gate  # the same line
+            assert gate.max_wait == 9.0
+            tasks.append(asyncio.create_task(ask(s, gw, "a", "third")))
+            await wait_for(lambda: len(gate.queue) == 2, what="the newcomer behind it")
+            assert all(r.status == 200 for r in await asyncio.gather(*tasks))
+        served = [seen.body["messages"][0]["content"] for seen in gpu.seen]
+        assert served == ["first", "second", "third"]
+    finally:
+        await gw.stop()
+        await gpu.stop()
