@@ -113,7 +113,7 @@ async def test_conversations_stay_on_the_member_holding_their_prefix(
 async def test_each_replica_serves_the_small_team_ahead_of_the_flood(
     replicas: list[GatewayProcess],
 ) -> None:
-    sim = SimulateProcess("--max-num-seqs", "2", "--ttft-ms", "300")
+    sim = SimulateProcess("--max-num-seqs", "2", "--ttft-ms", "200")
     try:
         doc = gateway_config([sim], {"queue": {"max_wait_ms": 20000}}, max_concurrency=1)
         replicas += [GatewayProcess(doc), GatewayProcess(doc)]
@@ -131,7 +131,7 @@ async def test_each_replica_serves_the_small_team_ahead_of_the_flood(
                     flood.append((await chat(s, url, "a", msg))[2])
 
             floods = [asyncio.create_task(flooder(urls[k % 2], k)) for k in range(8)]
-            await asyncio.sleep(1.5)  # both replicas' queues hold the flood
+            await asyncio.sleep(1.0)  # both replicas' queues hold the flood
             for i in range(4):
                 msg = [{"role": "user", "content": f"small request {i}"}]
                 small.append((await chat(s, urls[i % 2], "b", msg))[2])
