@@ -14,7 +14,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY router ./router
 # the project and every dependency as wheels, so the runtime stage needs no compiler
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels ".[otel]"
 
 FROM python:${PYTHON_VERSION}-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -25,7 +25,8 @@ RUN groupadd --system --gid 10001 spillway \
     && useradd --system --uid 10001 --gid spillway --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin spillway
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels /wheels/spillway-*.whl \
+RUN pip install --no-cache-dir --no-index --find-links=/wheels \
+       "$(ls /wheels/spillway-*.whl)[otel]" \
     && rm -rf /wheels
 # the demo config; replace it by mounting a directory at /etc/spillway
 COPY config/spillway.yaml /etc/spillway/spillway.yaml

@@ -22,7 +22,18 @@ from router.metrics import Metrics
 log = logging.getLogger("spillway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CHAT_PATHS = ("/v1/chat/completions", "/chat/completions", "/openai/v1/chat/completions")
+# each client API's paths (the bare and poolside's /openai/v1 forms too), by codec
+ENDPOINT_PATHS = {
+    "chat": ("/v1/chat/completions", "/chat/completions", "/openai/v1/chat/completions"),
+    "completions": ("/v1/completions", "/completions", "/openai/v1/completions"),
+    "embeddings": ("/v1/embeddings", "/embeddings", "/openai/v1/embeddings"),
+}
+# Azure OpenAI's data-plane paths, as the AzureOpenAI client builds them
+DEPLOYMENT_PATHS = {
+    "chat": "/openai/deployments/{deployment}/chat/completions",
+    "completions": "/openai/deployments/{deployment}/completions",
+    "embeddings": "/openai/deployments/{deployment}/embeddings",
+}
 MODEL_PATHS = ("/v1/models", "/models", "/openai/v1/models")
 
 
@@ -92,10 +103,15 @@ def create_app(
         await gateway.stop()
 
     app.cleanup_ctx.append(lifecycle)
-    for path in CHAT_PATHS:
-        app.router.add_post(path, handlers.chat_completions)
+    for name, paths in ENDPOINT_PATHS.items():
+        handler = handlers.endpoint(name)
+        for path in paths:
+            app.router.add_post(path, handler)
+    for name, path in DEPLOYMENT_PATHS.items():
+        app.router.add_post(path, handlers.deployment(name))
     for path in MODEL_PATHS:
         app.router.add_get(path, handlers.list_models)
+        app.router.add_get(path + "/{model:.+}", handlers.get_model)
     app.router.add_get("/v1/quota", handlers.quota)
     app.router.add_get("/v1/spillway/explain", handlers.explain)
     app.router.add_get("/healthz", handlers.healthz)

@@ -13,9 +13,7 @@ when every attempt on the pool failed, charged with the usage otherwise.
 When every pool was skipped as unhealthy, the ejected members are tried anyway
 (an ejection may be stale; failing outright would be worse).
 
-A pool with a queue (:mod:`router.routing.queueing`) is not skipped when
-saturated: after admission the request waits there for its turn, holding its
-reservation, and moves on (reservation refunded) when its wait is over.
+:class:`router.queued_walk.QueuedWalk` walks routes through pools with a queue.
 """
 
 from __future__ import annotations
@@ -40,12 +38,11 @@ from router.exchange import Exchange, billable
 from router.metrics import status_class
 from router.providers import Adapter, Call, Usage
 from router.providers.base import Opened
+from router.providers.bridged import Bridged
 from router.quota import BudgetShort, Ticket
 from router.routing.balance import Member
-from router.routing.queueing import Gate, Place, QueueExit
 from router.routing.retry import backoff
 from router.runtime import Runtime
-from router.streaming import error_event
 
 log = logging.getLogger("spillway.routing")
 
@@ -87,28 +84,25 @@ class Walk:
     """One request's way through its candidate pools."""
 
     __slots__ = (
-        "admissions", "attempts", "last", "last_backend", "loop", "place", "raw", "request",
-        "rt", "stopped", "x",
+        "admissions", "attempts", "last", "last_backend", "loop", "request", "rt", "stopped", "x",
     )  # fmt: skip
 
-    def __init__(self, rt: Runtime, request: web.Request, x: Exchange, raw: bytes) -> None:
+    def __init__(self, rt: Runtime, request: web.Request, x: Exchange) -> None:
         self.rt = rt
         self.request = request
         self.x = x
-        self.raw = raw
         self.loop = asyncio.get_running_loop()
         self.admissions = 0
         self.attempts = 0
         self.last: UpstreamError | None = None
         self.last_backend = ""
         self.stopped = False  # out of attempts or retry budget
-        self.place: Place | None = None  # team and priority band, when a pool queues
 
     async def run(self) -> web.StreamResponse:
         rt, x = self.rt, self.x
-        assert x.decision is not None and x.principal is not None
-        pools = x.decision.pools
-        self.place = rt.scheduler.place(x.principal.team, self.request.headers)
+        assert x.call is not None
+        pools = x.pools
+        generates = bool(x.call.outputs and x.call.max_output != 0)  # something to clamp
         rt.retry_budget.record_request(self.loop.time())
         shorts: dict[str, BudgetShort] = {}
         unhealthy: list[int] = []
@@ -118,11 +112,7 @@ class Walk:
                 if clamp_pass and pool not in shorts:
                     continue
                 if not clamp_pass:
-                    status: str = rt.balancers[pool].status()
-                    if self.place is not None:
-                        status = rt.scheduler.admission(
-                            pool, status, self.place, last_pool=i + 1 == len(pools)
-                        )
+                    status = self._status(pool, i + 1 == len(pools))
                     if status != "ok":
                         if status == "unhealthy":
                             unhealthy.append(i)
@@ -135,7 +125,7 @@ class Walk:
                     return response
                 if self.stopped:
                     break
-            if self.stopped or not shorts or not rt.quota.clamp:
+            if self.stopped or not shorts or not rt.quota.clamp or not generates:
                 break
         if unhealthy and not self.attempts and not self.stopped:
             for i in unhealthy:  # every healthy pool is spent or full: try the ejected ones
@@ -146,10 +136,13 @@ class Walk:
                     break
         raise self._failure(shorts, saturated)
 
+    def _status(self, pool: str, last_pool: bool) -> str:
+        """``ok`` (admit and serve), else why the pool is skipped."""
+        return self.rt.balancers[pool].status()
+
     def _failure(self, shorts: dict[str, BudgetShort], saturated: bool) -> SpillwayError:
+        """The answer when no pool served the request."""
         last = self.last
-        if last is None and self.place is not None and self.place.refusal is not None:
-            return self.place.refusal  # the last queue let the request go
         if last is not None:
             retry_after = getattr(last, "retry_after", None)
             if retry_after is not None:
@@ -167,8 +160,7 @@ class Walk:
 
     def _fallback(self, pool: str, i: int, reason: str) -> None:
         x = self.x
-        assert x.decision is not None
-        pools = x.decision.pools
+        pools = x.pools
         if i + 1 < len(pools):
             m = self.rt.metrics
             m.child(m.fallbacks, x.model, pool, pools[i + 1], reason).inc()
@@ -177,15 +169,17 @@ class Walk:
         self, i: int, clamp: bool, shorts: dict[str, BudgetShort], *, panic: bool
     ) -> web.StreamResponse | None:
         rt, x = self.rt, self.x
-        assert x.principal is not None and x.request is not None and x.decision is not None
-        pool = x.decision.pools[i]
-        req = x.request
-        out = req.output_limit() or rt.cfg.pools[pool].max_output_tokens
+        assert x.principal is not None and x.call is not None
+        pool = x.pools[i]
+        call = x.call
+        out = call.max_output
+        if out is None:
+            out = rt.cfg.pools[pool].max_output_tokens
         try:
             ticket = await rt.quota.admit(
-                key_id=x.principal.key_id, team=x.principal.team, pool=pool,
-                rid=f"{x.rid}:{self.admissions}", prompt=x.prompt_bound, out=out,
-                n=req.n or 1, clamp=clamp,
+                key=x.principal, pool=pool,
+                rid=f"{x.rid}:{self.admissions}", prompt=call.prompt_bound, out=out,
+                n=call.outputs, clamp=clamp,
             )  # fmt: skip
         except BudgetShort as short:
             shorts.setdefault(pool, short)
@@ -194,48 +188,26 @@ class Walk:
         finally:
             self.admissions += 1
         try:
-            last_pool = i + 1 == len(x.decision.pools)
-            gate = rt.scheduler.gates.get(pool) if self.place is not None and not panic else None
-            if gate is not None:
-                return await self._queued(gate, i, ticket, last_pool)
-            return await self._serve_pool(pool, ticket, panic, last_pool)
+            return await self._admitted(i, ticket, panic, i + 1 == len(x.pools))
         except PoolFailed as failed:
             reason = "error" if failed.error is not None or self.stopped else "saturated"
             self._fallback(pool, i, reason)
             return None
 
-    async def _queued(
-        self, gate: Gate, i: int, ticket: Ticket, last_pool: bool
+    async def _admitted(
+        self, i: int, ticket: Ticket, panic: bool, last_pool: bool
     ) -> web.StreamResponse | None:
-        """A pool with a queue: wait for a turn holding the reservation, then serve;
-        None (reservation refunded) when the queue lets the request go."""
-        assert self.place is not None and self.x.request is not None
-        started = self.loop.time()
-        cost = ticket.prompt + ticket.out * (self.x.request.n or 1)
-        try:
-            await gate.wait(self.place, cost, last_pool=last_pool)
-        except QueueExit as left:
-            self._settle(ticket, "refund")
-            self._fallback(gate.name, i, left.reason)
-            return None
-        except asyncio.CancelledError:
-            self._settle(ticket, "refund")  # the client left the queue: nothing was used
-            raise
-        finally:
-            self.x.queued += self.loop.time() - started
-        try:
-            return await self._serve_pool(gate.name, ticket, False, last_pool)
-        finally:
-            gate.release()
+        """Serve the request admitted on the route's ``i``-th pool; None: move on."""
+        return await self._serve_pool(self.x.pools[i], ticket, panic, last_pool)
 
     async def _serve_pool(
         self, pool: str, ticket: Ticket, panic: bool, last_pool: bool
     ) -> web.StreamResponse:
-        rt, x, req = self.rt, self.x, self.x.request
-        assert req is not None
+        rt, x, call = self.rt, self.x, self.x.call
+        assert call is not None
         x.pool, x.out, x.clamped = pool, ticket.out, ticket.clamped
         cap: int | None = None
-        if ticket.clamped or (ticket.checks and req.output_limit() is None):
+        if ticket.clamped or (ticket.checks and call.max_output is None):
             cap = ticket.out  # never let the upstream produce more than was reserved
         fwd = {"X-Request-Id": x.rid}
         for name in _TRACE_HEADERS:
@@ -245,8 +217,8 @@ class Walk:
         bal = rt.balancers[pool]
         session = None
         if bal.affinity != "none":
-            session = bal.session_key(req.user, self.request.headers)
-        members = bal.order(self.loop.time(), session, req)
+            session = bal.session_key(call.user, self.request.headers)
+        members = bal.order(self.loop.time(), session, call)
         outcome: Outcome = "refund"
         failed_here: UpstreamError | None = None
         try:
@@ -254,7 +226,9 @@ class Walk:
             again = False  # one retry of the same member after a short Retry-After
             while i < len(members):
                 member = members[i]
-                if not again and not panic and not bal.available(member):
+                if not member.serves(call.apis, call.fim) or (
+                    not again and not panic and not bal.available(member)
+                ):
                     i += 1
                     continue
                 if self.attempts:
@@ -265,14 +239,18 @@ class Walk:
                         i += 1
                         again = False
                         continue
-                call = Call(
-                    request=req, raw=self.raw, client_model=req.model, member_model=member.model,
-                    max_tokens=cap, clamped=ticket.clamped,
+                api = call.target(member.apis) or call.api
+                request, raw = call.translated_to(api)
+                attempt = Call(
+                    request=request, raw=raw, client_model=call.model,
+                    member_model=member.model, max_tokens=cap, clamped=ticket.clamped,
                     default_max_tokens=rt.cfg.pools[pool].max_output_tokens,
-                    request_id=x.rid, forward_headers=fwd,
+                    request_id=x.rid, forward_headers=fwd, api=api, stream=call.stream,
+                    # a bridge reads the usage chunk to render it in the client's API
+                    wants_usage=call.wants_usage or api != call.api, fim=member.fim,
                 )  # fmt: skip
                 try:
-                    response = await self._attempt(member, call, ticket)
+                    response = await self._attempt(member, attempt, ticket)
                 except UpstreamError as exc:
                     if not exc.retryable or x.committed:
                         outcome = "used"
@@ -349,7 +327,11 @@ class Walk:
 
     async def _attempt(self, member: Member, call: Call, ticket: Ticket) -> web.StreamResponse:
         rt, x = self.rt, self.x
-        adapter = x.adapter = rt.backends[member.backend].adapter(call)
+        adapter = rt.backends[member.backend].adapter(call)
+        assert x.call is not None
+        if call.api != x.call.api:  # through the codec's bridge to the backend's API
+            adapter = Bridged(adapter, x.call.codec.bridges[call.api].answers(x.call))
+        x.adapter = adapter
         x.backend = member.backend
         state = member.state
         state.inflight += 1
@@ -361,6 +343,12 @@ class Walk:
         loop = self.loop
         start = x.opened_at = loop.time()
         chunks: AsyncIterator[bytes] | None = None
+        tracing, span, failure = rt.tracing, None, None
+        if tracing is not None:  # tracing hook: the attempt's span, its traceparent upstream
+            provider = rt.cfg.backends[member.backend].provider
+            span = tracing.start_attempt(
+                x.span, member, provider, self.attempts, call.forward_headers, x.endpoint
+            )
         try:
             try:
                 if limit is None:
@@ -399,9 +387,15 @@ class Walk:
             headers = self._headers(member, ticket)
             headers["Content-Type"] = "application/json"
             return web.Response(body=out, headers=headers)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             state.inflight -= 1
             inflight.dec()
+            if span is not None:
+                assert tracing is not None
+                tracing.end_attempt(span, x, member, failure)
 
     @staticmethod
     async def _open(
@@ -472,7 +466,8 @@ class Walk:
                 x.status = exc.status
                 x.usage = adapter.stream_usage_so_far()
                 self._failed(member, exc)
-                await resp.write(error_event(exc.envelope()))
+                assert x.call is not None
+                await resp.write(x.call.codec.stream_error(exc))
             await resp.write_eof()
         except (ConnectionResetError, ClientConnectionResetError):
             x.status = 499

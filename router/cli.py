@@ -1,4 +1,4 @@
-"""The ``spillway`` command: serve | check | explain | simulate."""
+"""The ``spillway`` command: serve | check | explain | keys | simulate."""
 
 from __future__ import annotations
 
@@ -24,12 +24,14 @@ from pydantic import ValidationError
 
 from router import __version__, logs, metrics
 from router.app import create_app, make_runner
-from router.config import Config, ConfigError, SimulateSettings, load_config
+from router.config import Config, ConfigError, SimulateSettings
+from router.config_load import load_config
 from router.keys import GATEWAY
 from router.routing.explain import explain, render
 from router.simserver import create_sim_app
 
 DEMO_KEY_ENV = "SPILLWAY_DEMO_KEY"
+ADMIN_TOKEN_ENV = "SPILLWAY_ADMIN_TOKEN"
 log = logging.getLogger("spillway")
 
 
@@ -234,8 +236,13 @@ def _ask_gateway(args: argparse.Namespace, headers: dict[str, str]) -> dict[str,
         f"{base}/v1/spillway/explain?{urllib.parse.urlencode(query)}",
         headers={**headers, "Authorization": f"Bearer {key}"},
     )
+    return _fetch_json(req, base, timeout=10)
+
+
+def _fetch_json(req: urllib.request.Request, base: str, timeout: float) -> dict[str, Any] | None:
+    """A gateway's JSON answer; None after printing the error it gave (or why none came)."""
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             doc: dict[str, Any] = json.loads(resp.read())
             return doc
     except urllib.error.HTTPError as exc:
@@ -275,6 +282,79 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print(render(doc), end="")
     return 1 if doc.get("problem") else 0
+
+
+def _admin_call(
+    args: argparse.Namespace, method: str, path: str = "", body: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """One admin API call; the answer, or None after printing why it failed."""
+    token = args.token or os.environ.get(ADMIN_TOKEN_ENV)
+    if not token:
+        print(f"--token (or ${ADMIN_TOKEN_ENV}) is required: an admin token", file=sys.stderr)
+        return None
+    base = args.url.rstrip("/")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        f"{base}/admin/v1/keys{path}", data=data, method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    return _fetch_json(req, base, timeout=30)
+
+
+def _key_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The key fields given on the command line (create and update)."""
+    body: dict[str, Any] = {}
+    limits = {name: value for name, value in (
+        ("requests_per_minute", args.rpm), ("tokens_per_minute", args.tpm),
+        ("concurrent", args.concurrent)) if value is not None}  # fmt: skip
+    if limits:
+        body["limits"] = limits
+    if args.model:
+        body["models"] = args.model
+    if args.budget:
+        body["budgets"] = [json.loads(b) for b in args.budget]
+    if args.expires_at:
+        body["expires_at"] = args.expires_at
+    if args.description:
+        body["description"] = args.description
+    return body
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """spillway keys create|list|get|rotate|revoke against a gateway's admin listener."""
+    action = args.action
+    doc: dict[str, Any] | None
+    try:
+        if action == "create":
+            doc = _admin_call(args, "POST", "", {"team": args.team, **(
+                {"id": args.id} if args.id else {}), **_key_fields(args)})  # fmt: skip
+        elif action == "list":
+            query = {k: v for k, v in (("team", args.team),
+                     ("include_revoked", "true" if args.all else None)) if v}  # fmt: skip
+            suffix = "?" + urllib.parse.urlencode(query) if query else ""
+            doc = _admin_call(args, "GET", suffix)
+        elif action == "get":
+            doc = _admin_call(args, "GET", "/" + urllib.parse.quote(args.id, safe=""))
+        elif action == "rotate":
+            path = "/" + urllib.parse.quote(args.id, safe="") + "/rotate"
+            doc = _admin_call(args, "POST", path, {"grace_seconds": args.grace})
+        else:
+            doc = _admin_call(args, "DELETE", "/" + urllib.parse.quote(args.id, safe=""))
+    except ValueError as exc:  # a --budget that is not JSON
+        print(f"--budget: {exc}", file=sys.stderr)
+        return 2
+    if doc is None:
+        return 1
+    if action == "list" and not args.json:
+        for key in doc["data"]:
+            state = "revoked" if key["revoked_at"] else f"expires {key['expires_at']}" if (
+                key["expires_at"]) else "active"  # fmt: skip
+            print(f"{key['id']}\tteam={key['team']}\t{state}")
+        return 0
+    print(json.dumps(doc, indent=2))
+    if "secret" in doc and not args.json:
+        print(f"\nThe secret is shown only now: {doc['secret']}", file=sys.stderr)
+    return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -334,6 +414,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the explanation as JSON")
     e.set_defaults(fn=cmd_explain)
 
+    k = sub.add_parser(
+        "keys", help="create, list, rotate and revoke database keys (admin API)",
+        description="Manage the keys kept in the database through a gateway's admin listener.",
+    )  # fmt: skip
+    k.add_argument("action", choices=("create", "list", "get", "rotate", "revoke"))
+    k.add_argument("id", nargs="?", help="the key id (get, rotate, revoke; optional for create)")
+    k.add_argument("--url", required=True, help="the admin listener, e.g. http://127.0.0.1:8081")
+    k.add_argument("--token", help=f"an admin token (default: ${ADMIN_TOKEN_ENV})")
+    k.add_argument("--team", help="the key's team (create; a filter for list)")
+    k.add_argument("--model", action="append", help="a model the key may use (repeatable)")
+    k.add_argument("--rpm", type=int, help="the key's requests_per_minute")
+    k.add_argument("--tpm", type=int, help="the key's tokens_per_minute")
+    k.add_argument("--concurrent", type=int, help="the key's concurrent requests")
+    k.add_argument("--budget", action="append", metavar="JSON",
+                   help='a budget, e.g. \'{"usd_per_month": 50}\' (repeatable)')  # fmt: skip
+    k.add_argument("--expires-at", help="RFC 3339 time the key stops working")
+    k.add_argument("--description", help="a note on the key")
+    k.add_argument("--grace", type=int, default=0,
+                   help="rotate: seconds the old secret keeps working")  # fmt: skip
+    k.add_argument("--all", action="store_true", help="list: revoked keys too")
+    k.add_argument("--json", action="store_true", help="print JSON only")
+    k.set_defaults(fn=cmd_keys)
+
     m = sub.add_parser("simulate", help="run the simulated model as an OpenAI-compatible server")
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--port", type=int, default=8000)
@@ -361,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "keys":
+        if args.action in ("get", "rotate", "revoke") and not args.id:
+            parser.error(f"keys {args.action} needs the key id")
+        if args.action == "create" and not args.team:
+            parser.error("keys create needs --team")
     code: int = args.fn(args)
     return code

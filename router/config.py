@@ -1,29 +1,23 @@
-"""The YAML config: pydantic models, ``${ENV}`` interpolation, cross-checks.
+"""The YAML config's pydantic models (loading, interpolation and cross-checks:
+:mod:`router.config_load`).
 
-Every problem is reported with the YAML path it sits at (``pools.gpu.members[0]
-.backend: ...``). Unknown keys are errors so typos are caught. Strings may use
-``${VAR}`` (an error when VAR is unset) and ``${VAR:-default}``; ``$$`` is a
-literal dollar sign.
+Unknown keys are errors so typos are caught; each model checks its own fields.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-from collections.abc import Mapping
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from router.contract import VLLM_EXTRAS
+from router.fim import PRESETS, FimTemplate
+from router.serving import VLLM_PARAMS, FimTemplateConfig, fim_setting
 
-DEFAULT_CONFIG = "default.yaml"
 ANTHROPIC_SAMPLING = frozenset({"temperature", "top_p", "top_k"})
 WINDOWS = ("minute", "hour", "day", "month")
+USER_PREFIX = "user:"  # principal ids of SSO users
 
 
 class ConfigError(Exception):
@@ -129,7 +123,7 @@ class Backend(_Strict):
         for name in ("model", "messages"):
             if name in self.deny_params:
                 raise ValueError(f"deny_params: {name!r} cannot be denied")
-        allowed, kind = VLLM_EXTRAS, "a vLLM extra parameter"
+        allowed, kind = VLLM_PARAMS, "a vLLM extra parameter"
         if self.provider == "anthropic":
             allowed, kind = ANTHROPIC_SAMPLING, "one of " + ", ".join(sorted(ANTHROPIC_SAMPLING))
         unknown = [p for p in self.allow_params if p not in allowed]
@@ -142,6 +136,21 @@ class Member(_Strict):
     backend: str
     model: str
     weight: PositiveFloat = 1.0
+    # fill-in-the-middle: "native" (the backend takes `suffix`), a preset, or a template
+    fim: str | FimTemplateConfig | None = None
+
+    @field_validator("fim", mode="before")
+    @classmethod
+    def _fim_setting(cls, value: Any) -> Any:
+        return fim_setting(value)
+
+    def fim_template(self) -> FimTemplate | None:
+        """The template the gateway renders (None: no FIM, or the backend's own)."""
+        if isinstance(self.fim, FimTemplateConfig):
+            return self.fim.template()
+        if self.fim is None or self.fim == "native":
+            return None
+        return PRESETS[self.fim]
 
 
 class Price(_Strict):
@@ -229,6 +238,7 @@ class Route(_Strict):
 
 
 class ModelEntry(_Strict):
+    kind: Literal["chat", "embeddings"] = "chat"  # chat: chat + completions endpoints
     routes: Annotated[list[Route], Field(min_length=1)]
     aliases: list[str] = Field(default_factory=list)
     description: str | None = None
@@ -273,6 +283,101 @@ class Key(_Strict):
             return self.sha256.lower()
         assert self.key is not None
         return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
+
+
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+
+class JwtIssuer(_Strict):
+    """An identity provider whose signed tokens (OIDC ID or access tokens) are accepted."""
+
+    issuer: Annotated[str, Field(min_length=1)]
+    audience: Annotated[list[str], Field(min_length=1)]
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    algorithms: Annotated[list[JwtAlgorithm], Field(min_length=1)] = ["RS256", "ES256"]
+    team_claim: str = "groups"  # a string or a list of strings; the first that maps wins
+    teams: Annotated[dict[str, str], Field(min_length=1)]  # claim value -> team
+    user_claim: str = "sub"  # who the user is, for auth.user_limits and the access log
+    leeway_seconds: Annotated[float, Field(ge=0, le=300)] = 30.0
+    refresh_seconds: PositiveFloat = 300.0  # JWKS re-read this often
+    # an unknown kid re-reads the JWKS at most this often (garbage tokens cannot flood the IdP)
+    min_refresh_seconds: Annotated[float, Field(ge=0)] = 10.0
+    fetch_timeout_seconds: PositiveFloat = 5.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _audience_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("audience"), str):
+            return {**data, "audience": [data["audience"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JwtIssuer:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("an issuer needs exactly one of jwks_url or jwks_file")
+        if self.jwks_url is not None and not re.match(r"^https?://[^/\s]+", self.jwks_url):
+            raise ValueError(f"jwks_url must be an http(s) URL, got {self.jwks_url!r}")
+        return self
+
+
+class AuthSettings(_Strict):
+    jwt: list[JwtIssuer] = Field(default_factory=list)
+    # every SSO user's own limits (like a key's), counted per user on top of the team's
+    user_limits: Limits | None = None
+    token_cache_size: Annotated[int, Field(ge=0)] = 10000  # verified tokens remembered
+
+
+class AdminJwt(_Strict):
+    """Admin API callers with an SSO token whose ``claim`` holds one of ``values``."""
+
+    claim: str = "groups"
+    values: Annotated[list[str], Field(min_length=1)]
+
+
+class AdminSettings(_Strict):
+    """The key admin API, on a listener of its own (keep it off the public network)."""
+
+    listen: Listen = Listen(host="127.0.0.1", port=8081)
+    tokens: list[Sha256Hex] = Field(default_factory=list)  # sha256 of admin bearer tokens
+    jwt: AdminJwt | None = None
+    max_grace_seconds: Annotated[int, Field(ge=0)] = 7 * 86400  # rotation grace, at most
+
+    @model_validator(mode="after")
+    def _has_callers(self) -> AdminSettings:
+        if not self.tokens and self.jwt is None:
+            raise ValueError("admin needs tokens or jwt (who may call it)")
+        return self
+
+
+class DatabaseSettings(_Strict):
+    """PostgreSQL holding the keys made through the admin API (empty url: none)."""
+
+    url: str = ""
+    schema_name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "spillway"
+    resync_seconds: PositiveFloat = 30.0  # full re-read, in case a notification was lost
+    connect_timeout_seconds: PositiveFloat = 5.0
+    retry_seconds: PositiveFloat = 2.0  # reconnect delay while the database is down
+
+
+class TracingSettings(_Strict):
+    """OpenTelemetry traces over OTLP/HTTP (needs ``spillway[otel]``); off without endpoint."""
+
+    otlp_endpoint: str = ""  # http://collector:4318 (or its /v1/traces URL)
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    capture_content: bool = False  # record prompts and completions on the spans
+    service_name: str = "spillway"
+    headers: dict[str, str] = Field(default_factory=dict)
+    export_interval_seconds: PositiveFloat = 5.0
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> TracingSettings:
+        if self.otlp_endpoint and not re.match(r"^https?://[^/\s]+", self.otlp_endpoint):
+            raise ValueError(f"otlp_endpoint must be an http(s) URL, got {self.otlp_endpoint!r}")
+        return self
 
 
 class ServerSettings(_Strict):
@@ -352,170 +457,7 @@ class Config(_Strict):
     models: dict[str, ModelEntry]
     teams: dict[str, Team] = Field(default_factory=dict)
     keys: list[Key] = Field(default_factory=list)
-
-
-# ----------------------------------------------------------------- interpolation
-
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _interpolate(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
-    if isinstance(node, str):
-
-        def sub(m: re.Match[str]) -> str:
-            if m.group(0) == "$$":
-                return "$"
-            name, default = m.group(1), m.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            problems.append(f"{path or '<root>'}: environment variable {name} is not set")
-            return ""
-
-        return _VAR.sub(sub, node)
-    if isinstance(node, dict):
-        return {
-            k: _interpolate(v, env, f"{path}.{k}" if path else str(k), problems)
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_interpolate(v, env, f"{path}[{i}]", problems) for i, v in enumerate(node)]
-    return node
-
-
-def _loc_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for item in loc:
-        if isinstance(item, int):
-            out += f"[{item}]"
-        else:
-            out += f".{item}" if out else str(item)
-    return out or "<root>"
-
-
-# ------------------------------------------------------------------ cross-checks
-
-
-def _cross_check(cfg: Config) -> list[str]:
-    problems: list[str] = []
-    for name, pool in cfg.pools.items():
-        for i, m in enumerate(pool.members):
-            if m.backend not in cfg.backends:
-                problems.append(
-                    f"pools.{name}.members[{i}].backend: undefined backend {m.backend!r}"
-                )
-        if pool.budget and pool.budget.pools:
-            problems.append(f"pools.{name}.budget.pools: a pool budget cannot be scoped")
-        if pool.queue is not None and pool.queue.min_share:
-            bands = len({0, *(t.priority for t in cfg.teams.values() if t.priority >= 0)})
-            if pool.queue.min_share * (bands - 1) >= 1:
-                problems.append(
-                    f"pools.{name}.queue.min_share: {bands - 1} priority bands below the top "
-                    f"one at {pool.queue.min_share:g} each would leave the top band nothing"
-                )
-    model_names = set(cfg.models)
-    seen_names: dict[str, str] = {}
-    for name, entry in cfg.models.items():
-        for alias in entry.aliases:
-            if alias in model_names or alias in seen_names:
-                problems.append(f"models.{name}.aliases: {alias!r} is already a model or alias")
-            seen_names[alias] = name
-        for r, route in enumerate(entry.routes):
-            for p, pool_name in enumerate(route.pools):
-                if pool_name not in cfg.pools:
-                    problems.append(
-                        f"models.{name}.routes[{r}].pools[{p}]: undefined pool {pool_name!r}"
-                    )
-            if route.when and route.when.teams:
-                for t, team_name in enumerate(route.when.teams):
-                    if team_name not in cfg.teams:
-                        problems.append(
-                            f"models.{name}.routes[{r}].when.teams[{t}]: "
-                            f"undefined team {team_name!r}"
-                        )
-            if route.when and route.when.headers:
-                for h, pattern in route.when.headers.items():
-                    if pattern.startswith("~"):
-                        try:
-                            re.compile(pattern[1:])
-                        except re.error as exc:
-                            problems.append(
-                                f"models.{name}.routes[{r}].when.headers.{h}: bad regex: {exc}"
-                            )
-    for name, team in cfg.teams.items():
-        for i, model in enumerate(team.models or []):
-            if not any(c in model for c in "*?[") and model not in model_names:
-                problems.append(f"teams.{name}.models[{i}]: undefined model {model!r}")
-        problems += _budget_scopes(cfg, f"teams.{name}", team.budgets)
-    ids: set[str] = set()
-    digests: set[str] = set()
-    for i, key in enumerate(cfg.keys):
-        if key.team not in cfg.teams:
-            problems.append(f"keys[{i}].team: undefined team {key.team!r}")
-        if key.id in ids:
-            problems.append(f"keys[{i}].id: duplicate key id {key.id!r}")
-        ids.add(key.id)
-        digest = key.digest()
-        if digest in digests:
-            problems.append(f"keys[{i}]: the same secret is already used by another key")
-        digests.add(digest)
-        problems += _budget_scopes(cfg, f"keys[{i}]", key.budgets)
-    return problems
-
-
-def _budget_scopes(cfg: Config, where: str, budgets: list[Budget]) -> list[str]:
-    problems = []
-    for b, budget in enumerate(budgets):
-        for p, pool in enumerate(budget.pools or []):
-            if pool not in cfg.pools:
-                problems.append(f"{where}.budgets[{b}].pools[{p}]: undefined pool {pool!r}")
-    return problems
-
-
-# ------------------------------------------------------------------------ loading
-
-
-def parse_config(text: str, source: str = "config", env: Mapping[str, str] | None = None) -> Config:
-    """Parse YAML text into a checked :class:`Config`; raise :class:`ConfigError`."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"invalid YAML: {exc}"], source) from None
-    if not isinstance(doc, dict):
-        raise ConfigError(["<root>: the config must be a mapping"], source)
-    problems: list[str] = []
-    doc = _interpolate(doc, os.environ if env is None else env, "", problems)
-    if problems:
-        raise ConfigError(problems, source)
-    try:
-        cfg = Config.model_validate(doc)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors(include_url=False):
-            msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, ") :]
-            lines.append(f"{_loc_path(err['loc'])}: {msg}")
-        raise ConfigError(lines, source) from None
-    problems = _cross_check(cfg)
-    if problems:
-        raise ConfigError(problems, source)
-    return cfg
-
-
-def default_config_text() -> str:
-    return resources.files("router").joinpath(DEFAULT_CONFIG).read_text(encoding="utf-8")
-
-
-def load_config(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
-) -> Config:
-    """Load ``path``; ``None`` loads the packaged default config."""
-    if path is None:
-        return parse_config(default_config_text(), "default config", env)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"cannot read: {exc.strerror}"], str(path)) from None
-    return parse_config(text, str(path), env)
+    auth: AuthSettings = AuthSettings()
+    admin: AdminSettings | None = None
+    database: DatabaseSettings = DatabaseSettings()
+    tracing: TracingSettings = TracingSettings()

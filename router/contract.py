@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-__all__ = ["VLLM_EXTRAS", "ChatCompletionRequest", "ValidationError", "error_param"]
+__all__ = ["VLLM_EXTRAS", "ChatCompletionRequest", "FieldError", "ValidationError", "error_param"]
 
 
 class _Open(BaseModel):
@@ -447,3 +447,6 @@ def error_param(exc: ValidationError) -> tuple[str | None, str]:
     if err["type"] == "missing":
         msg = "field required"
     return param, f"{param}: {msg}" if param else msg
+
+
+FieldError = _FieldError  # raised by a model validator: the error names ``param``

@@ -9,6 +9,7 @@
     ├── NotFound                      404 model_not_found / not_found
     ├── MethodNotAllowed              405
     ├── RequestTimeout                408 (client too slow sending its request)
+    ├── Conflict                      409 (admin API: the key id is taken)
     ├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
     ├── QuotaExceeded                 429 insufficient_quota (a budget is spent)
     ├── ServiceUnavailable            503 (e.g. Redis down with on_error: deny)
@@ -102,6 +103,12 @@ class MethodNotAllowed(SpillwayError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class Conflict(SpillwayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class RequestTimeout(SpillwayError):

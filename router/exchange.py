@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from router.auth import Principal
-from router.contract import ChatCompletionRequest
+from router.inbound.base import ClientCall
 from router.providers import Adapter, Usage
-from router.quota import tokens as tokenest
 from router.routing.rules import Decision
 
 
@@ -13,17 +14,19 @@ class Exchange:
     """The state of one client request, for settlement, metrics and the log."""
 
     __slots__ = (
-        "adapter", "backend", "clamped", "committed", "decision", "model", "opened_at", "out",
-        "pool", "principal", "prompt_bound", "queued", "read_at", "request", "rid", "started",
-        "status", "ttft", "usage",
+        "adapter", "backend", "call", "clamped", "committed", "decision", "endpoint", "model",
+        "opened_at", "out", "pool", "pools", "principal", "queued", "read_at", "rid", "span",
+        "started", "status", "ttft", "usage",
     )  # fmt: skip
 
-    def __init__(self, rid: str, started: float) -> None:
+    def __init__(self, rid: str, started: float, endpoint: str) -> None:
         self.rid = rid
         self.started = started
+        self.endpoint = endpoint  # the client API: chat, completions, embeddings
         self.principal: Principal | None = None
-        self.request: ChatCompletionRequest | None = None
+        self.call: ClientCall | None = None
         self.decision: Decision | None = None
+        self.pools: tuple[str, ...] = ()  # the route's pools that can serve the call
         self.model = ""
         self.pool = ""
         self.backend = ""
@@ -31,13 +34,13 @@ class Exchange:
         self.ttft: float | None = None
         self.usage: Usage | None = None
         self.adapter: Adapter | None = None  # the attempt in flight or the one that answered
-        self.prompt_bound = 0
         self.out = 0
         self.clamped = False
         self.committed = False  # the response has started: no retry, no refund
         self.opened_at = 0.0
         self.read_at = 0.0
         self.queued = 0.0  # seconds spent waiting in pool queues
+        self.span: Any = None  # the request's trace span when tracing is on
 
 
 def billable(x: Exchange) -> tuple[int, int]:
@@ -46,6 +49,6 @@ def billable(x: Exchange) -> tuple[int, int]:
     if usage is None:
         return 0, 0
     prompt = usage.prompt_tokens
-    if not usage.reported and not prompt and x.request is not None:
-        prompt = tokenest.estimate(x.request)
+    if not usage.reported and not prompt and x.call is not None:
+        prompt = x.call.estimate()
     return prompt, usage.completion_tokens

@@ -20,9 +20,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from router.config import Config, ConfigError, parse_config
+from router.config import Config, ConfigError
+from router.config_load import parse_config
 from router.gauges import GaugeRefresher
+from router.identity.service import Identity
+from router.inbound.registry import openai_codecs
 from router.metrics import Metrics
 from router.monitor import Monitor
 from router.proxy import Proxy
@@ -32,6 +36,9 @@ from router.quota.redis_store import RedisStore
 from router.routing.retry import RetryBudget
 from router.runtime import Runtime, RuntimeHolder
 from router.upstream import Upstream
+
+if TYPE_CHECKING:
+    from router.tracing import Tracing
 
 log = logging.getLogger("spillway")
 
@@ -67,6 +74,12 @@ class Gateway:
         self._digest = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._gauges: GaugeRefresher | None = None
+        self._tracing: Tracing | None = None
+        self.identity = Identity(cfg, on_key_store=self._key_store_state)
+
+    def _key_store_state(self, up: bool) -> None:
+        """spillway_key_store_up: a series only once a key database is followed."""
+        self.metrics.child(self.metrics.key_store_up, "postgresql").set(1.0 if up else 0.0)
 
     @property
     def holder(self) -> RuntimeHolder:
@@ -88,11 +101,15 @@ class Gateway:
         return self.holder.current
 
     async def start(self) -> None:
+        if self.cfg.tracing.otlp_endpoint:
+            self._tracing = start_tracing(self.cfg)
         self._upstream = Upstream()
         self._redis_url = self.cfg.redis.url
         self._store = RedisStore(self.cfg.redis) if self.cfg.redis.url else None
         self._holder = RuntimeHolder(self._build(self.cfg))
-        self._proxy = Proxy(self._holder)
+        holder = self._holder
+        await self.identity.start(lambda: (holder.current.cfg, holder.current.jwt))
+        self._proxy = Proxy(self._holder, openai_codecs())
         self.monitor = Monitor(self._holder, self._upstream, self.metrics)
         self.monitor.publish(self._holder.current)
         self._tasks.append(asyncio.create_task(self.monitor.run(), name="spillway-health"))
@@ -110,6 +127,7 @@ class Gateway:
             memory=self.memory, states=current.states if current else None,
             retry_budget=self._retry_budget,
             gates=current.scheduler.gates if current else None,
+            identity=self.identity, tracing=self._tracing,
         )  # fmt: skip
 
     def reload(self, cfg: Config) -> None:
@@ -118,6 +136,9 @@ class Gateway:
             log.warning("redis settings changed; they take effect at the next restart")
         if cfg.listen != self.cfg.listen:
             log.warning("listen address changed; it takes effect at the next restart")
+        for name in ("database", "admin", "tracing"):
+            if getattr(cfg, name) != getattr(self.cfg, name):
+                log.warning("%s settings changed; they take effect at the next restart", name)
         self.holder.swap(self._build(cfg))
         if cfg.logging.level != self.cfg.logging.level:
             logging.getLogger().setLevel(cfg.logging.level)
@@ -189,10 +210,24 @@ class Gateway:
         self._tasks.clear()
         if self._gauges is not None:
             await self._gauges.stop()
+        await self.identity.stop()
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.shutdown)  # exports the spans still queued
         if self._store is not None:
             await self._store.aclose()
         if self._upstream is not None:
             await self._upstream.close()
+
+
+def start_tracing(cfg: Config) -> Tracing:
+    try:
+        from router.tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError(
+            [f"tracing.otlp_endpoint: tracing needs the otel extra "
+             f"(pip install 'spillway[otel]'): {exc}"], "config",
+        ) from None  # fmt: skip
+    return Tracing(cfg.tracing)
 
 
 def _digest_of(path: str) -> str:

@@ -3,45 +3,80 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
 
+from router.auth import Principal
 from router.errors import InvalidRequest, NotFound, ServiceUnavailable
 from router.inspect import live_explain
 from router.keys import GATEWAY
 from router.runtime import Runtime
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(doc: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await request.app[GATEWAY].proxy.chat(request)
+def endpoint(name: str) -> Handler:
+    """The handler of one client API (``router.inbound`` codec ``name``)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        proxy = request.app[GATEWAY].proxy
+        return await proxy.handle(request, proxy.codecs[name])
+
+    return handle
 
 
-def _principal_runtime(request: web.Request) -> tuple[Runtime, str, str]:
-    rt = request.app[GATEWAY].runtime
+def deployment(name: str) -> Handler:
+    """Azure-style ``/openai/deployments/{deployment}/...``: the deployment is the model;
+    ``api-version`` is accepted and not enforced."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        proxy = request.app[GATEWAY].proxy
+        return await proxy.handle(request, proxy.codecs[name], request.match_info["deployment"])
+
+    return handle
+
+
+async def _principal_runtime(request: web.Request) -> tuple[Runtime, Principal]:
+    runtime = request.app[GATEWAY].runtime
     h = request.headers
-    p = rt.auth.authenticate(h.get("Authorization"), h.get("api-key"))
-    return rt, p.key_id, p.team
+    return runtime, await runtime.auth.authenticate(h.get("Authorization"), h.get("api-key"))
 
 
 async def list_models(request: web.Request) -> web.Response:
-    rt, _, team = _principal_runtime(request)
+    runtime, principal = await _principal_runtime(request)
     created = int(request.app[GATEWAY].started)
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "spillway"}
-        for name in rt.rules.visible_models(team)
+        for name in runtime.rules.visible_models(principal.team, principal.models)
     ]
     return _json({"object": "list", "data": data})
 
 
+async def get_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{id}: a model the caller's team may use (a name, alias or a name
+    matching a glob alias), else the 404 envelope."""
+    runtime, principal = await _principal_runtime(request)
+    name = request.match_info["model"]
+    model = runtime.rules.resolve(name)
+    if model is None or not runtime.rules.allowed(principal.team, model, principal.models):
+        raise NotFound(
+            f"The model `{name}` does not exist or you do not have access to it.",
+            param="model",
+        )
+    created = int(request.app[GATEWAY].started)
+    return _json({"id": name, "object": "model", "created": created, "owned_by": "spillway"})
+
+
 async def quota(request: web.Request) -> web.Response:
-    rt, key_id, team = _principal_runtime(request)
-    doc = await rt.quota.status(key_id)
-    doc["key_id"], doc["team"] = key_id, team
+    runtime, principal = await _principal_runtime(request)
+    doc = await runtime.quota.status(principal)
+    doc["key_id"], doc["team"] = principal.key_id, principal.team
     return _json(doc)
 
 
@@ -59,9 +94,9 @@ async def readyz(request: web.Request) -> web.Response:
     if all(b.status() == "unhealthy" for b in rt.balancers.values()):
         raise ServiceUnavailable("No pool has a healthy member.", code="no_healthy_backend")
     loaded = time.gmtime(request.app[GATEWAY].loaded_at)
-    return _json(
-        {"status": "ready", "config_loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", loaded)}
-    )
+    doc = {"status": "ready", "config_loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", loaded)}
+    doc.update(request.app[GATEWAY].identity.status())  # a key database down stays ready
+    return _json(doc)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -97,7 +132,7 @@ async def explain(request: web.Request) -> web.Response:
     if not rt.route_headers:
         raise NotFound(f"Unknown path {request.path!r}.", code="unknown_url")
     h = request.headers
-    principal = rt.auth.authenticate(h.get("Authorization"), h.get("api-key"))
+    principal = await rt.auth.authenticate(h.get("Authorization"), h.get("api-key"))
     model = request.query.get("model")
     if not model:
         raise InvalidRequest("Query parameter `model` is required.", param="model")

@@ -34,10 +34,10 @@ def _members(rt: Runtime, pool: str, now: float) -> list[str]:
 
 
 async def _budgets(
-    rt: Runtime, key_id: str, pool: str, prompt: int, out: int
+    rt: Runtime, principal: Principal, pool: str, prompt: int, out: int
 ) -> tuple[list[str], str | None]:
     """Lines on each budget, and the name of one that cannot take the request."""
-    checks = [c for c in rt.quota.checks(key_id, pool) if c.kind == "b"]
+    checks = [c for c in rt.quota.checks(principal, pool) if c.kind == "b"]
     if not checks:
         return [], None
     try:
@@ -100,7 +100,7 @@ async def live_explain(
         pool = p["pool"]
         details = _members(rt, pool, now)
         out = max_tokens or rt.cfg.pools[pool].max_output_tokens
-        budget_lines, short = await _budgets(rt, principal.key_id, pool, prompt, out)
+        budget_lines, short = await _budgets(rt, principal, pool, prompt, out)
         details += budget_lines
         status = rt.balancers[pool].status()
         gate = rt.scheduler.gates.get(pool)

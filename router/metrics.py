@@ -2,7 +2,8 @@
 
 Names carry the ``spillway_`` prefix; durations are seconds, counters end in
 ``_total``. Labels come only from config (model, pool, backend, team, key id,
-limit names, status class), never from a key or a request. Label children are
+limit names, status class) and the fixed endpoint names (chat, completions,
+embeddings), never from a key or a request. Label children are
 bound once and cached, so the hot path does a dict lookup and an ``inc``.
 
 ``spillway serve --workers N`` runs N processes behind one port. Each writes
@@ -87,12 +88,12 @@ class Metrics:
         r = self.registry
         rk = ("model", "pool", "backend")
         self.requests = Counter(
-            "spillway_requests_total", "Chat completion requests answered.",
-            ("model", "pool", "backend", "team", "status_class"), registry=r,
+            "spillway_requests_total", "Requests answered, by endpoint (the client API).",
+            ("endpoint", "model", "pool", "backend", "team", "status_class"), registry=r,
         )  # fmt: skip
         self.duration = Histogram(
             "spillway_request_duration_seconds", "Time from request to last byte.",
-            rk, buckets=LATENCY_BUCKETS, registry=r,
+            ("endpoint", *rk), buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.ttft = Histogram(
             "spillway_time_to_first_token_seconds", "Time to the first streamed token.",
@@ -103,12 +104,13 @@ class Metrics:
             rk, buckets=TOKEN_TIME_BUCKETS, registry=r,
         )  # fmt: skip
         self.prompt_tokens = Counter(
-            "spillway_prompt_tokens_total", "Prompt tokens, as the upstream reported them.",
-            ("model", "pool", "backend", "team"), registry=r,
+            "spillway_prompt_tokens_total",
+            "Prompt (and embedding input) tokens, as the upstream reported them.",
+            ("endpoint", "model", "pool", "backend", "team"), registry=r,
         )  # fmt: skip
         self.completion_tokens = Counter(
             "spillway_completion_tokens_total", "Completion tokens, as reported.",
-            ("model", "pool", "backend", "team"), registry=r,
+            ("endpoint", "model", "pool", "backend", "team"), registry=r,
         )  # fmt: skip
         self.cost = Counter(
             "spillway_cost_usd_total", "Spend in US dollars at the pools' prices.",
@@ -201,8 +203,14 @@ class Metrics:
             "next pool of their route; the others were answered 429.",
             qk, registry=r,
         )  # fmt: skip
+        # a series only when a key database is configured (store="postgresql")
+        self.key_store_up = Gauge(
+            "spillway_key_store_up",
+            "1 while the key database is reachable; 0: serving database keys from the cache.",
+            ("store",), registry=r, multiprocess_mode="livemin",
+        )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._series: dict[tuple[str, str, str, str], Series] = {}
+        self._series: dict[tuple[str, str, str, str, str], Series] = {}
         self._queue_series: dict[tuple[str, str, str], QueueSeries] = {}
         for result in RELOAD_RESULTS:
             self.child(self.reloads, result)
@@ -210,12 +218,12 @@ class Metrics:
             self.child(self.redis_errors, op)
         self.multiprocess_dir = multiprocess_dir()
 
-    def series(self, model: str, pool: str, backend: str, team: str) -> Series:
-        """Every per-request child of one (model, pool, backend, team), bound once."""
-        key = (model, pool, backend, team)
+    def series(self, endpoint: str, model: str, pool: str, backend: str, team: str) -> Series:
+        """Every per-request child of one (endpoint, model, pool, backend, team), bound once."""
+        key = (endpoint, model, pool, backend, team)
         got = self._series.get(key)
         if got is None:
-            got = self._series[key] = Series(self, model, pool, backend, team)
+            got = self._series[key] = Series(self, *key)
         return got
 
     def queue_series(self, pool: str, team: str, priority: str) -> QueueSeries:
@@ -279,18 +287,20 @@ class Series:
         "prompt", "team", "tpot", "ttft",
     )  # fmt: skip
 
-    def __init__(self, m: Metrics, model: str, pool: str, backend: str, team: str) -> None:
+    def __init__(
+        self, m: Metrics, endpoint: str, model: str, pool: str, backend: str, team: str
+    ) -> None:
         self._m = m
         self.model, self.pool, self.team = model, pool, team
         self._status: dict[str, _Fast] = {}
-        self.duration = _Fast(m.child(m.duration, model, pool, backend))
+        self.duration = _Fast(m.child(m.duration, endpoint, model, pool, backend))
         self.ttft = _Fast(m.child(m.ttft, model, pool, backend))
         self.tpot = _Fast(m.child(m.tpot, model, pool, backend))
-        self.prompt = _Fast(m.child(m.prompt_tokens, model, pool, backend, team))
-        self.completion = _Fast(m.child(m.completion_tokens, model, pool, backend, team))
+        self.prompt = _Fast(m.child(m.prompt_tokens, endpoint, model, pool, backend, team))
+        self.completion = _Fast(m.child(m.completion_tokens, endpoint, model, pool, backend, team))
         self.cost = _Fast(m.child(m.cost, model, pool, team))
         self.overhead = _Fast(m.child(m.overhead, model))
-        self._key = (model, pool, backend, team)
+        self._key = (endpoint, model, pool, backend, team)
 
     def requests(self, status_class: str) -> _Fast:
         got = self._status.get(status_class)

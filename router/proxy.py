@@ -1,12 +1,14 @@
-"""One chat-completions request, end to end: the only module that knows them all.
+"""One request, end to end, whatever its client API: the only module that knows them all.
 
-parse -> authenticate -> resolve model and route -> :class:`router.attempts.Walk`
+The endpoint's codec (:mod:`router.inbound`) parses the body into the gateway's
+call shape; then authenticate -> resolve model (of the endpoint's kind) and
+route -> the route's pools that can serve the call -> :class:`router.attempts.Walk`
 (for each candidate pool: admit (quota) -> try its members -> relay -> settle)
 -> metrics and the access log. A pool that is spent, saturated or unhealthy is
 skipped; a failure before the first byte reaches the client moves to the next
 member, then the next pool. Once a stream has started, an upstream failure ends
-it with an in-band error event and ``[DONE]``. Whatever happens, the
-reservation is settled with what was used.
+it with the codec's in-band error. Whatever happens, the reservation is
+settled with what was used, and errors leave in the codec's envelope.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import re
 from aiohttp import web
 
 from router.attempts import Walk
-from router.contract import ChatCompletionRequest, ValidationError, error_param
 from router.errors import (
     InvalidRequest,
     NotFound,
@@ -29,8 +30,10 @@ from router.errors import (
     SpillwayError,
 )
 from router.exchange import Exchange, billable
+from router.inbound.base import Codec
+from router.inbound.registry import served_paths
 from router.metrics import status_class
-from router.quota import tokens as tokenest
+from router.queued_walk import QueuedWalk
 from router.routing.rules import Facts
 from router.runtime import Runtime, RuntimeHolder
 
@@ -71,79 +74,94 @@ async def read_body(request: web.Request, max_bytes: int, seconds: float) -> byt
         raise RequestTimeout(f"The request body did not arrive within {seconds:g}s.") from None
 
 
-def parse_request(raw: bytes) -> ChatCompletionRequest:
-    if not raw:
-        raise InvalidRequest("The request body is empty; send a JSON object.")
-    try:
-        return ChatCompletionRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        param, message = error_param(exc)
-        if message.startswith("Invalid JSON"):
-            raise InvalidRequest(
-                f"We could not parse the JSON body of your request. ({message})",
-                code="invalid_json",
-            ) from None
-        raise InvalidRequest(f"Invalid request: {message}", param=param) from None
-
-
 class Proxy:
-    def __init__(self, holder: RuntimeHolder) -> None:
+    def __init__(self, holder: RuntimeHolder, codecs: dict[str, Codec]) -> None:
         self.holder = holder
+        self.codecs = codecs
         self.ids = RequestIds()
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
+    async def handle(
+        self, request: web.Request, codec: Codec, model: str | None = None
+    ) -> web.StreamResponse:
+        """Serve ``request`` with ``codec``; ``model``: the model named by the path
+        (Azure's deployment), which replaces the body's."""
         rt = self.holder.current
         loop = asyncio.get_running_loop()
-        x = Exchange(self.ids.next(request), loop.time())
+        x = Exchange(self.ids.next(request), loop.time(), codec.endpoint)
+        tracing = rt.tracing
+        if tracing is not None:  # tracing hook: the request's span
+            x.span = tracing.start_request(request)
+        failure: BaseException | None = None
+        answer: web.StreamResponse | None = None
         try:
-            return await self._chat(rt, request, x)
+            answer = await self._serve(rt, request, codec, x, model)
+            return answer
         except SpillwayError as exc:
+            failure = exc
             x.status = exc.status
             exc.headers.setdefault("x-request-id", x.rid)
-            raise
-        except asyncio.CancelledError:
+            return codec.error_response(exc)
+        except asyncio.CancelledError as exc:
+            failure = exc
             x.status = 499  # the client went away
             raise
         finally:
             self._finish(rt, x, loop.time())
+            if tracing is not None:
+                tracing.end_request(x.span, x, failure, answer)
 
-    async def _chat(self, rt: Runtime, request: web.Request, x: Exchange) -> web.StreamResponse:
+    async def _serve(
+        self, rt: Runtime, request: web.Request, codec: Codec, x: Exchange, name: str | None
+    ) -> web.StreamResponse:
         server = rt.cfg.server
         raw = await read_body(request, server.max_body_bytes, server.body_timeout_seconds)
         headers = request.headers
-        principal = x.principal = rt.auth.authenticate(
+        principal = x.principal = await rt.auth.authenticate(
             headers.get("Authorization"), headers.get("api-key")
         )
-        req = x.request = parse_request(raw)
-        model = rt.rules.resolve(req.model)
+        call = x.call = codec.parse(raw, name)
+        model = rt.rules.resolve(call.model)
         if model is None:
             raise NotFound(
-                f"The model `{req.model}` does not exist or you do not have access to it.",
+                f"The model `{call.model}` does not exist or you do not have access to it.",
                 param="model",
             )
         x.model = model
-        if not rt.rules.allowed(principal.team, model):
+        if not rt.rules.allowed(principal.team, model, principal.models):
             raise PermissionDenied(
-                f"Team {principal.team!r} may not use model `{req.model}`.", param="model"
+                f"Team {principal.team!r} may not use model `{call.model}`.", param="model"
             )
+        kind = rt.rules.kinds[model]
+        if kind != codec.kind:
+            raise InvalidRequest(
+                f"Model `{call.model}` is {'an' if kind == 'embeddings' else 'a'} {kind} "
+                f"model: it serves {served_paths(self.codecs, kind)}, not {codec.path}.",
+                param="model", code="wrong_endpoint",
+            )  # fmt: skip
         decision = rt.rules.unconditional(model)
         if decision is None:
             facts = Facts(
-                team=principal.team,
-                stream=bool(req.stream),
-                tools=bool(req.tools),
-                headers=headers,
-                prompt_tokens=lambda: tokenest.estimate(req),
-            )
+                team=principal.team, stream=call.stream, tools=call.tools, headers=headers,
+                prompt_tokens=call.estimate,
+            )  # fmt: skip
             decision = rt.rules.decide(model, facts)
         x.decision = decision
         if decision is None:
             raise NotFound(
-                f"No route of model `{req.model}` matches this request.", param="model",
+                f"No route of model `{call.model}` matches this request.", param="model",
                 code="no_matching_route",
             )  # fmt: skip
-        x.prompt_bound = tokenest.bound(raw)
-        return await Walk(rt, request, x, raw).run()
+        balancers, apis, fim = rt.balancers, call.apis, call.fim
+        pools = decision.pools
+        for pool in pools:
+            if not balancers[pool].serves(apis, fim):  # keep the pools that can serve it
+                pools = tuple(p for p in pools if balancers[p].serves(apis, fim))
+                if not pools:
+                    raise codec.unserved(call.model, call)
+                break
+        x.pools = pools
+        walk = QueuedWalk if rt.scheduler.gates else Walk
+        return await walk(rt, request, x).run()
 
     def _finish(self, rt: Runtime, x: Exchange, now: float) -> None:
         team = x.principal.team if x.principal else ""
@@ -151,13 +169,13 @@ class Proxy:
         duration = now - x.started
         if not x.pool:  # refused before routing: no pool or backend series to touch
             m = rt.metrics
-            m.child(m.requests, x.model, "", x.backend, team, sc).inc()
+            m.child(m.requests, x.endpoint, x.model, "", x.backend, team, sc).inc()
         else:
-            series = rt.metrics.series(x.model, x.pool, x.backend, team)
+            series = rt.metrics.series(x.endpoint, x.model, x.pool, x.backend, team)
             series.requests(sc).inc(1)
             series.duration.observe(duration)
             prompt, completion = billable(x)
-            if x.ttft is not None and x.request is not None and x.request.stream:
+            if x.ttft is not None and x.call is not None and x.call.stream:
                 series.ttft.observe(x.ttft)
                 if completion > 1:
                     series.tpot.observe((duration - x.ttft) / (completion - 1))
@@ -176,7 +194,7 @@ class Proxy:
         if rt.access.enabled:
             prompt, completion = billable(x)
             rt.access.write({
-                "request_id": x.rid, "team": team or None,
+                "request_id": x.rid, "endpoint": x.endpoint, "team": team or None,
                 "key_id": x.principal.key_id if x.principal else None,
                 "model": x.model or None, "pool": x.pool or None,
                 "backend": x.backend or None, "status": x.status,

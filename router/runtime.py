@@ -11,9 +11,11 @@ place), and the retry budget is shared by every runtime of the process.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from router.auth import Authenticator
 from router.config import Config
+from router.identity.service import Identity
 from router.logs import AccessLog
 from router.metrics import Metrics
 from router.providers import ProviderBackend, build_backend
@@ -26,6 +28,9 @@ from router.routing.queueing import Gate, Scheduler
 from router.routing.retry import RetryBudget
 from router.routing.rules import Rules
 from router.upstream import Upstream
+
+if TYPE_CHECKING:
+    from router.tracing import Tracing
 
 
 class Runtime:
@@ -40,10 +45,14 @@ class Runtime:
         states: dict[str, BackendState] | None = None,
         retry_budget: RetryBudget | None = None,
         gates: Mapping[str, Gate] | None = None,
+        identity: Identity | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.tracing = tracing  # None: tracing off (router.tracing is then never imported)
         self.cfg = cfg
         self.metrics = metrics
-        self.auth = Authenticator(cfg)
+        keys, self.jwt = identity.sources(cfg) if identity is not None else (None, None)
+        self.auth = Authenticator(cfg, keys, self.jwt)
         self.rules = Rules(cfg)
         self.quota = Quota(cfg, store, memory, metrics)
         if retry_budget is None:
@@ -62,8 +71,9 @@ class Runtime:
         self.backends: dict[str, ProviderBackend] = {
             name: build_backend(name, b, upstream) for name, b in cfg.backends.items()
         }
+        apis = {name: backend.apis for name, backend in self.backends.items()}
         self.balancers = {
-            name: Balancer(name, pool, self.states) for name, pool in cfg.pools.items()
+            name: Balancer(name, pool, self.states, apis) for name, pool in cfg.pools.items()
         }
         self.scheduler = Scheduler(cfg, self.balancers, metrics.queue_series, gates)
         self.route_headers = cfg.server.route_headers

@@ -18,8 +18,14 @@ from aiohttp import web
 
 from router.config import SimulateSettings
 from router.contract import ChatCompletionRequest, ValidationError, error_param
-from router.providers.simengine import SimEngine
-from router.providers.simulate import completion_body, engine_read, engine_stream, generate
+from router.providers.simengine import SimEngine, prompt_tokens
+from router.providers.simulate import (
+    completion_body,
+    engine_read,
+    engine_stream,
+    generate,
+    stream_events,
+)
 
 SETTINGS = web.AppKey("sim_settings", SimulateSettings)
 STATE = web.AppKey("sim_state", dict)
@@ -45,12 +51,20 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         return _error(knobs.failure_status, "Simulated failure.", "api_error")
     gen = generate(req)
     engine = request.app[ENGINE]
+
+    def prompts() -> list[list[str]]:
+        return [prompt_tokens(req)]
+
     if not req.stream:
-        await engine_read(engine, req, gen)
+        await engine_read(engine, prompts, gen)
         return web.Response(body=completion_body(gen, req.model), content_type="application/json")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
-    async for ev in engine_stream(engine, req, gen, req.model, req.wants_usage()):
+    usage = req.wants_usage()
+    events = engine_stream(
+        engine, prompts, lambda ttft: stream_events(gen, req.model, usage, knobs, ttft)
+    )
+    async for ev in events:
         await resp.write(ev)
     await resp.write_eof()
     return resp

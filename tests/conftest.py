@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests.support.fakes import FakeOpenAI
+from tests.support.postgres import database_url as _database_url
+from tests.support.postgres import new_schema
 from tests.support.redis_server import redis_url as _redis_url
 
 DEMO_KEY = "sk-test-demo-0001"
@@ -18,6 +20,19 @@ def redis_url() -> Iterator[str]:
     """$REDIS_URL when set, else a redis-server of our own on a free port."""
     with _redis_url() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """$DATABASE_URL when set, else a PostgreSQL server of our own."""
+    with _database_url() as url:
+        yield url
+
+
+@pytest.fixture
+def db_schema() -> str:
+    """A database schema of this test's own, so tests never see each other's keys."""
+    return new_schema()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from router.providers.anthropic import AnthropicBackend
 from router.providers.azure import AzureBackend
 from router.providers.base import Adapter, Call, ProviderBackend, Usage
 from router.providers.openai import OpenAIBackend
-from router.providers.simulate import SimulateBackend
+from router.providers.simulated import SimulateBackend
 from router.upstream import Upstream
 
 __all__ = ["Adapter", "Call", "ProviderBackend", "Usage", "build_backend"]

@@ -35,6 +35,7 @@ from router.config import Backend
 from router.errors import UpstreamError, UpstreamStatus, status_error
 from router.providers.anthropic_request import Policy, to_messages_request
 from router.providers.base import Call, Opened, Usage
+from router.serving import PROVIDER_APIS
 from router.streaming import DONE
 from router.upstream import Limits, Upstream
 
@@ -98,6 +99,7 @@ class AnthropicBackend:
     """One Anthropic account (or a Messages-API-compatible server)."""
 
     provider = "anthropic"
+    apis = PROVIDER_APIS["anthropic"]
 
     def __init__(self, name: str, cfg: Backend, upstream: Upstream) -> None:
         self.name = name
@@ -137,9 +139,9 @@ class AnthropicAdapter:
     def request_body(self) -> dict[str, Any]:
         """The Messages API request for this attempt."""
         call = self._call
-        max_tokens = call.max_tokens or call.request.output_limit() or call.default_max_tokens
+        max_tokens = call.max_tokens or call.chat.output_limit() or call.default_max_tokens
         return to_messages_request(
-            call.request, model=call.member_model, max_tokens=max_tokens, stream=call.stream,
+            call.chat, model=call.member_model, max_tokens=max_tokens, stream=call.stream,
             policy=self._backend.policy,
         )  # fmt: skip
 

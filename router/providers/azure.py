@@ -1,7 +1,7 @@
 """Azure OpenAI deployments: the OpenAI pass-through with Azure's URL and auth.
 
-``POST {url}/openai/deployments/{deployment}/chat/completions?api-version=V``;
-a pool member's ``model`` is the deployment name. Authentication is the
+``POST {url}/openai/deployments/{deployment}/{chat/completions,completions,embeddings}
+?api-version=V``; a pool member's ``model`` is the deployment name. Authentication is the
 ``api-key`` header, or, without ``api_key``, ``Authorization: Bearer`` with a
 Microsoft Entra token read from the environment variable named by
 ``token_env`` (read when the config is loaded). Azure rejects parameters it
@@ -15,7 +15,7 @@ import os
 from urllib.parse import quote
 
 from router.config import Backend
-from router.providers.openai import CompatBackend
+from router.providers.openai import PATHS, CompatBackend
 from router.upstream import Upstream
 
 DEFAULT_API_VERSION = "2024-10-21"  # the latest GA data-plane inference version
@@ -38,7 +38,7 @@ class AzureBackend(CompatBackend):
             base = base[: -len("/openai")]
         self.base = base
         self.api_version = cfg.api_version or DEFAULT_API_VERSION
-        self._urls: dict[str, str] = {}
+        self._urls: dict[tuple[str, str], str] = {}
         if cfg.api_key is None and self._token is None:
             self.unusable = (
                 f"Backend {name!r} has no credentials: environment variable "
@@ -52,12 +52,13 @@ class AzureBackend(CompatBackend):
             return {"Authorization": f"Bearer {self._token}"}
         return {}
 
-    def endpoint(self, member_model: str) -> str:
-        url = self._urls.get(member_model)
+    def endpoint(self, api: str, member_model: str) -> str:
+        key = (api, member_model)
+        url = self._urls.get(key)
         if url is None:
             url = (
                 f"{self.base}/openai/deployments/{quote(member_model, safe='')}"
-                f"/chat/completions?api-version={quote(self.api_version, safe='')}"
+                f"{PATHS[api]}?api-version={quote(self.api_version, safe='')}"
             )
-            self._urls[member_model] = url  # bounded: one per configured deployment
+            self._urls[key] = url  # bounded: one per configured deployment and API
         return url

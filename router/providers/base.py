@@ -1,6 +1,8 @@
 """The Adapter protocol: one small object per upstream attempt.
 
-An adapter turns the client's OpenAI request into its backend's wire format,
+A backend serves the client APIs in its ``apis`` (chat, completions,
+embeddings); ``adapter(call)`` makes the adapter for ``call.api``. An adapter
+turns the client's request into its backend's wire format,
 sends it (through :class:`router.upstream.Upstream` or, for the simulated
 model, in-process) and turns the answer back into OpenAI's format while
 reading usage on the way. Adapters hold per-attempt stream state, so a new one
@@ -17,6 +19,10 @@ import orjson
 
 from router.config import Backend
 from router.contract import ChatCompletionRequest
+from router.fim import FimTemplate
+from router.inbound.contracts import CompletionRequest, EmbeddingRequest
+
+ClientRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
 
 @dataclass(slots=True)
@@ -31,14 +37,15 @@ class Call:
     """What one attempt must send: the request and the gateway's decisions."""
 
     __slots__ = (
-        "_body", "clamped", "client_model", "default_max_tokens", "forward_headers",
-        "max_tokens", "member_model", "raw", "request", "request_id",
+        "_body", "api", "clamped", "client_model", "default_max_tokens", "fim",
+        "forward_headers", "max_tokens", "member_model", "raw", "request", "request_id",
+        "stream", "wants_usage",
     )  # fmt: skip
 
     def __init__(
         self,
         *,
-        request: ChatCompletionRequest,
+        request: ClientRequest,
         raw: bytes,
         client_model: str,
         member_model: str,
@@ -47,7 +54,12 @@ class Call:
         default_max_tokens: int,
         request_id: str,
         forward_headers: dict[str, str],
+        api: str = "chat",
+        stream: bool = False,
+        wants_usage: bool = False,
+        fim: FimTemplate | None = None,
     ) -> None:
+        self.api = api  # the client API of ``request``
         self.request = request
         self.raw = raw  # the client's body, exactly as received
         self.client_model = client_model  # the name the client asked for
@@ -57,6 +69,9 @@ class Call:
         self.default_max_tokens = default_max_tokens  # the pool's max_output_tokens
         self.request_id = request_id
         self.forward_headers = forward_headers
+        self.stream = stream
+        self.wants_usage = wants_usage  # the client asked for the usage chunk
+        self.fim = fim  # the member's infilling template (None: none, or the backend's own)
         self._body: dict[str, Any] | None = None
 
     @property
@@ -67,12 +82,10 @@ class Call:
         return self._body
 
     @property
-    def stream(self) -> bool:
-        return bool(self.request.stream)
-
-    @property
-    def wants_usage(self) -> bool:
-        return self.request.wants_usage()
+    def chat(self) -> ChatCompletionRequest:
+        """The request, for adapters that serve only chat completions."""
+        assert isinstance(self.request, ChatCompletionRequest), self.api
+        return self.request
 
 
 class Opened(Protocol):
@@ -118,5 +131,6 @@ class ProviderBackend(Protocol):
 
     name: str
     cfg: Backend
+    apis: frozenset[str]  # the client APIs it serves
 
     def adapter(self, call: Call) -> Adapter: ...

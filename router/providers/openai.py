@@ -1,15 +1,19 @@
 """OpenAI-compatible backends: vLLM, SGLang, TGI, llama.cpp, OpenAI, poolside.
 
-Pass-through: the client's JSON is forwarded with only what must change
-(the model name, ``stream_options.include_usage`` on streams, a clamped output
-cap, and the parameter policy). Answers are relayed as bytes; only the usage is
-parsed. :mod:`router.providers.azure` shares all of it through
-:class:`CompatBackend`.
+Pass-through for chat completions (``{url}/chat/completions``), completions
+(``{url}/completions``) and embeddings (``{url}/embeddings``, see
+:mod:`router.providers.embeddings`): the client's JSON is forwarded with only
+what must change (the model name, ``stream_options.include_usage`` on streams,
+a clamped output cap, the parameter policy, and for a completion with
+``suffix`` on a member with a FIM template, the infilling prompt). Answers are
+relayed as bytes; only the usage is parsed. :mod:`router.providers.azure`
+shares all of it through :class:`CompatBackend`.
 
 Parameter policy: a backend's ``flavour`` is ``vllm`` (self-hosted: every vLLM
 extra forwarded) or ``openai`` (hosted APIs that refuse unknown fields: vLLM
-extras such as top_k, min_p, include_stop_str_in_output, skip_special_tokens,
-return_tokens_as_token_ids are not sent, except those in ``allow_params``);
+extras of each endpoint such as top_k, min_p, include_stop_str_in_output,
+skip_special_tokens, return_tokens_as_token_ids are not sent, except those in
+``allow_params``);
 ``deny_params`` adds parameters a provider refuses. ``unsupported_params``
 says what happens to a refused parameter the client sent: ``drop`` it, or
 ``reject`` the request with a 400 naming the parameter and the backend.
@@ -23,8 +27,16 @@ import orjson
 
 from router.config import Backend
 from router.contract import VLLM_EXTRAS
-from router.errors import BackendRejectedParam, UpstreamError
-from router.providers.base import Call, Opened, Usage
+from router.errors import UpstreamError
+from router.inbound.contracts import (
+    VLLM_COMPLETION_EXTRAS,
+    VLLM_EMBEDDING_EXTRAS,
+    CompletionRequest,
+)
+from router.providers.base import Adapter, Call, Opened, Usage
+from router.providers.embeddings import EmbeddingsAdapter
+from router.providers.params import patch_body
+from router.serving import PROVIDER_APIS
 from router.streaming import SSERelay
 from router.upstream import Limits, Upstream
 
@@ -43,12 +55,16 @@ class CompatBackend:
         self.limits = Limits.from_config(cfg.timeouts)
         self.flavour = cfg.flavour if "flavour" in cfg.model_fields_set else self.default_flavour
         self.unsupported = cfg.unsupported_params
-        # the parameters this backend does not take: the vLLM extras for the openai
-        # flavour (less those allowed), and whatever the config denies
-        extras = VLLM_EXTRAS if self.flavour == "openai" else frozenset()
-        self.blocked: frozenset[str] = (extras - frozenset(cfg.allow_params)) | frozenset(
-            cfg.deny_params
-        )
+        self.apis = PROVIDER_APIS[self.provider]
+        # the parameters this backend does not take, per API: the vLLM extras for the
+        # openai flavour (less those allowed), and whatever the config denies
+        allowed, denied = frozenset(cfg.allow_params), frozenset(cfg.deny_params)
+        self.blocked_by_api: dict[str, frozenset[str]] = {
+            api: ((extras if self.flavour == "openai" else frozenset()) - allowed) | denied
+            for api, extras in (("chat", VLLM_EXTRAS), ("completions", VLLM_COMPLETION_EXTRAS),
+                                ("embeddings", VLLM_EMBEDDING_EXTRAS))
+        }  # fmt: skip
+        self.blocked = self.blocked_by_api["chat"]
         self.headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         self.headers.update(self.auth_headers())
         self.headers.update(cfg.headers)
@@ -58,11 +74,16 @@ class CompatBackend:
         key = self.cfg.api_key
         return {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
 
-    def endpoint(self, member_model: str) -> str:
+    def endpoint(self, api: str, member_model: str) -> str:
         raise NotImplementedError
 
-    def adapter(self, call: Call) -> OpenAIAdapter:
+    def adapter(self, call: Call) -> Adapter:
+        if call.api == "embeddings":
+            return EmbeddingsAdapter(self, call)
         return OpenAIAdapter(self, call)
+
+
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
 class OpenAIBackend(CompatBackend):
@@ -71,82 +92,46 @@ class OpenAIBackend(CompatBackend):
     def __init__(self, name: str, cfg: Backend, upstream: Upstream) -> None:
         super().__init__(name, cfg, upstream)
         assert cfg.url is not None
-        base = cfg.url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        base = cfg.url.rstrip("/").removesuffix("/chat/completions")
+        self.urls = {api: base + path for api, path in PATHS.items()}
 
-    def endpoint(self, member_model: str) -> str:
-        return self.url
-
-
-def patch_body(
-    call: Call, backend: str, blocked: frozenset[str] = frozenset(), unsupported: str = "drop"
-) -> dict[str, Any]:
-    """The client's JSON object with the gateway's changes applied (a copy).
-
-    ``blocked`` names the parameters the backend does not take: with
-    ``unsupported == "reject"`` the first one the client set (not null) is a
-    400 naming it and the backend; otherwise they are dropped. Two are the
-    gateway's to handle whatever the policy: ``stream_options`` is not sent
-    (nor asked for usage), ``max_completion_tokens`` is sent as ``max_tokens``.
-    """
-    body = dict(call.body)
-    body["model"] = call.member_model
-    if "stream_options" in blocked:  # such a backend reports usage on its own, or not at all
-        body.pop("stream_options", None)
-    elif call.stream:
-        opts = body.get("stream_options")
-        opts = dict(opts) if isinstance(opts, dict) else {}
-        opts["include_usage"] = True
-        body["stream_options"] = opts
-    if "max_completion_tokens" in blocked and "max_completion_tokens" in body:
-        value = body.pop("max_completion_tokens")  # the older name for the same cap
-        if body.get("max_tokens") is None:
-            body["max_tokens"] = value
-    if call.max_tokens is not None:
-        if "max_completion_tokens" in body:
-            body["max_completion_tokens"] = call.max_tokens
-        if "max_tokens" in body or "max_completion_tokens" not in body:
-            body["max_tokens"] = call.max_tokens
-    if blocked:
-        extras = [k for k in body if k in blocked]
-        if unsupported == "reject":
-            for k in extras:
-                if body[k] is not None:
-                    raise BackendRejectedParam(
-                        f"Parameter {k!r} is not supported by backend {backend!r}.", param=k
-                    )
-        for k in extras:
-            del body[k]
-    return body
+    def endpoint(self, api: str, member_model: str) -> str:
+        return self.urls[api]
 
 
 class OpenAIAdapter:
-    __slots__ = ("_backend", "_call", "_relay", "usage")
+    """Chat completions and completions: the same pass-through and SSE relay."""
+
+    __slots__ = ("_backend", "_blocked", "_call", "_relay", "usage")
 
     def __init__(self, backend: CompatBackend, call: Call) -> None:
         self._backend = backend
         self._call = call
+        self._blocked = backend.blocked_by_api[call.api]
         self._relay: SSERelay | None = None
         self.usage: Usage | None = None
 
     def _needs_patch(self) -> bool:
         call = self._call
+        req = call.request
         return (
             call.stream
             or call.max_tokens is not None
-            or call.member_model != call.request.model
-            or not self._backend.blocked.isdisjoint(call.request.model_fields_set)
-        )
+            or call.member_model != req.model
+            or not self._blocked.isdisjoint(req.model_fields_set)
+            or (call.fim is not None and isinstance(req, CompletionRequest)
+                and req.suffix is not None)
+        )  # fmt: skip
 
     async def open(self) -> Opened:
         call, be = self._call, self._backend
         if be.unusable is not None:
             raise UpstreamError(be.unusable)
         if self._needs_patch():
-            body = orjson.dumps(patch_body(call, be.name, be.blocked, be.unsupported))
+            body = orjson.dumps(patch_body(call, be.name, self._blocked, be.unsupported))
         else:
             body = call.raw
-        url = be.endpoint(call.member_model)
+        url = be.endpoint(call.api, call.member_model)
         opened = await be.upstream.post(
             url, be.headers, body, be.limits, backend=be.name, extra=call.forward_headers
         )
@@ -220,6 +205,8 @@ def _estimate_usage(doc: dict[str, Any]) -> Usage:
     chars = 0
     for choice in doc.get("choices") or ():
         msg = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            chars += len(choice["text"])  # a completion
         if isinstance(msg, dict):
             chars += len(str(msg.get("content") or ""))
             chars += len(orjson.dumps(msg.get("tool_calls") or []))

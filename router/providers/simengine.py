@@ -7,13 +7,17 @@ router can see and act on:
 * capacity: at most ``max_num_seqs`` requests generate at once; the others
   wait in line, first come first served (vLLM's running and waiting queues,
   exposed as ``vllm:num_requests_running`` / ``_waiting``);
-* automatic prefix caching: the prompt is tokenized (words, plus three tokens
-  of chat template per message), cut into blocks of ``block_size`` tokens,
-  each block hashed together with everything before it; an LRU of
-  ``prefix_cache_blocks`` such hashes is the cache. The longest run of leading
-  blocks found there is a hit (only full blocks are cached, as in vLLM); the
-  time to first token is ``ttft_ms`` times the share of the prompt not hit.
-  Hits and queries count tokens, as ``vllm:prefix_cache_hits`` / ``_queries``.
+* automatic prefix caching: the prompt is tokenized (words; for chat, plus
+  three tokens of chat template per message), cut into blocks of
+  ``block_size`` tokens, each block hashed together with everything before
+  it; an LRU of ``prefix_cache_blocks`` such hashes is the cache. The longest
+  run of leading blocks found there is a hit (only full blocks are cached, as
+  in vLLM); the time to first token is ``ttft_ms`` times the share of the
+  prompt not hit. A completions request with several prompts, or an
+  embeddings request with several inputs, prefills each one. Hits and queries
+  count tokens, as ``vllm:prefix_cache_hits`` / ``_queries``.
+
+A request takes one place in the batch whatever its endpoint and ``n``.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ import asyncio
 import contextlib
 import hashlib
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from router.config import SimulateSettings
 from router.contract import ChatCompletionRequest, TextPart
+
+# the prompts a request prefills, as the simulated tokenizer sees them; called only
+# when the engine has a prefix cache
+Prompts = Callable[[], Sequence[list[str]]]
 
 
 def prompt_tokens(req: ChatCompletionRequest) -> list[str]:
@@ -140,14 +148,17 @@ class SimEngine:
                 return
         self.running -= 1
 
-    def first_token_seconds(self, req: ChatCompletionRequest) -> float:
-        """``ttft_ms``, scaled by the share of the prompt the prefix cache lacks."""
+    def first_token_seconds(self, prompts: Prompts) -> float:
+        """``ttft_ms``, scaled by the share of the prompts the prefix cache lacks."""
         base = self.knobs.ttft_ms / 1000
-        if self.cache is None:
+        cache = self.cache
+        if cache is None:
             return base
-        tokens = prompt_tokens(req)
-        hit = self.cache.prefill(tokens)
-        return base * (len(tokens) - hit) / max(1, len(tokens))
+        total = hit = 0
+        for tokens in prompts():
+            hit += cache.prefill(tokens)
+            total += len(tokens)
+        return base * (total - hit) / max(1, total)
 
     def usage(self) -> float:
         """Share of the prefix cache in use (0..1), as vLLM's KV-cache usage."""

@@ -10,7 +10,7 @@ time to first token, tokens per second, failure rate and failure status, and
 the engine's batch size and prefix cache (:mod:`router.providers.simengine`).
 
 The same generator serves the standalone OpenAI-compatible server in
-:mod:`router.simserver`.
+:mod:`router.simserver`; :mod:`router.providers.simulated` is the backend.
 """
 
 from __future__ import annotations
@@ -19,17 +19,15 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from router.config import Backend, SimulateSettings
+from router.config import SimulateSettings
 from router.contract import ChatCompletionRequest, FunctionTool, NamedToolChoice, TextPart
-from router.errors import UpstreamStatus
-from router.providers.base import Call, Opened, Usage
-from router.providers.simengine import SimEngine
+from router.providers.simengine import Prompts, SimEngine
 from router.streaming import DONE, event
 
 _WORDS = (
@@ -127,17 +125,29 @@ def _tool_calls(req: ChatCompletionRequest, digest: bytes) -> list[dict[str, Any
 
 def generate(req: ChatCompletionRequest, default_max_tokens: int = 256) -> Generation:
     """The deterministic answer to ``req`` (same request, same answer)."""
-    seed_text = "\x1f".join(_texts(req)) + f"\x1f{req.seed}"
-    digest = hashlib.sha256(seed_text.encode()).digest()
-    limit = req.output_limit() or default_max_tokens
-    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
+    gen = generate_text(
+        _texts(req), req.seed, req.output_limit() or default_max_tokens,
+        [req.stop] if isinstance(req.stop, str) else list(req.stop or ()), req.n or 1,
+        include_stop=bool(req.include_stop_str_in_output), prefix="chatcmpl-sim",
+    )  # fmt: skip
+    gen.prompt_tokens = count_prompt_tokens(req)
+    digest = hashlib.sha256(("\x1f".join(_texts(req)) + f"\x1f{req.seed}").encode()).digest()
+    calls = _tool_calls(req, digest)
+    if calls:
+        gen.choices = [SimChoice(tool_calls=calls, finish_reason="tool_calls") for _ in gen.choices]
+    return gen
+
+
+def generate_text(
+    texts: list[str], seed: int | None, limit: int, stops: list[str], n: int,
+    *, include_stop: bool = False, prefix: str = "cmpl-sim",
+) -> Generation:  # fmt: skip
+    """``n`` deterministic texts for a prompt (same prompt and seed, same texts);
+    ``prompt_tokens`` counts whitespace-separated words."""
+    digest = hashlib.sha256(("\x1f".join(texts) + f"\x1f{seed}").encode()).digest()
     choices: list[SimChoice] = []
-    for index in range(req.n or 1):
-        calls = _tool_calls(req, digest)
-        if calls:
-            choices.append(SimChoice(tool_calls=calls, finish_reason="tool_calls"))
-            continue
-        rng = random.Random(digest + bytes([index]))
+    for index in range(n):
+        rng = random.Random(digest + bytes([index % 256]))
         natural = 12 + rng.randrange(36)
         choice = SimChoice()
         text = ""
@@ -146,7 +156,7 @@ def generate(req: ChatCompletionRequest, default_max_tokens: int = 256) -> Gener
             token = (word if i == 0 else " " + word) + ("." if i == natural - 1 else "")
             hit = _first_stop(text + token, stops)
             if hit is not None:
-                end = hit[0] + (len(hit[1]) if req.include_stop_str_in_output else 0)
+                end = hit[0] + (len(hit[1]) if include_stop else 0)
                 rest = (text + token)[len(text) : end]
                 if rest:
                     choice.tokens.append(rest)
@@ -158,11 +168,18 @@ def generate(req: ChatCompletionRequest, default_max_tokens: int = 256) -> Gener
             choice.finish_reason = "length" if natural > limit else "stop"
         choices.append(choice)
     return Generation(
-        id="chatcmpl-sim" + digest[:10].hex(),
+        id=prefix + digest[:10].hex(),
         created=int(time.time()),
-        prompt_tokens=count_prompt_tokens(req),
+        prompt_tokens=sum(len(t.split()) for t in texts),
         choices=choices,
     )
+
+
+async def first_token(knobs: SimulateSettings, seconds: float | None) -> None:
+    """Wait for the first token: ``seconds``, else the knobs' ``ttft_ms``."""
+    ttft = knobs.ttft_ms / 1000 if seconds is None else seconds
+    if ttft > 0:
+        await asyncio.sleep(ttft)
 
 
 def _first_stop(text: str, stops: list[str]) -> tuple[int, str] | None:
@@ -216,9 +233,7 @@ async def stream_events(
     gap = 1.0 / knobs.tokens_per_second if knobs.tokens_per_second > 0 else 0.0
     for i, _ in enumerate(gen.choices):
         yield chunk(i, {"role": "assistant", "content": ""})
-    ttft = knobs.ttft_ms / 1000 if first_token_seconds is None else first_token_seconds
-    if ttft > 0:
-        await asyncio.sleep(ttft)
+    await first_token(knobs, first_token_seconds)
     for i, c in enumerate(gen.choices):
         for k, tc in enumerate(c.tool_calls):
             yield chunk(i, {"tool_calls": [{"index": k, "id": tc["id"], "type": "function",
@@ -251,102 +266,20 @@ def answer_seconds(gen: Generation, knobs: SimulateSettings, first_token: float)
     return first_token
 
 
-async def engine_read(engine: SimEngine, req: ChatCompletionRequest, gen: Generation) -> None:
+async def engine_read(engine: SimEngine, prompts: Prompts, gen: Generation) -> None:
     """Take a place in the engine's batch and spend the time of a whole answer."""
     async with engine.slot():
-        delay = answer_seconds(gen, engine.knobs, engine.first_token_seconds(req))
+        delay = answer_seconds(gen, engine.knobs, engine.first_token_seconds(prompts))
         if delay > 0:
             await asyncio.sleep(delay)
 
 
 async def engine_stream(
-    engine: SimEngine, req: ChatCompletionRequest, gen: Generation, model: str, usage: bool
+    engine: SimEngine, prompts: Prompts, events: Callable[[float], AsyncIterator[bytes]]
 ) -> AsyncIterator[bytes]:
-    """The answer's SSE events, generated in a place of the engine's batch."""
+    """The answer's SSE events (``events``, given the time to the first token),
+    generated in a place of the engine's batch."""
     async with engine.slot():
-        ttft = engine.first_token_seconds(req)
-        async for data in stream_events(gen, model, usage, engine.knobs, ttft):
+        ttft = engine.first_token_seconds(prompts)
+        async for data in events(ttft):
             yield data
-
-
-class _SimOpened:
-    __slots__ = ("_call", "_engine", "_gen")
-
-    def __init__(self, call: Call, gen: Generation, engine: SimEngine) -> None:
-        self._call, self._gen, self._engine = call, gen, engine
-
-    @property
-    def is_stream(self) -> bool:
-        return self._call.stream
-
-    async def read(self) -> bytes:
-        await engine_read(self._engine, self._call.request, self._gen)
-        return completion_body(self._gen, self._call.client_model)
-
-    def chunks(self) -> AsyncIterator[bytes]:
-        call = self._call
-        return engine_stream(
-            self._engine, call.request, self._gen, call.client_model, call.wants_usage
-        )
-
-    def close(self) -> None:
-        return None
-
-
-class SimulateBackend:
-    provider = "simulate"
-
-    def __init__(self, name: str, cfg: Backend) -> None:
-        self.name = name
-        self.cfg = cfg
-        self._rng = random.Random(cfg.simulate.seed)
-        self.engine = SimEngine(cfg.simulate)
-
-    def should_fail(self) -> bool:
-        rate = self.cfg.simulate.failure_rate
-        return rate > 0 and self._rng.random() < rate
-
-    def adapter(self, call: Call) -> SimulateAdapter:
-        return SimulateAdapter(self, call)
-
-
-class SimulateAdapter:
-    __slots__ = ("_backend", "_call", "_gen", "usage")
-
-    def __init__(self, backend: SimulateBackend, call: Call) -> None:
-        self._backend, self._call = backend, call
-        self._gen: Generation | None = None
-        self.usage: Usage | None = None
-
-    async def open(self) -> Opened:
-        be, call = self._backend, self._call
-        if be.should_fail():
-            status = be.cfg.simulate.failure_status
-            raise UpstreamStatus(
-                status, f"Simulated failure of backend {be.name!r} (HTTP {status})."
-            )
-        req = call.request
-        if call.max_tokens is not None:
-            req = req.model_copy(
-                update={"max_tokens": call.max_tokens, "max_completion_tokens": None}
-            )
-        self._gen = generate(req, call.default_max_tokens)
-        return _SimOpened(call, self._gen, be.engine)
-
-    def _usage(self) -> Usage:
-        assert self._gen is not None
-        return Usage(self._gen.prompt_tokens, self._gen.completion_tokens)
-
-    def transform_body(self, body: bytes) -> bytes:
-        self.usage = self._usage()
-        return body
-
-    def transform_chunk(self, data: bytes) -> bytes:
-        return data
-
-    def finish_stream(self) -> bytes:
-        self.usage = self._usage()
-        return b""
-
-    def stream_usage_so_far(self) -> Usage | None:
-        return self._usage() if self._gen is not None else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from router.config import Budget, Config, Limits, Pool, Price
 
@@ -126,49 +126,90 @@ def _slug(pools: list[str] | None) -> str:
     return "all" if not pools else "+".join(sorted(pools))
 
 
+class KeySpec(Protocol):
+    """The caller a request is checked for (``router.auth.Principal``): a config key, a
+    database key or an SSO user (``user:<id>``), each with its own counters."""
+
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def team(self) -> str: ...
+    @property
+    def key_limits(self) -> Limits | None: ...
+    @property
+    def key_budgets(self) -> tuple[Budget, ...]: ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ConfigKey:
+    """A key of the config as a :class:`KeySpec`."""
+
+    key_id: str
+    team: str
+    key_limits: Limits | None
+    key_budgets: tuple[Budget, ...]
+
+
+CACHE_LIMIT = 8192  # cached (caller, pool) plans; SSO users make the set open-ended
+
+
 class Planner:
-    """Builds, and caches, the checks for each (key, pool) of one config."""
+    """Builds, and caches, the checks for each (caller, pool) of one config.
+
+    A cached plan is reused only for the very caller object it was built for, so a
+    database key whose limits changed (a new object) gets a new plan.
+    """
 
     def __init__(self, cfg: Config) -> None:
         self._cfg = cfg
         self._prefix = cfg.redis.key_prefix
-        self._cache: dict[tuple[str, str], tuple[Check, ...]] = {}
-        self._keys = {k.id: k for k in cfg.keys}
+        self._cache: dict[tuple[str, str], tuple[KeySpec, tuple[Check, ...]]] = {}
         self._budgets: tuple[tuple[Check, str], ...] | None = None
+        self._keys = {k.id: ConfigKey(k.id, k.team, k.limits, tuple(k.budgets)) for k in cfg.keys}
 
-    def checks(self, key_id: str, pool: str) -> tuple[Check, ...]:
-        hit = self._cache.get((key_id, pool))
-        if hit is None:
-            hit = self._cache[(key_id, pool)] = tuple(self._build(key_id, pool))
-        return hit
+    def spec(self, key: KeySpec | str) -> KeySpec:
+        """``key`` itself, or the config key of that id."""
+        return self._keys[key] if isinstance(key, str) else key
 
-    def identity_checks(self, key_id: str) -> tuple[Check, ...]:
+    def checks(self, key: KeySpec | str, pool: str) -> tuple[Check, ...]:
+        if isinstance(key, str):
+            key = self._keys[key]
+        hit = self._cache.get((key.key_id, pool))
+        if hit is not None and hit[0] is key:
+            return hit[1]
+        if len(self._cache) >= CACHE_LIMIT:
+            self._cache.clear()
+        checks = tuple(self._build(key, pool))
+        self._cache[(key.key_id, pool)] = (key, checks)
+        return checks
+
+    def identity_checks(self, key: KeySpec | str) -> tuple[Check, ...]:
         """Rate limits, slots and unscoped budgets of a key and its team (no pool)."""
-        return tuple(c for c in self._build(key_id, None))
+        return tuple(self._build(self.spec(key), None))
 
-    def scoped_pools(self, key_id: str) -> list[str]:
+    def scoped_pools(self, key: KeySpec | str) -> list[str]:
         """Pools whose checks differ from the key's identity checks."""
-        key = self._keys[key_id]
+        key = self.spec(key)
         team = self._cfg.teams[key.team]
         pools = [p for p, pc in self._cfg.pools.items() if pc.budget is not None]
-        for b in [*team.budgets, *key.budgets]:
+        for b in [*team.budgets, *key.key_budgets]:
             pools += b.pools or []
-        return list(dict.fromkeys(pools))
+        return list(dict.fromkeys(p for p in pools if p in self._cfg.pools))
 
-    def _build(self, key_id: str, pool: str | None) -> list[Check]:
-        key = self._keys[key_id]
+    def _build(self, key: KeySpec, pool: str | None) -> list[Check]:
+        key_id = key.key_id
         team = self._cfg.teams[key.team]
         tag = f"{{team:{key.team}}}"
         base = f"{self._prefix}:{tag}"
         out: list[Check] = []
         out += _limits(team.limits, tag, f"{base}:team", "team", key.team)
-        if key.limits is not None:
-            out += _limits(key.limits, tag, f"{base}:key:{key_id}", "key", key_id)
+        if key.key_limits is not None:
+            out += _limits(key.key_limits, tag, f"{base}:key:{key_id}", "key", key_id)
         price = self._cfg.pools[pool].price if pool is not None else None
         for budget in team.budgets:
             if pool is None or budget.pools is None or pool in budget.pools:
                 out += _budget(budget, tag, f"{base}:team:b", "team", key.team, price)
-        for budget in key.budgets:
+        for budget in key.key_budgets:
             if pool is None or budget.pools is None or pool in budget.pools:
                 out += _budget(budget, tag, f"{base}:key:{key_id}:b", "key", key_id, price)
         if pool is not None:

@@ -22,7 +22,7 @@ from router.errors import QuotaExceeded, RateLimited, ServiceUnavailable
 from router.metrics import Metrics
 from router.quota.base import ADMITTED, RATE_LIMITED, Reply, Store, StoreUnavailable
 from router.quota.memory_store import MemoryStore
-from router.quota.plan import Check, Planner, reset_at
+from router.quota.plan import Check, KeySpec, Planner, reset_at
 
 log = logging.getLogger("spillway.quota")
 
@@ -133,14 +133,13 @@ class Quota:
         self._warned_at = 0.0
         self._resets: dict[tuple[str, int], str] = {}  # (window, second) -> reset text
 
-    def checks(self, key_id: str, pool: str) -> tuple[Check, ...]:
-        return self.planner.checks(key_id, pool)
+    def checks(self, key: KeySpec | str, pool: str) -> tuple[Check, ...]:
+        return self.planner.checks(key, pool)
 
     async def admit(
         self,
         *,
-        key_id: str,
-        team: str,
+        key: KeySpec,
         pool: str,
         rid: str,
         prompt: int,
@@ -149,7 +148,7 @@ class Quota:
         clamp: bool,
     ) -> Ticket:
         """Reserve for one attempt on ``pool``. Raises RateLimited or BudgetShort."""
-        checks = self.planner.checks(key_id, pool)
+        checks = self.planner.checks(key, pool)
         if not checks:
             return Ticket(rid, checks, self.primary, out, False, prompt)
         store = self.primary
@@ -167,7 +166,7 @@ class Quota:
         check = checks[reply.failed]
         used = reply.used[reply.failed] if reply.used else 0.0
         if reply.code == RATE_LIMITED:
-            self.metrics.child(self.metrics.rejections, team, "rate", check.name).inc()
+            self.metrics.child(self.metrics.rejections, key.team, "rate", check.name).inc()
             raise self._rate_error(check, used, reply, checks)
         raise BudgetShort(check, used, reply.now, reply.out)
 
@@ -223,12 +222,12 @@ class Quota:
         ticket.settled = True
         ticket.store.settle(ticket.rid, ticket.checks, prompt, completion, refund, self.lease)
 
-    async def status(self, key_id: str) -> dict[str, Any]:
+    async def status(self, key: KeySpec | str) -> dict[str, Any]:
         """The caller's limits and budgets with what is used and left (GET /v1/quota)."""
-        checks = list(self.planner.identity_checks(key_id))
+        checks = list(self.planner.identity_checks(key))
         seen = {c.key for c in checks}
-        for pool in self.planner.scoped_pools(key_id):
-            for c in self.planner.checks(key_id, pool):
+        for pool in self.planner.scoped_pools(key):
+            for c in self.planner.checks(key, pool):
                 if c.key not in seen:
                     seen.add(c.key)
                     checks.append(c)

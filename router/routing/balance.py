@@ -13,14 +13,20 @@ pool is unhealthy as a whole) the ejected or saturated ones.
   (in-flight + 1), so the fastest member takes traffic until its queue makes it
   slower than the next; members never measured go first.
 * ``prefix_affinity`` keeps a conversation on the member that holds its prefix
-  cache: rendezvous hashing of the conversation's opening with bounded load
-  (:mod:`router.routing.prefix`), the load being the requests at the member as
-  ``least_loaded`` counts them; least-loaded when every member is over the bound.
+  cache: rendezvous hashing of the conversation's opening (the call's
+  ``prefix_key``: a chat conversation's opening messages, a completions
+  prompt's or embeddings input's leading bytes) with bounded load
+  (:mod:`router.routing.prefix`) among the members serving the call, the load
+  being the requests at the member as ``least_loaded`` counts them;
+  least-loaded when every member is over the bound or the call has no key.
 
 Session affinity (``affinity: user|header``) puts first the member that
 rendezvous hashing gives the session key, among available members: the same
 key lands on the same member on every replica, and only its own sessions move
 when a member leaves.
+
+A member serves the client APIs of its backend (``apis``) and, when it declares
+``fim``, fill-in-the-middle; the walk skips members that cannot serve a call.
 
 A member is saturated when it is at its ``max_concurrency`` or its waiting
 queue is past the pool's ``max_waiting`` (scraped; when the scrape found the
@@ -35,14 +41,30 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from router.config import Pool
-from router.contract import ChatCompletionRequest
+from router.fim import FimTemplate
 from router.routing.health import BackendState
-from router.routing.prefix import bounded_choice, opening_key, score
+from router.routing.prefix import bounded_choice, score
+
+EVERY_API = frozenset(("chat", "completions", "embeddings"))
 
 PoolStatus = Literal["ok", "saturated", "unhealthy"]
+
+
+class Prefixed(Protocol):
+    """A call ``prefix_affinity`` can place (:class:`router.inbound.base.ClientCall`)."""
+
+    @property
+    def apis(self) -> frozenset[str]: ...
+    @property
+    def fim(self) -> bool: ...
+
+    def prefix_key(self, limit: int) -> bytes | None:
+        """The digest of the opening of its prompt (reading at most ``limit`` bytes);
+        None when it has none to place by."""
+        ...
 
 
 @dataclass(slots=True, eq=False)
@@ -54,12 +76,26 @@ class Member:
     weight: float
     state: BackendState
     ident: bytes  # stable identity for rendezvous hashing
+    apis: frozenset[str] = EVERY_API  # the client APIs its backend serves
+    fills: bool = False  # declares fim: serves completions with `suffix`
+    fim: FimTemplate | None = None  # the template the gateway renders (None: native)
+
+    def serves(self, apis: frozenset[str], fim: bool) -> bool:
+        """It has one of ``apis`` (and fills in the middle, when ``fim``)."""
+        return (self.fills or not fim) and not self.apis.isdisjoint(apis)
 
 
 class Balancer:
     """One per pool per config; holds the strategy's counters."""
 
-    def __init__(self, name: str, cfg: Pool, states: Mapping[str, BackendState]) -> None:
+    def __init__(
+        self,
+        name: str,
+        cfg: Pool,
+        states: Mapping[str, BackendState],
+        apis: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
+        """``apis``: the client APIs of each backend (default: every API)."""
         self.name = name
         self.strategy = cfg.strategy
         self.max_waiting = cfg.max_waiting
@@ -76,11 +112,27 @@ class Balancer:
                 weight=m.weight,
                 state=states[m.backend],
                 ident=f"{m.backend}\x00{m.model}".encode(),
+                apis=EVERY_API if apis is None else apis[m.backend],
+                fills=m.fim is not None,
+                fim=m.fim_template(),
             )
             for i, m in enumerate(cfg.members)
         ]
+        self._serves = {
+            (api, fim) for m in self.members for api in m.apis for fim in (False, True)
+            if m.serves(frozenset((api,)), fim)
+        }  # fmt: skip
+        self._answers: dict[tuple[frozenset[str], bool], bool] = {}
         self._next = 0
         self._current = [0.0] * len(self.members)  # smooth weighted round robin
+
+    def serves(self, apis: frozenset[str], fim: bool) -> bool:
+        """Some member can serve a call in one of ``apis`` (with ``suffix`` when ``fim``)."""
+        key = (apis, fim)
+        got = self._answers.get(key)  # bounded: one entry per codec, with and without fim
+        if got is None:
+            got = self._answers[key] = any((api, fim) in self._serves for api in apis)
+        return got
 
     # -- capacity ---------------------------------------------------------------------
     def saturated(self, m: Member) -> bool:
@@ -124,8 +176,9 @@ class Balancer:
         self,
         now: float = 0.0,
         session: str | None = None,
-        request: ChatCompletionRequest | None = None,
+        call: Prefixed | None = None,
     ) -> list[Member]:
+        """``session``: the affinity key; ``call``: what ``prefix_affinity`` places."""
         members = self.members
         if len(members) == 1:
             return list(members)
@@ -137,8 +190,8 @@ class Balancer:
                 first = _rendezvous(avail, session)
                 avail.remove(first)
                 avail.insert(0, first)
-            elif self.strategy == "prefix_affinity" and request is not None:
-                avail = self._by_prefix(avail, opening_key(request, self.max_prefix_bytes))
+            elif self.strategy == "prefix_affinity" and call is not None:
+                avail = self._by_prefix(avail, call)
             else:
                 avail = self._by_strategy(avail)
             throttled = [m for m in avail if m.state.throttled_until > now]
@@ -161,11 +214,17 @@ class Balancer:
             return sorted(rotated, key=_load)  # stable: ties keep the rotation
         return sorted(rotated, key=_latency_cost)
 
-    def _by_prefix(self, avail: list[Member], key: bytes) -> list[Member]:
-        """The member the key hashes to within the load bound, then least-loaded."""
-        ranked = sorted(avail, key=lambda m: score(key, m.ident, m.weight), reverse=True)
-        first = bounded_choice(ranked, _in_flight, _weight, self.epsilon)
+    def _by_prefix(self, avail: list[Member], call: Prefixed) -> list[Member]:
+        """The member serving the call that its key hashes to within the load bound,
+        then least-loaded (only least-loaded when the call has no key)."""
         rest = self._by_strategy(avail)
+        key = call.prefix_key(self.max_prefix_bytes)
+        if key is None:
+            return rest
+        apis, fim = call.apis, call.fim
+        serving = [m for m in avail if m.serves(apis, fim)]
+        ranked = sorted(serving, key=lambda m: score(key, m.ident, m.weight), reverse=True)
+        first = bounded_choice(ranked, _in_flight, _weight, self.epsilon)
         if first is None:
             return rest
         rest.remove(first)

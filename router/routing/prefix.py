@@ -16,6 +16,14 @@ member carries more than (1 + epsilon) times its share of the mean. A member
 over the bound passes its conversations on, in the same order on every
 replica, and gets them back as it drains.
 
+What the opening is depends on the endpoint (each codec's ``prefix_key``): a
+chat conversation's messages up to its first user message; a completions
+prompt's first :data:`PROMPT_OPENING_BYTES` (a prompt has no turns to go by: a
+file's or a template's opening stays while the text after it grows); an
+embeddings input whole, up to the limit (inputs do not grow: the same text
+goes back to the member that embedded it). A batch is placed by its first
+prompt or input; token-id prompts by their leading ids (four bytes a token).
+
 Why the opening and not the longest shared block: conversations that share a
 system prompt share its blocks, so keying on the longest known prefix sends
 every new conversation with that prompt to the one member holding it (then the
@@ -28,14 +36,19 @@ from __future__ import annotations
 
 import hashlib
 import math
+from array import array
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from router.contract import ChatCompletionRequest, ImagePart, TextPart
 
 T = TypeVar("T")
 
 _SEP = b"\x1e"
+_TOKEN_ID_MASK = (1 << 64) - 1
+PROMPT_OPENING_BYTES = 1024  # what places a completions prompt (about 256 tokens)
+
+Prompt = str | list[Any]  # a completions prompt or embeddings input, as parsed
 
 
 def opening_key(req: ChatCompletionRequest, limit: int) -> bytes:
@@ -67,6 +80,25 @@ def opening_key(req: ChatCompletionRequest, limit: int) -> bytes:
         h.update(_SEP)
         if role == "user" or left <= 0:
             break
+    return h.digest()
+
+
+def leading_key(prompt: Prompt | None, limit: int) -> bytes | None:
+    """A 16-byte digest of the first ``limit`` bytes of a prompt, or of its first
+    ``limit // 4`` token ids; of the first prompt of a batch. None for no prompt."""
+    first: object = prompt
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        first = prompt[0]  # a batch: list[str] or list[list[int]]
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(first, str) and first:
+        h.update(b"t")
+        h.update(first[:limit].encode()[:limit])
+    elif isinstance(first, list) and first:
+        ids = first[: max(1, limit // 4)]
+        h.update(b"i")
+        h.update(array("Q", [i & _TOKEN_ID_MASK for i in ids if isinstance(i, int)]).tobytes())
+    else:
+        return None
     return h.digest()
 
 

@@ -112,6 +112,7 @@ class Rules:
                 globs = tuple(m for m in t.models if m not in exact)
                 self._allow[team] = (exact, globs)
         self._names = {name: [name, *e.aliases] for name, e in cfg.models.items()}
+        self.kinds = {name: e.kind for name, e in cfg.models.items()}
 
     def resolve(self, requested: str) -> str | None:
         """The config model a client's model name means, or None."""
@@ -123,7 +124,11 @@ class Rules:
                 return name
         return None
 
-    def allowed(self, team: str, model: str) -> bool:
+    def allowed(self, team: str, model: str, own: tuple[str, ...] | None = None) -> bool:
+        """``own``: the caller's own allowlist (a database key's ``models``), on top of
+        the team's; names or globs."""
+        if own is not None and not any(fnmatch.fnmatchcase(model, m) for m in own):
+            return False
         rule = self._allow.get(team)
         if rule is None:
             return team in self._allow
@@ -140,10 +145,11 @@ class Rules:
                 return decision
         return None
 
-    def visible_models(self, team: str) -> list[str]:
-        """Names a team may send (config names and their literal aliases)."""
+    def visible_models(self, team: str, own: tuple[str, ...] | None = None) -> list[str]:
+        """Names a team (and a caller with its own allowlist) may send (config names
+        and their literal aliases)."""
         out: list[str] = []
         for name, names in self._names.items():
-            if self.allowed(team, name):
+            if self.allowed(team, name, own):
                 out.extend(n for n in names if not any(c in n for c in "*?["))
         return out

@@ -241,3 +241,29 @@ async def test_azure_rate_limit_is_retryable_and_mapped(
             model="chat", messages=[{"role": "user", "content": "x"}]
         )
     assert err.value.body["code"] == "429"  # type: ignore[index]
+
+
+async def test_embeddings_on_an_azure_deployment(fake: FakeAzure) -> None:
+    fake.behaviour.deployments["emb-prod"] = "text-embedding-3-small"
+    doc = config({"provider": "azure", "url": fake.url, "api_key": "azure-test-key"})
+    doc["pools"]["vectors"] = {"members": [{"backend": "az", "model": "emb-prod"}]}
+    doc["models"]["embed"] = {"kind": "embeddings", "routes": [{"pools": ["vectors"]}]}
+    doc["teams"]["research"]["models"].append("embed")
+    gw = await start_gateway(doc)
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=gw.base_url, api_key=DEMO_KEY, max_retries=0
+        ) as client:
+            result = await client.embeddings.create(
+                model="embed", input=["a b", "c"], dimensions=4, encoding_format="float"
+            )
+    finally:
+        await gw.stop()
+    assert result.model == "embed"
+    assert [d.embedding for d in result.data] == [[0.5] * 4] * 2
+    assert result.usage.prompt_tokens == 3
+    seen = fake.seen[-1]
+    assert seen.path == "/openai/deployments/emb-prod/embeddings"
+    assert seen.query["api-version"] == "2024-10-21" and seen.headers["api-key"] == "azure-test-key"
+    assert seen.body == {"model": "emb-prod", "input": ["a b", "c"], "dimensions": 4,
+                         "encoding_format": "float"}  # fmt: skip

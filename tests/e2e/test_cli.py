@@ -107,7 +107,7 @@ def test_check_reports_yaml_paths(tmp_path: Path) -> None:
     ok = subprocess.run(
         [*CLI, "check", str(good)], capture_output=True, text=True, timeout=30, check=False
     )
-    assert ok.returncode == 0 and "ok (1 backends, 1 pools" in ok.stdout
+    assert ok.returncode == 0 and "ok (1 backends, 2 pools, 2 models" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         good.read_text()

@@ -192,3 +192,16 @@ def test_dashboards_cover_every_metric_and_use_the_variables(live: tuple[Prometh
                 assert 'team=~"$team"' in selector, expr
             if "model" in labels[name]:
                 assert 'model=~"$model"' in selector, expr
+
+
+def test_requests_by_endpoint_show_every_endpoint(live: tuple[Prometheus, str]) -> None:
+    prom, _ = live
+    overview = load(ROOT / "grafana" / "spillway-overview.json")
+    for title in ("Requests by endpoint and status", "p95 request duration by endpoint"):
+        target = next(p for p in panels(overview) if p["title"] == title)["targets"][0]
+        result = prom.query(substitute(target["expr"], **ALL))["data"]["result"]
+        assert {r["metric"]["endpoint"] for r in result} == {"chat", "completions", "embeddings"}
+    usage = load(ROOT / "grafana" / "spillway-usage.json")
+    target = next(p for p in panels(usage) if p["title"] == "Embedding input tokens by model")
+    result = prom.query(substitute(target["targets"][0]["expr"], **ALL))["data"]["result"]
+    assert [r["metric"]["model"] for r in result] == ["embed"]

@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from router.config import parse_config
+from router.config_load import parse_config
 from tests.helm.chart import (
     CHART,
     KUBE_VERSIONS,
@@ -276,6 +276,47 @@ def test_notes() -> None:
     assert "every pod keeps its own rate limits" in lonely
 
 
+def test_identity_admin_database_and_tracing() -> None:
+    values = yaml.safe_load((CHART / "ci" / "identity-values.yaml").read_text())
+    r = render(values)
+    cfg = parse_config(config_text(r), "rendered ConfigMap", env=pod_env(r))
+    issuer = cfg.auth.jwt[0]
+    assert issuer.teams == {"llm-research": "research"} and issuer.user_claim == "email"
+    assert cfg.auth.user_limits is not None and cfg.auth.user_limits.requests_per_minute == 60
+    assert "${DATABASE_URL}" in config_text(r)  # the URL itself only in the Secret
+    assert cfg.admin is not None and cfg.admin.listen.port == 8081
+    assert cfg.admin.listen.host == "0.0.0.0" and cfg.admin.jwt is not None
+    assert cfg.tracing.otlp_endpoint == "http://otel-collector.observability:4318"
+    assert cfg.tracing.sample_ratio == 0.25 and not cfg.tracing.capture_content
+    c = container(r)
+    db = next(e for e in c["env"] if e["name"] == "DATABASE_URL")
+    assert db["valueFrom"]["secretKeyRef"] == {"name": "spillway-database", "key": "url"}
+    assert {"name": "admin", "containerPort": 8081, "protocol": "TCP"} in c["ports"]
+    admin = r.one("Service", "gw-spillway-admin")
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert admin["spec"]["ports"] == [
+        {"name": "admin", "port": 8081, "targetPort": "admin", "protocol": "TCP"}
+    ]
+    public = r.one("Service", "gw-spillway")
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]  # admin not on it
+    rules = r.one("NetworkPolicy")["spec"]["ingress"]
+    admin_rule = next(x for x in rules if x["ports"][0]["port"] == "admin")
+    assert admin_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"spillway-admin": "true"}}}
+    ]
+    # off by default: no admin port, Service, database or tracing
+    default = render({})
+    assert sorted(d["metadata"]["name"] for d in default.docs if d["kind"] == "Service") == [
+        "gw-spillway", "gw-spillway-redis"]  # fmt: skip
+    assert [p["name"] for p in container(default)["ports"]] == ["http"]
+    plain = parse_config(config_text(default), "default", env=pod_env(default))
+    assert plain.admin is None and not plain.database.url and not plain.tracing.otlp_endpoint
+    with pytest.raises(helm.HelmRenderError, match=r"admin\.enabled needs database"):
+        render({"admin": {"enabled": True, "tokens": ["a" * 64]}})
+    with pytest.raises(helm.HelmRenderError, match=r"needs tracing\.otlpEndpoint"):
+        render({"tracing": {"enabled": True}})
+
+
 BAD_VALUES = [
     ("unknown top-level key", {"replicas": 3}),
     ("zero replicas", {"replicaCount": 0}),
@@ -296,6 +337,10 @@ BAD_VALUES = [
     ("bad alert duration", {"metrics": {"prometheusRule": {"errorRate": {"for": "ten"}}}}),
     ("negative drain", {"drainSeconds": -1}),
     ("bad pull policy", {"image": {"pullPolicy": "Sometimes"}}),
+    ("admin token that is no sha256", {"admin": {"tokens": ["secret"]}}),
+    ("database url in the config", {"config": {"database": {"url": "postgresql://x"}}}),
+    ("sample ratio over 1", {"tracing": {"sampleRatio": 2}}),
+    ("issuer without teams", {"auth": {"jwt": [{"issuer": "x", "audience": "y"}]}}),
 ]
 
 

@@ -32,7 +32,8 @@ ENV = {"CLIENT_KEY": CLIENT_KEY, "OTHER_KEY": OTHER_KEY, "UPSTREAM_KEY": UPSTREA
        "ECHO_KEY": ECHO_KEY}  # fmt: skip
 
 ACCESS_FIELDS = {
-    "ts", "level", "logger", "msg", "request_id", "team", "key_id", "model", "pool", "backend",
+    "ts", "level", "logger", "msg", "request_id", "endpoint", "team", "key_id", "model", "pool",
+    "backend",
     "status", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms",
 }  # fmt: skip
 
@@ -129,6 +130,7 @@ async def test_one_json_line_per_request(upstream: FakeOpenAI, echo: FakeOpenAI)
     ok, denied = lines
     assert set(ok) == ACCESS_FIELDS
     assert ok["request_id"] == rid
+    assert ok["endpoint"] == denied["endpoint"] == "chat"
     assert ok["level"] == "info" and ok["msg"] == "request"
     assert ok["ts"].endswith("Z") and len(ok["ts"]) == len("2024-01-01T00:00:00.000Z")
     assert (ok["team"], ok["key_id"], ok["model"], ok["pool"], ok["backend"]) == (

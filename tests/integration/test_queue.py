@@ -286,3 +286,56 @@ async def test_a_reload_keeps_the_queue_and_its_order() -> None:
     finally:
         await gw.stop()
         await gpu.stop()
+
+
+async def test_completions_and_embeddings_queue_like_chat() -> None:
+    gpu = await FakeOpenAI("gpu", Behaviour(first_byte_delay=30.0)).start()
+    doc = queued_config(gpu, teams={"a": {}, "b": {}})
+    # an embeddings model on the same GPU, with a short wait: both pools share its slot
+    doc["pools"]["vectors"] = {"members": members("gpu", model="bge"),
+                               "queue": {"max_wait_ms": 150}}  # fmt: skip
+    doc["models"]["embed"] = {"kind": "embeddings", "routes": [{"pools": ["vectors"]}]}
+    gw = await start_gateway(doc)
+    gates = gw.gateway.runtime.scheduler.gates
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def send(path: str, team: str, body: dict[str, Any]) -> tuple[int, Any]:
+                auth = {"Authorization": f"Bearer {KEYS[team]}"}
+                async with s.post(gw.url + path, json=body, headers=auth) as r:
+                    return r.status, (await r.json(), r.headers)
+
+            held = asyncio.create_task(ask(s, gw, "a", "first"))
+            await wait_for(lambda: gpu.inflight == 1, what="the GPU to fill")
+            completion = asyncio.create_task(send(
+                "/v1/completions", "b", {"model": "chat", "prompt": "Dams hold", "max_tokens": 4}
+            ))  # fmt: skip
+            await wait_for(lambda: len(gates["local"].queue) == 1, what="completions to queue")
+            status, (body, headers) = await send(
+                "/v1/embeddings", "b", {"model": "embed", "input": ["spillway"]}
+            )
+            assert status == 429  # waited its 150 ms behind the chat, in OpenAI's envelope
+            assert body["error"]["code"] == "queue_timeout" and "Retry-After" in headers
+            gpu.behaviour.first_byte_delay = 0.0
+            held.cancel()  # the chat's client leaves: its slot goes to the completions request
+            await asyncio.gather(held, return_exceptions=True)
+            status, (body, _) = await completion
+            assert status == 200 and body["object"] == "text_completion"
+            status, (body, _) = await send(
+                "/v1/embeddings", "b", {"model": "embed", "input": ["spillway"]}
+            )
+            assert status == 200 and body["data"][0]["object"] == "embedding"
+        assert [seen.path for seen in gpu.seen] == [
+            "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+        ]  # fmt: skip
+        assert metric(gw, "spillway_queue_wait_seconds_count", pool="local", team="b",
+                      priority="0") == 1  # fmt: skip
+        assert metric(gw, "spillway_queue_dropped_total", pool="vectors", team="b",
+                      priority="0", reason="timeout") == 1  # fmt: skip
+        assert metric(gw, "spillway_requests_total", endpoint="completions", model="chat",
+                      pool="local", backend="gpu", team="b", status_class="2xx") == 1  # fmt: skip
+        assert metric(gw, "spillway_requests_total", endpoint="embeddings", model="embed",
+                      pool="vectors", backend="gpu", team="b", status_class="2xx") == 1  # fmt: skip
+    finally:
+        await gw.stop()
+        await gpu.stop()

@@ -1,6 +1,7 @@
 """A real aiohttp server that speaks Azure OpenAI's chat-completions dialect.
 
-``POST /openai/deployments/{deployment}/chat/completions?api-version=V``:
+``POST /openai/deployments/{deployment}/chat/completions?api-version=V`` (and
+``/embeddings``, OpenAI's embeddings answer naming the deployed model):
 
 * no or unknown ``api-version``: 404 ``{"error":{"code":"404","message":"Resource not found"}}``;
 * ``api-key`` must match (or ``Authorization: Bearer <token>`` when a token is
@@ -77,6 +78,7 @@ class FakeAzure(FakeServer):
         self.known = _known_params()
         app = web.Application()
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
+        app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
         super().__init__(app)
 
     @property
@@ -87,7 +89,26 @@ class FakeAzure(FakeServer):
     def _error(status: int, code: str, message: str) -> web.Response:
         return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.seen.append(Seen(request.path, dict(request.headers), body, raw, dict(request.query)))
+        inputs = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        dims = int(body.get("dimensions") or 3)
+        data = [{"object": "embedding", "index": i, "embedding": [0.5] * dims}
+                for i in range(len(inputs))]  # fmt: skip
+        tokens = sum(len(str(x).split()) for x in inputs)
+        return web.json_response({
+            "object": "list", "data": data,
+            "model": self.behaviour.deployments[request.match_info["deployment"]],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })  # fmt: skip
+
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """Azure's answer to a bad api-version, bad credentials or an unknown deployment."""
         b = self.behaviour
         if request.query.get("api-version") not in API_VERSIONS:
             return self._error(404, "404", "Resource not found")
@@ -97,8 +118,7 @@ class FakeAzure(FakeServer):
         )
         if not (key_ok or token_ok):
             return self._error(401, "401", UNAUTHORIZED)
-        deployment = request.match_info["deployment"]
-        if deployment not in b.deployments:
+        if request.match_info["deployment"] not in b.deployments:
             return self._error(
                 404,
                 "DeploymentNotFound",
@@ -106,6 +126,14 @@ class FakeAzure(FakeServer):
                 "does not exist. If you created the deployment within the last 5 "
                 "minutes, please wait a moment and try again.",
             )
+        return None
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        b = self.behaviour
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        deployment = request.match_info["deployment"]
         raw = await request.read()
         body = orjson.loads(raw)
         self.seen.append(Seen(request.path, dict(request.headers), body, raw, dict(request.query)))

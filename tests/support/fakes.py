@@ -26,6 +26,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests.support.fake_endpoints import CompletionsAndEmbeddings
 from tests.support.net import free_port
 
 
@@ -53,6 +54,8 @@ class Behaviour:
     prompt_tokens: int | None = None  # reported prompt tokens (default: counted words)
     extra_response: dict[str, Any] = field(default_factory=dict)
     redirect_to: str | None = None
+    completion_text: str | None = None  # /v1/completions answers this (default: w0 w1 ...)
+    embeddings_base64: bool = True  # False: /v1/embeddings refuses encoding_format base64
 
 
 @dataclass
@@ -149,8 +152,11 @@ async def play(
     return resp
 
 
-class FakeOpenAI(FakeServer):
-    """An OpenAI-compatible upstream on a free port; ``await start()`` first."""
+class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
+    """An OpenAI-compatible upstream on a free port; ``await start()`` first.
+
+    Also serves vLLM's ``/v1/completions`` and ``/v1/embeddings``
+    (:mod:`tests.support.fake_endpoints`)."""
 
     def __init__(
         self,
@@ -173,6 +179,8 @@ class FakeOpenAI(FakeServer):
         app = web.Application()
         for path in ("/v1/chat/completions", "/openai/v1/chat/completions", "/chat/completions"):
             app.router.add_post(path, self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
         return app
@@ -203,6 +211,21 @@ class FakeOpenAI(FakeServer):
         """Start again on the same port (after :meth:`kill` or :meth:`stop`)."""
         self.app = self._make_app()
         return await self.start()
+
+    def _record(self, request: web.Request, raw: bytes) -> dict[str, Any]:
+        body: dict[str, Any] = orjson.loads(raw)
+        self.seen.append(
+            Seen(request.path, CIMultiDict(request.headers), body, raw, dict(request.query))
+        )
+        return body
+
+    async def _play(
+        self, request: web.Request, resp: web.StreamResponse, events: list[bytes]
+    ) -> web.StreamResponse:
+        b = self.behaviour
+        return await play(
+            request, resp, events, break_after=b.break_after, chunk_delay=b.chunk_delay
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         self.probes += 1

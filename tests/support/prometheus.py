@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from tests.support.debian import unpack
 from tests.support.net import free_port
 
 
@@ -55,18 +56,7 @@ def _tool(name: str) -> str:
 
 
 def _unpack_debian_package() -> None:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        return
-    download = Path(tempfile.mkdtemp(prefix="spillway-prometheus-deb-"))
-    try:
-        subprocess.run(["apt-get", "download", "prometheus"], cwd=download,
-                       capture_output=True, timeout=300, check=False)  # fmt: skip
-        for deb in download.glob("prometheus_*.deb"):
-            CACHE.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(CACHE)],
-                           capture_output=True, timeout=300, check=True)  # fmt: skip
-    finally:
-        shutil.rmtree(download, ignore_errors=True)
+    unpack(["prometheus"], CACHE)
 
 
 class Prometheus:

@@ -2,11 +2,12 @@
 
 Simulated backends (one always failing), a priced hosted pool, a route that
 spills on error and one that spills on a spent budget, a rate-limited team,
-streamed and plain requests: answered 2xx, refused 4xx and failed 5xx. A pool
-with a queue of one slot, where requests wait, time out and spill, and a
-sheddable team is turned away; a prefix_affinity pool whose member keeps a
-prefix cache (a ``spillway simulate`` process when its URL is given, so its
-``vllm:prefix_cache_*`` counters can be scraped too).
+streamed and plain requests on every endpoint (chat, completions, embeddings):
+answered 2xx, refused 4xx and failed 5xx. A pool with a queue of one slot,
+where requests wait, time out and spill, and a sheddable team is turned away;
+a prefix_affinity pool whose member keeps a prefix cache (a ``spillway
+simulate`` process when its URL is given, so its ``vllm:prefix_cache_*``
+counters can be scraped too).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def config(
             "flaky": {"members": [{"backend": "broken", "model": "x"},
                                   {"backend": "sim-b", "model": "llama-8b"}]},
             "dead": {"members": [{"backend": "broken", "model": "x"}]},
+            "vectors": {"members": [{"backend": "sim-b", "model": "bge-m3"}],
+                        "price": {"input_per_mtok": 0.02}},
             "hosted": {"members": [{"backend": "sim-b", "model": "gpt-4o-mini"}],
                        "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.60},
                        "budget": {"usd_per_month": 1000}},
@@ -67,6 +70,7 @@ def config(
             "flaky": {"routes": [{"pools": ["flaky"]}]},
             "spill": {"routes": [{"pools": ["dead", "hosted"]}]},
             "down": {"routes": [{"pools": ["dead"]}]},
+            "embed": {"kind": "embeddings", "routes": [{"pools": ["vectors"]}]},
             "queued": {"routes": [{"pools": ["queued", "hosted"]}]},
             "agents": {"routes": [{"pools": ["agents"]}]},
         },
@@ -87,34 +91,42 @@ def config(
     }  # fmt: skip
 
 
-# (team, model, stream)
-MIX: tuple[tuple[str, str, bool], ...] = (
-    ("research", "chat", False),
-    ("research", "chat", True),
-    ("research", "flaky", False),
-    ("research", "spill", True),
-    ("research", "down", False),
-    ("limited", "chat", False),
-    ("broke", "chat", True),
-    ("research", "queued", False),  # one slot: one is served, the others wait ...
-    ("research", "queued", True),
-    ("research", "queued", False),
-    ("research", "queued", False),  # ... time out or find the queue full, and spill
-    ("batch", "queued", False),  # sheddable: turned away while the pool is full
-    ("research", "agents", True),
-    ("broke", "agents", False),
+# (team, model, stream, endpoint)
+MIX: tuple[tuple[str, str, bool, str], ...] = (
+    ("research", "chat", False, "chat"),
+    ("research", "chat", True, "chat"),
+    ("research", "flaky", False, "chat"),
+    ("research", "spill", True, "chat"),
+    ("research", "down", False, "chat"),
+    ("limited", "chat", False, "chat"),
+    ("broke", "chat", True, "chat"),
+    ("research", "chat", True, "completions"),
+    ("research", "embed", False, "embeddings"),
+    ("research", "queued", False, "chat"),  # one slot: one is served, the others wait ...
+    ("research", "queued", True, "chat"),
+    ("research", "queued", False, "completions"),
+    ("research", "queued", False, "chat"),  # ... time out or find the queue full, and spill
+    ("batch", "queued", False, "chat"),  # sheddable: turned away while the pool is full
+    ("research", "agents", True, "chat"),
+    ("broke", "agents", False, "chat"),
 )
 
 
-async def _one(s: aiohttp.ClientSession, url: str, team: str, model: str, stream: bool) -> int:
-    body: dict[str, Any] = {
-        "model": model, "messages": [{"role": "user", "content": "tell me about dams"}],
-        "max_tokens": 12, "stream": stream,
-    }  # fmt: skip
+async def _one(
+    s: aiohttp.ClientSession, url: str, team: str, model: str, stream: bool, endpoint: str
+) -> int:
+    body: dict[str, Any] = {"model": model, "max_tokens": 12, "stream": stream}
+    if endpoint == "chat":
+        body["messages"] = [{"role": "user", "content": "tell me about dams"}]
+    elif endpoint == "completions":
+        body["prompt"] = "Dams hold back"
+    else:
+        body = {"model": model, "input": ["tell me about dams", "and spillways"]}
     if stream:
         body["stream_options"] = {"include_usage": True}
     headers = {"Authorization": f"Bearer {KEYS[team]}"}
-    async with s.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+    async with s.post(f"{url}/v1/{endpoint.replace('chat', 'chat/completions')}", json=body,
+                      headers=headers) as r:  # fmt: skip
         await r.read()
         return r.status
 

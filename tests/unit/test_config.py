@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, load_config, parse_config
+from router.config import ConfigError
+from router.config_load import load_config, parse_config
 
 GOOD = """
 backends:

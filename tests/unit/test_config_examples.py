@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from router.cli import main
-from router.config import load_config
+from router.config_load import load_config
 from router.providers import build_backend
 from router.upstream import Upstream
 
@@ -60,3 +60,13 @@ async def test_example_backends_build(path: Path) -> None:
             assert built.cfg is backend and built.name == name
     finally:
         await upstream.close()
+
+
+def test_an_example_serves_embeddings_and_fim_on_vllm() -> None:
+    path = next(p for p in EXAMPLES if p.stem == "code-and-embeddings")
+    cfg = load_config(path, env=dummy_env(path))
+    embeds = [name for name, m in cfg.models.items() if m.kind == "embeddings"]
+    assert embeds
+    fim = [(m.fim, cfg.backends[m.backend]) for p in cfg.pools.values() for m in p.members
+           if m.fim is not None]  # fmt: skip
+    assert any(f == "qwen-coder" and b.flavour == "vllm" for f, b in fim)

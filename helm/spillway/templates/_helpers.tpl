@@ -82,6 +82,32 @@ app.kubernetes.io/component: redis
 {{- $_ := set $server "shutdown_grace_seconds" (int .Values.drainSeconds) }}
 {{- end }}
 {{- $_ := set $cfg "server" $server }}
+{{- if or .Values.auth.jwt .Values.auth.userLimits }}
+{{- $auth := dict "jwt" .Values.auth.jwt }}
+{{- if .Values.auth.userLimits }}
+{{- $_ := set $auth "user_limits" .Values.auth.userLimits }}
+{{- end }}
+{{- $_ := set $cfg "auth" $auth }}
+{{- end }}
+{{- if .Values.database.existingSecret }}
+{{- $_ := set $cfg "database" (dict "url" "${DATABASE_URL}" "schema_name" .Values.database.schemaName) }}
+{{- end }}
+{{- if .Values.admin.enabled }}
+{{- if not .Values.database.existingSecret }}
+{{- fail "admin.enabled needs database.existingSecret (the admin API keeps keys in PostgreSQL)" }}
+{{- end }}
+{{- $admin := dict "listen" (dict "host" "0.0.0.0" "port" (int .Values.admin.port)) "tokens" .Values.admin.tokens }}
+{{- if .Values.admin.jwt }}
+{{- $_ := set $admin "jwt" .Values.admin.jwt }}
+{{- end }}
+{{- $_ := set $cfg "admin" $admin }}
+{{- end }}
+{{- if .Values.tracing.enabled }}
+{{- if not .Values.tracing.otlpEndpoint }}
+{{- fail "tracing.enabled needs tracing.otlpEndpoint" }}
+{{- end }}
+{{- $_ := set $cfg "tracing" (dict "otlp_endpoint" .Values.tracing.otlpEndpoint "sample_ratio" .Values.tracing.sampleRatio "capture_content" .Values.tracing.captureContent) }}
+{{- end }}
 {{- toYaml $cfg }}
 {{- end }}
 
@@ -114,6 +140,16 @@ app.kubernetes.io/component: redis
 {{- else }}
 {{- fail "redis.mode external needs redis.url or redis.existingSecret" }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "spillway.databaseEnv" -}}
+{{- if .Values.database.existingSecret }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.existingSecretKey }}
 {{- end }}
 {{- end }}
 

@@ -29,4 +29,6 @@ def make_call(
         default_max_tokens=default_max_tokens,
         request_id="req_unit",
         forward_headers={},
+        stream=bool(request.stream),
+        wants_usage=request.wants_usage(),
     )

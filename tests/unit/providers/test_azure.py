@@ -28,16 +28,21 @@ def azure(**cfg: Any) -> AzureBackend:
 
 def test_deployment_url_and_api_version() -> None:
     be = azure(api_key="k" * 32)
-    assert be.endpoint("gpt4o-prod") == (
+    assert be.endpoint("chat", "gpt4o-prod") == (
         "https://contoso.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions"
         f"?api-version={DEFAULT_API_VERSION}"
     )
+    for api, path in (("completions", "completions"), ("embeddings", "embeddings")):
+        assert be.endpoint(api, "emb-prod") == (
+            f"https://contoso.openai.azure.com/openai/deployments/emb-prod/{path}"
+            f"?api-version={DEFAULT_API_VERSION}"
+        )
     be = azure(
         url="https://contoso.openai.azure.com/openai/",
         api_key="k" * 32,
         api_version="2025-04-01-preview",
     )
-    assert be.endpoint("a b/c") == (
+    assert be.endpoint("chat", "a b/c") == (
         "https://contoso.openai.azure.com/openai/deployments/a%20b%2Fc/chat/completions"
         "?api-version=2025-04-01-preview"
     )

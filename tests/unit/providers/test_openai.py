@@ -127,7 +127,9 @@ def test_url_and_headers() -> None:
         ),
         None,
     )  # type: ignore[arg-type]
-    assert be.endpoint("m") == "https://h.example/openai/v1/chat/completions"
+    assert be.endpoint("chat", "m") == "https://h.example/openai/v1/chat/completions"
+    assert be.endpoint("completions", "m") == "https://h.example/openai/v1/completions"
+    assert be.endpoint("embeddings", "m") == "https://h.example/openai/v1/embeddings"
     assert be.headers["Authorization"] == "Bearer ps-secret"
     assert be.headers["X-Org"] == "o"
 
@@ -177,3 +179,39 @@ def test_max_completion_tokens_sent_as_max_tokens_when_denied(
     sent = body_sent(be, body, member_model="chat", max_tokens=cap)
     assert sent is not None
     assert {k: sent[k] for k in ("max_tokens", "max_completion_tokens") if k in sent} == expected
+
+
+def completion_call(body: dict[str, Any], **kw: Any) -> Any:
+    from router.inbound.contracts import CompletionRequest
+    from router.providers.base import Call
+
+    raw = orjson.dumps({"model": "coder", **body})
+    return Call(
+        request=CompletionRequest.model_validate_json(raw), raw=raw, client_model="coder",
+        member_model=kw.pop("member_model", "coder"), max_tokens=kw.pop("max_tokens", None),
+        clamped=False, default_max_tokens=16, request_id="r", forward_headers={},
+        api="completions", stream=bool(body.get("stream")), **kw,
+    )  # fmt: skip
+
+
+def test_completions_policy_uses_the_completions_extras() -> None:
+    be = backend(flavour="openai")
+    call = completion_call({"prompt": "x", "echo": True, "top_k": 3, "prompt_logprobs": 1})
+    adapter = OpenAIAdapter(be, call)
+    assert adapter._needs_patch()
+    sent = patch_body(call, be.name, be.blocked_by_api["completions"], be.unsupported)
+    assert sent["echo"] is True  # standard in the completions contract
+    assert "top_k" not in sent and "prompt_logprobs" not in sent
+    assert "echo" in be.blocked_by_api["chat"]  # a vLLM extra in the chat contract
+
+
+def test_completion_with_suffix_gets_the_members_template() -> None:
+    from router.fim import PRESETS
+
+    be = backend()
+    call = completion_call({"prompt": "a", "suffix": "b"}, fim=PRESETS["codellama"])
+    assert OpenAIAdapter(be, call)._needs_patch()
+    sent = patch_body(call, be.name, be.blocked_by_api["completions"], be.unsupported)
+    assert sent["prompt"] == "<PRE> a <SUF>b <MID>" and "suffix" not in sent
+    native = completion_call({"prompt": "a", "suffix": "b"})  # fim: native (no template)
+    assert not OpenAIAdapter(be, native)._needs_patch()  # the client's bytes, suffix and all

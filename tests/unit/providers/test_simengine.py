@@ -68,12 +68,25 @@ def test_the_lru_forgets_the_oldest_blocks() -> None:
 def test_first_token_time_scales_with_the_uncached_share() -> None:
     engine = SimEngine(SimulateSettings(ttft_ms=200, prefix_cache_blocks=1000, block_size=4))
     req = request("a b c d e f g h")
-    cold = engine.first_token_seconds(req)
-    warm = engine.first_token_seconds(req)
+    cold = engine.first_token_seconds(lambda: [prompt_tokens(req)])
+    warm = engine.first_token_seconds(lambda: [prompt_tokens(req)])
     assert cold == pytest.approx(0.2)
     tokens = len(prompt_tokens(req))
     assert warm == pytest.approx(0.2 * (tokens % 4) / tokens)
-    assert SimEngine(SimulateSettings(ttft_ms=50)).first_token_seconds(req) == 0.05
+    unused = []  # without a prefix cache the prompts are never tokenized
+    no_cache = SimEngine(SimulateSettings(ttft_ms=50))
+    assert no_cache.first_token_seconds(lambda: unused.append(1) or []) == 0.05
+    assert unused == []
+
+
+def test_several_prompts_each_prefill() -> None:
+    engine = SimEngine(SimulateSettings(ttft_ms=100, prefix_cache_blocks=100, block_size=4))
+    one = [f"w{i}" for i in range(8)]
+    two = [f"v{i}" for i in range(8)]
+    assert engine.first_token_seconds(lambda: [one]) == pytest.approx(0.1)
+    # one is cached whole, two not at all: half the tokens to prefill
+    assert engine.first_token_seconds(lambda: [one, two]) == pytest.approx(0.05)
+    assert engine.cache is not None and engine.cache.hits == 8
 
 
 async def test_the_batch_is_served_first_come_first_served() -> None:

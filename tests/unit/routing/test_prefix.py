@@ -1,4 +1,5 @@
-"""prefix_affinity: the conversation key, and rendezvous hashing with bounded load."""
+"""prefix_affinity: the conversation key of every endpoint, and rendezvous hashing
+with bounded load."""
 
 from __future__ import annotations
 
@@ -6,11 +7,17 @@ import math
 from collections import Counter
 from typing import Any
 
+import orjson
+
 from router.config import Pool
 from router.contract import ChatCompletionRequest
-from router.routing.balance import Balancer
+from router.inbound.base import ClientCall
+from router.inbound.chat import ChatCodec
+from router.inbound.completions import CompletionsCodec
+from router.inbound.embeddings import EmbeddingsCodec
+from router.routing.balance import EVERY_API, Balancer
 from router.routing.health import BackendState
-from router.routing.prefix import opening_key, score
+from router.routing.prefix import PROMPT_OPENING_BYTES, leading_key, opening_key, score
 
 SYSTEM = "You are a careful coding agent. " * 40
 
@@ -22,18 +29,35 @@ def chat(*turns: tuple[str, str], system: str | None = SYSTEM) -> ChatCompletion
 
 
 def balancer(names: list[str], *, epsilon: float = 0.25, weights: dict[str, float] | None = None,
-             states: dict[str, BackendState] | None = None) -> Balancer:  # fmt: skip
+             states: dict[str, BackendState] | None = None,
+             apis: dict[str, frozenset[str]] | None = None) -> Balancer:  # fmt: skip
     weights = weights or {}
     cfg = Pool.model_validate({
         "strategy": "prefix_affinity", "prefix_affinity": {"epsilon": epsilon},
         "members": [{"backend": n, "model": "m", "weight": weights.get(n, 1.0)} for n in names],
     })  # fmt: skip
     states = states or {n: BackendState(n) for n in names}
-    return Balancer("p", cfg, states)
+    return Balancer("p", cfg, states, apis)
 
 
-def conversation(i: int) -> ChatCompletionRequest:
-    return chat(("user", f"task {i}: fix the failing test in module {i}"))
+CHAT, COMPLETIONS, EMBEDDINGS = ChatCodec(), CompletionsCodec(), EmbeddingsCodec()
+
+
+def call(codec: Any, body: dict[str, Any]) -> ClientCall:
+    parsed: ClientCall = codec.parse(orjson.dumps({"model": "m", **body}))
+    return parsed
+
+
+def conversation(i: int) -> ClientCall:
+    return call(
+        CHAT,
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"task {i}: fix module {i}"},
+            ]
+        },
+    )
 
 
 def placement(b: Balancer, n: int) -> dict[int, str]:
@@ -148,7 +172,8 @@ def test_no_member_goes_over_the_load_bound() -> None:
 def test_one_hot_conversation_spills_in_the_same_order_every_time() -> None:
     states = {n: BackendState(n) for n in "abcd"}
     b = balancer(list("abcd"), epsilon=0.25, states=states)
-    key = opening_key(conversation(7), 65536)
+    key = conversation(7).prefix_key(65536)
+    assert key is not None
     ranking = sorted(b.members, key=lambda m: score(key, m.ident, m.weight), reverse=True)
     assert b.order(0.0, None, conversation(7))[0] is ranking[0]
     loads = _load_up(b, states, [7] * 40)
@@ -175,3 +200,86 @@ def test_every_member_is_listed_for_retries() -> None:
     assert sorted(order) == ["a", "b", "c"]
     # without a request (no prompt to hash) the pool is least-loaded
     assert sorted(m.backend for m in b.order()) == ["a", "b", "c"]
+
+
+# ------------------------------------------------------- completions and embeddings
+
+
+def test_a_chat_call_is_keyed_by_its_opening() -> None:
+    first = conversation(3)
+    assert first.prefix_key(65536) == opening_key(first.request, 65536)
+    later = call(CHAT, {"messages": [
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": "task 3: fix module 3"},
+        {"role": "assistant", "content": "done"}, {"role": "user", "content": "and a test"},
+    ]})  # fmt: skip
+    assert later.prefix_key(65536) == first.prefix_key(65536)
+
+
+def test_a_completions_prompt_is_keyed_by_its_opening() -> None:
+    head = "# module loader\nimport os\n" + "def f(x):\n    return x\n" * 60
+    assert len(head.encode()) > PROMPT_OPENING_BYTES
+    short = call(COMPLETIONS, {"prompt": head + "def g(", "suffix": "\n"})
+    grown = call(COMPLETIONS, {"prompt": head + "def g(y):\n    return y\n\ndef h("})
+    key = short.prefix_key(65536)
+    assert key is not None and key == grown.prefix_key(65536)  # the file's opening stays
+    other = call(COMPLETIONS, {"prompt": "# another file\n" + head})
+    assert other.prefix_key(65536) != key
+    # a batch by its first prompt; a smaller max_prefix_bytes reads less
+    batch = call(COMPLETIONS, {"prompt": [head + "x", "unrelated"]})
+    assert batch.prefix_key(65536) == key
+    tiny = call(COMPLETIONS, {"prompt": "abcdefgh-one"}).prefix_key(8)
+    assert tiny == call(COMPLETIONS, {"prompt": "abcdefgh-two"}).prefix_key(8)
+
+
+def test_token_id_prompts_are_keyed_by_their_leading_ids() -> None:
+    ids = list(range(1000, 1300))
+    one = call(COMPLETIONS, {"prompt": ids})
+    assert one.prefix_key(65536) == call(COMPLETIONS, {"prompt": [*ids, 5, 6]}).prefix_key(65536)
+    assert one.prefix_key(65536) != call(COMPLETIONS, {"prompt": [7, *ids]}).prefix_key(65536)
+    batch = call(COMPLETIONS, {"prompt": [ids, [1, 2]]})
+    assert batch.prefix_key(65536) == one.prefix_key(65536)
+    # the text of the ids is not the ids
+    assert leading_key(" ".join(map(str, ids)), 65536) != one.prefix_key(65536)
+    # ids beyond 64 bits (no tokenizer has them; the backend refuses them) do not break it
+    raw = b'{"model": "m", "prompt": [%d, %d]}' % (2**70, 2**64 + 1)
+    huge = COMPLETIONS.parse(raw)
+    assert huge.prefix_key(65536) is not None
+
+
+def test_an_embeddings_input_is_keyed_by_its_text() -> None:
+    a = call(EMBEDDINGS, {"input": "the spillway of the old dam"})
+    assert a.prefix_key(65536) == call(
+        EMBEDDINGS, {"input": ["the spillway of the old dam", "and more"]}
+    ).prefix_key(65536)
+    assert a.prefix_key(65536) != call(EMBEDDINGS, {"input": "the spillway"}).prefix_key(65536)
+    assert call(EMBEDDINGS, {"input": [[5, 6, 7]]}).prefix_key(65536) == leading_key(
+        [5, 6, 7], 65536
+    )
+    assert leading_key(None, 65536) is None and leading_key([], 65536) is None
+
+
+def test_every_endpoint_spreads_and_stays_put() -> None:
+    b = balancer(["a", "b", "c", "d"])
+    for codec, field in ((COMPLETIONS, "prompt"), (EMBEDDINGS, "input")):
+        calls = [call(codec, {field: f"document {i}: the river and the dam"}) for i in range(400)]
+        where = [b.order(0.0, None, c)[0].backend for c in calls]
+        counts = Counter(where)
+        assert set(counts) == {"a", "b", "c", "d"} and max(counts.values()) < 140
+        assert [b.order(0.0, None, c)[0].backend for c in calls] == where
+
+
+def test_only_members_serving_the_call_are_ranked() -> None:
+    chat_only = frozenset(("chat",))
+    apis = {"a": chat_only, "b": chat_only, "c": EVERY_API, "d": EVERY_API}
+    states = {n: BackendState(n) for n in "abcd"}
+    b = balancer(list("abcd"), apis=apis, states=states)
+    firsts = Counter()
+    for i in range(200):
+        c = call(COMPLETIONS, {"prompt": f"file {i}\n"})
+        first = b.order(0.0, None, c)[0]
+        firsts[first.backend] += 1
+        states[first.backend].inflight += 1  # the load bound counts serving members only
+    assert set(firsts) == {"c", "d"}
+    assert max(firsts.values()) <= math.ceil(1.25 * 100)
+    chats = Counter(b.order(0.0, None, conversation(i))[0].backend for i in range(200))
+    assert {"a", "b"} <= set(chats)

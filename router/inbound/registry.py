@@ -1,0 +1,18 @@
+"""The codecs the app serves, by endpoint name."""
+
+from __future__ import annotations
+
+from router.inbound.base import Codec
+from router.inbound.chat import ChatCodec
+from router.inbound.completions import CompletionsCodec
+from router.inbound.embeddings import EmbeddingsCodec
+
+
+def openai_codecs() -> dict[str, Codec]:
+    codecs: list[Codec] = [ChatCodec(), CompletionsCodec(), EmbeddingsCodec()]
+    return {c.endpoint: c for c in codecs}
+
+
+def served_paths(codecs: dict[str, Codec], kind: str) -> str:
+    """The paths a model of ``kind`` serves, for messages."""
+    return " and ".join(c.path for c in codecs.values() if c.kind == kind)
