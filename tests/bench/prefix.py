@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import uvloop
 
 from router.contract import ChatCompletionRequest
-from router.providers.simengine import PrefixCache, prompt_tokens
+from router.providers.simengine import PrefixCache, Prompts, prompt_tokens
 from tests.bench.fairness import pct
 from tests.support.gateway import start_gateway
 
@@ -129,10 +129,10 @@ def ideal_hit_rate(run: Run) -> float:
 
 
 def recording(
-    first_token_seconds: Callable[[ChatCompletionRequest], float], into: list[float]
-) -> Callable[[ChatCompletionRequest], float]:
-    def wrapped(req: ChatCompletionRequest) -> float:
-        seconds = first_token_seconds(req)
+    first_token_seconds: Callable[[Prompts], float], into: list[float]
+) -> Callable[[Prompts], float]:
+    def wrapped(prompts: Prompts) -> float:
+        seconds = first_token_seconds(prompts)
         into.append(seconds)
         return seconds
 
