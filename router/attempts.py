@@ -12,6 +12,8 @@ when every attempt on the pool failed, charged with the usage otherwise.
 
 When every pool was skipped as unhealthy, the ejected members are tried anyway
 (an ejection may be stale; failing outright would be worse).
+
+:class:`router.queued_walk.QueuedWalk` walks routes through pools with a queue.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class Walk:
                 if clamp_pass and pool not in shorts:
                     continue
                 if not clamp_pass:
-                    status = rt.balancers[pool].status()
+                    status = self._status(pool, i + 1 == len(pools))
                     if status != "ok":
                         if status == "unhealthy":
                             unhealthy.append(i)
@@ -138,7 +140,12 @@ class Walk:
                     break
         raise self._failure(shorts, saturated)
 
+    def _status(self, pool: str, last_pool: bool) -> str:
+        """``ok`` (admit and serve), else why the pool is skipped."""
+        return self.rt.balancers[pool].status()
+
     def _failure(self, shorts: dict[str, BudgetShort], saturated: bool) -> SpillwayError:
+        """The answer when no pool served the request."""
         last = self.last
         if last is not None:
             retry_after = getattr(last, "retry_after", None)
@@ -184,12 +191,17 @@ class Walk:
         finally:
             self.admissions += 1
         try:
-            last_pool = i + 1 == len(x.pools)
-            return await self._serve_pool(pool, ticket, panic, last_pool)
+            return await self._admitted(i, ticket, panic, i + 1 == len(x.pools))
         except PoolFailed as failed:
             reason = "error" if failed.error is not None or self.stopped else "saturated"
             self._fallback(pool, i, reason)
             return None
+
+    async def _admitted(
+        self, i: int, ticket: Ticket, panic: bool, last_pool: bool
+    ) -> web.StreamResponse | None:
+        """Serve the request admitted on the route's ``i``-th pool; None: move on."""
+        return await self._serve_pool(self.x.pools[i], ticket, panic, last_pool)
 
     async def _serve_pool(
         self, pool: str, ticket: Ticket, panic: bool, last_pool: bool
@@ -209,7 +221,7 @@ class Walk:
         session = None
         if bal.affinity != "none":
             session = bal.session_key(call.user, self.request.headers)
-        members = bal.order(self.loop.time(), session)
+        members = bal.order(self.loop.time(), session, call)
         outcome: Outcome = "refund"
         failed_here: UpstreamError | None = None
         try:

@@ -21,10 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from router import __version__, logs, metrics
 from router.app import create_app, make_runner
-from router.config import Config, ConfigError, SimulateSettings, load_config
+from router.config import Config, ConfigError, SimulateSettings
+from router.config_load import load_config
 from router.keys import GATEWAY
 from router.routing.explain import explain, render
 from router.simserver import create_sim_app
@@ -372,10 +374,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    knobs = SimulateSettings(
-        ttft_ms=args.ttft_ms, tokens_per_second=args.tokens_per_second,
-        failure_rate=args.failure_rate, failure_status=args.failure_status, seed=args.seed,
-    )  # fmt: skip
+    try:
+        knobs = SimulateSettings(
+            ttft_ms=args.ttft_ms, tokens_per_second=args.tokens_per_second,
+            failure_rate=args.failure_rate, failure_status=args.failure_status, seed=args.seed,
+            max_num_seqs=args.max_num_seqs, prefix_cache_blocks=args.prefix_cache_blocks,
+            block_size=args.block_size,
+        )  # fmt: skip
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            print(f"spillway simulate: --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}",
+                  file=sys.stderr)  # fmt: skip
+        return 2
     _install_uvloop()
     app = create_sim_app(knobs, args.model or None)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -452,6 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--failure-rate", type=float, default=0.0, help="fraction of requests failed")
     m.add_argument("--failure-status", type=int, default=503)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=0,
+        help="requests generated at once; the rest wait (0: no limit)",
+    )
+    m.add_argument(
+        "--prefix-cache-blocks",
+        type=int,
+        default=0,
+        help="prefix cache size in blocks (0: no prefix cache)",
+    )
+    m.add_argument("--block-size", type=int, default=16, help="tokens per cache block")
     m.set_defaults(fn=cmd_simulate)
     return p
 

@@ -15,8 +15,8 @@ class Exchange:
 
     __slots__ = (
         "adapter", "backend", "call", "clamped", "committed", "decision", "endpoint", "model",
-        "opened_at", "out", "pool", "pools", "principal", "read_at", "rid", "span", "started",
-        "status", "ttft", "usage",
+        "opened_at", "out", "pool", "pools", "principal", "queued", "read_at", "rid", "span",
+        "started", "status", "ttft", "usage",
     )  # fmt: skip
 
     def __init__(self, rid: str, started: float, endpoint: str) -> None:
@@ -39,6 +39,7 @@ class Exchange:
         self.committed = False  # the response has started: no retry, no refund
         self.opened_at = 0.0
         self.read_at = 0.0
+        self.queued = 0.0  # seconds spent waiting in pool queues
         self.span: Any = None  # the request's trace span when tracing is on
 
 

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from router.config import Config, ConfigError, parse_config
+from router.config import Config, ConfigError
+from router.config_load import parse_config
 from router.gauges import GaugeRefresher
 from router.identity.service import Identity
 from router.inbound.registry import openai_codecs
@@ -129,10 +130,12 @@ class Gateway:
 
     def _build(self, cfg: Config) -> Runtime:
         assert self._upstream is not None
-        old = self._holder.current.states if self._holder is not None else None
+        current = self._holder.current if self._holder is not None else None
         return Runtime(
             cfg, upstream=self._upstream, metrics=self.metrics, store=self._store,
-            memory=self.memory, states=old, retry_budget=self._retry_budget,
+            memory=self.memory, states=current.states if current else None,
+            retry_budget=self._retry_budget,
+            gates=current.scheduler.gates if current else None,
             identity=self.identity, tracing=self._tracing, detached=self.detached,
         )  # fmt: skip
 

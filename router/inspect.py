@@ -103,7 +103,20 @@ async def live_explain(
         budget_lines, short = await _budgets(rt, principal, pool, prompt, out)
         details += budget_lines
         status = rt.balancers[pool].status()
-        if status != "ok":
+        gate = rt.scheduler.gates.get(pool)
+        if gate is not None:
+            waiting = ", ".join(f"{team or 'other'} (priority {band}) {n}"
+                                for band, team, n in gate.queue.depths())  # fmt: skip
+            details.append(
+                f"queue: {len(gate.queue)} waiting" + (f": {waiting}" if waiting else "")
+            )
+        if status == "saturated" and gate is not None and short is None:
+            if first is None:
+                first = pool
+                verdict = "WOULD WAIT in its queue for a turn, then serve or move on"
+            else:
+                verdict = "fallback if the pools above fail (would wait in its queue)"
+        elif status != "ok":
             verdict = f"would be skipped: {status}"
         elif short is not None:
             verdict = f"would be skipped: budget spent ({short})"

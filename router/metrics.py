@@ -40,6 +40,10 @@ LATENCY_BUCKETS = (
 TOKEN_TIME_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
+# waits in a pool's queue: from a slot freeing at once to max_wait_ms
+QUEUE_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
 OVERHEAD_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 )  # fmt: skip
@@ -188,6 +192,28 @@ class Metrics:
             "with on_error: allow, the replica ready but degraded).",
             registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
+        qk = ("pool", "team", "priority")
+        self.queue_depth = Gauge(
+            "spillway_queue_depth", "Requests waiting in a pool's queue.",
+            qk, registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "spillway_queue_wait_seconds",
+            "Time a request waited in a pool's queue for its turn (0: it did not wait).",
+            qk, buckets=QUEUE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_dropped = Counter(
+            "spillway_queue_dropped_total",
+            "Requests a pool's queue let go without a turn: shed (sheddable priority), "
+            "timeout (max_wait_ms), full (max_depth), disconnect (the client left).",
+            (*qk, "reason"), registry=r,
+        )  # fmt: skip
+        self.queue_spilled = Counter(
+            "spillway_queue_spilled_total",
+            "Requests a pool's queue let go (shed, timed out, full) that moved on to the "
+            "next pool of their route; the others were answered 429.",
+            qk, registry=r,
+        )  # fmt: skip
         # a series only when a key database is configured (store="postgresql")
         self.key_store_up = Gauge(
             "spillway_key_store_up",
@@ -196,6 +222,7 @@ class Metrics:
         )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
         self._series: dict[tuple[str, str, str, str, str], Series] = {}
+        self._queue_series: dict[tuple[str, str, str], QueueSeries] = {}
         for result in RELOAD_RESULTS:
             self.child(self.reloads, result)
         for op in REDIS_OPS:
@@ -208,6 +235,14 @@ class Metrics:
         got = self._series.get(key)
         if got is None:
             got = self._series[key] = Series(self, *key)
+        return got
+
+    def queue_series(self, pool: str, team: str, priority: str) -> QueueSeries:
+        """The queue children of one (pool, team, priority band), bound once."""
+        key = (pool, team, priority)
+        got = self._queue_series.get(key)
+        if got is None:
+            got = self._queue_series[key] = QueueSeries(self, pool, team, priority)
         return got
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -285,3 +320,21 @@ class Series:
                 self._m.child(self._m.requests, *self._key, status_class)
             )
         return got
+
+
+class QueueSeries:
+    """What a pool's queue records for one team and priority band."""
+
+    __slots__ = ("_labels", "_m", "depth", "wait")
+
+    def __init__(self, m: Metrics, pool: str, team: str, priority: str) -> None:
+        self._m = m
+        self._labels = (pool, team, priority)
+        self.depth = m.child(m.queue_depth, pool, team, priority)
+        self.wait = _Fast(m.child(m.queue_wait, pool, team, priority))
+
+    def dropped(self, reason: str) -> None:
+        self._m.child(self._m.queue_dropped, *self._labels, reason).inc()
+
+    def spilled(self) -> None:
+        self._m.child(self._m.queue_spilled, *self._labels).inc()

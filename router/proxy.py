@@ -33,6 +33,7 @@ from router.exchange import Exchange, billable
 from router.inbound.base import Codec
 from router.inbound.registry import served_paths
 from router.metrics import status_class
+from router.queued_walk import QueuedWalk
 from router.routing.rules import Facts
 from router.runtime import Runtime, RuntimeHolder
 
@@ -159,7 +160,8 @@ class Proxy:
                     raise codec.unserved(call.model, call)
                 break
         x.pools = pools
-        return await Walk(rt, request, x).run()
+        walk = QueuedWalk if rt.scheduler.gates else Walk
+        return await walk(rt, request, x).run()
 
     def _finish(self, rt: Runtime, x: Exchange, now: float) -> None:
         team = x.principal.team if x.principal else ""
@@ -185,7 +187,7 @@ class Proxy:
                 if cost:
                     series.cost.inc(cost)
             if x.opened_at:
-                overhead = x.opened_at - x.started
+                overhead = x.opened_at - x.started - x.queued
                 if x.read_at:
                     overhead += now - x.read_at
                 series.overhead.observe(overhead)

@@ -4,11 +4,13 @@ A :class:`Runtime` is immutable once built; a request takes the current one
 when it starts and keeps it to the end, so a reload never changes a request
 in flight. Backend live state (in-flight counts, health, load) is carried over
 by backend name (unless its URL changed) so a reload does not forget who is
-down, and the retry budget is shared by every runtime of the process.
+down, pool queues are carried over by pool name (requests waiting keep their
+place), and the retry budget is shared by every runtime of the process.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from router.auth import Authenticator
@@ -23,6 +25,7 @@ from router.quota.memory_store import MemoryStore
 from router.quota.service import Detached
 from router.routing.balance import Balancer
 from router.routing.health import BackendState
+from router.routing.queueing import Gate, Scheduler
 from router.routing.retry import RetryBudget
 from router.routing.rules import Rules
 from router.upstream import Upstream
@@ -42,6 +45,7 @@ class Runtime:
         memory: MemoryStore,
         states: dict[str, BackendState] | None = None,
         retry_budget: RetryBudget | None = None,
+        gates: Mapping[str, Gate] | None = None,
         identity: Identity | None = None,
         tracing: Tracing | None = None,
         detached: Detached | None = None,
@@ -73,6 +77,7 @@ class Runtime:
         self.balancers = {
             name: Balancer(name, pool, self.states, apis) for name, pool in cfg.pools.items()
         }
+        self.scheduler = Scheduler(cfg, self.balancers, metrics.queue_series, gates)
         self.route_headers = cfg.server.route_headers
         self.access = AccessLog(cfg.logging)
 

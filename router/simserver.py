@@ -2,12 +2,14 @@
 
 Speaks the same wire format as vLLM: ``POST /v1/chat/completions`` (JSON or
 SSE with ``data: [DONE]``; usage chunk only when asked), ``GET /v1/models``,
-``GET /health`` and vLLM-style load gauges on ``GET /metrics``.
+``GET /health`` and on ``GET /metrics`` vLLM's load gauges (running and
+waiting requests, KV-cache usage: here the prefix cache's fill) and prefix
+cache counters (``vllm:prefix_cache_queries_total`` / ``_hits_total``, in
+tokens) from the server's :class:`~router.providers.simengine.SimEngine`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 
@@ -16,10 +18,18 @@ from aiohttp import web
 
 from router.config import SimulateSettings
 from router.contract import ChatCompletionRequest, ValidationError, error_param
-from router.providers.simulate import completion_body, generate, stream_events
+from router.providers.simengine import SimEngine, prompt_tokens
+from router.providers.simulate import (
+    completion_body,
+    engine_read,
+    engine_stream,
+    generate,
+    stream_events,
+)
 
 SETTINGS = web.AppKey("sim_settings", SimulateSettings)
 STATE = web.AppKey("sim_state", dict)
+ENGINE = web.AppKey("sim_engine", SimEngine)
 
 
 def _error(status: int, message: str, etype: str, param: str | None = None) -> web.Response:
@@ -40,24 +50,24 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     if knobs.failure_rate and rng.random() < knobs.failure_rate:
         return _error(knobs.failure_status, "Simulated failure.", "api_error")
     gen = generate(req)
-    state["running"] += 1
-    try:
-        if not req.stream:
-            body = completion_body(gen, req.model)
-            delay = knobs.ttft_ms / 1000
-            if knobs.tokens_per_second:
-                delay += gen.completion_tokens / knobs.tokens_per_second
-            if delay:
-                await asyncio.sleep(delay)
-            return web.Response(body=body, content_type="application/json")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        async for ev in stream_events(gen, req.model, req.wants_usage(), knobs):
-            await resp.write(ev)
-        await resp.write_eof()
-        return resp
-    finally:
-        state["running"] -= 1
+    engine = request.app[ENGINE]
+
+    def prompts() -> list[list[str]]:
+        return [prompt_tokens(req)]
+
+    if not req.stream:
+        await engine_read(engine, prompts, gen)
+        return web.Response(body=completion_body(gen, req.model), content_type="application/json")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    usage = req.wants_usage()
+    events = engine_stream(
+        engine, prompts, lambda ttft: stream_events(gen, req.model, usage, knobs, ttft)
+    )
+    async for ev in events:
+        await resp.write(ev)
+    await resp.write_eof()
+    return resp
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -70,12 +80,22 @@ async def _models(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    engine = request.app[ENGINE]
+    cache = engine.cache
     lines = []
-    for name, value in (("num_requests_running", state["running"]),
-                        ("num_requests_waiting", 0), ("kv_cache_usage_perc", 0.0)):  # fmt: skip
-        lines.append(f"# TYPE vllm:{name} gauge")
-        for model in state["models"]:
-            lines.append(f'vllm:{name}{{engine="0",model_name="{model}"}} {float(value)}')
+    for name, kind, value in (
+        ("num_requests_running", "gauge", engine.running),
+        ("num_requests_waiting", "gauge", engine.waiting),
+        ("kv_cache_usage_perc", "gauge", engine.usage()),
+        ("prefix_cache_queries", "counter", cache.queries if cache else 0),
+        ("prefix_cache_hits", "counter", cache.hits if cache else 0),
+    ):
+        lines.append(f"# TYPE vllm:{name} {kind}")
+        sample = f"vllm:{name}_total" if kind == "counter" else f"vllm:{name}"
+        for i, model in enumerate(state["models"]):
+            # the server's totals once (the gateway adds series up); the usage on each
+            share = value if i == 0 or name == "kv_cache_usage_perc" else 0
+            lines.append(f'{sample}{{engine="0",model_name="{model}"}} {float(share)}')
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
@@ -86,8 +106,8 @@ async def _health(request: web.Request) -> web.Response:
 def create_sim_app(knobs: SimulateSettings, models: list[str] | None = None) -> web.Application:
     app = web.Application()
     app[SETTINGS] = knobs
-    app[STATE] = {"rng": random.Random(knobs.seed), "running": 0,
-                  "models": models or ["spillway-sim-1"]}  # fmt: skip
+    app[STATE] = {"rng": random.Random(knobs.seed), "models": models or ["spillway-sim-1"]}
+    app[ENGINE] = SimEngine(knobs)
     for path in ("/v1/chat/completions", "/chat/completions", "/openai/v1/chat/completions"):
         app.router.add_post(path, _chat)
     app.router.add_get("/v1/models", _models)

@@ -69,6 +69,11 @@ class ClientCall:
             return self.codec.api
         return next((api for api in self.codec.bridges if api in served), None)
 
+    def prefix_key(self, limit: int) -> bytes | None:
+        """What ``prefix_affinity`` places the call by: its codec's digest of the
+        prompt's opening, reading at most ``limit`` bytes (None: no key)."""
+        return self.codec.prefix_key(self.request, limit)
+
     def translated_to(self, api: str) -> tuple[Any, bytes]:
         """(request, raw body) in ``api``: the call itself, or its bridge's translation
         (made once per call)."""
@@ -153,6 +158,11 @@ class Codec:
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
         raise NotImplementedError
+
+    def prefix_key(self, request: Any, limit: int) -> bytes | None:
+        """The digest of the opening of ``request``'s prompt for ``prefix_affinity``
+        (:mod:`router.routing.prefix`); None: placed least-loaded."""
+        return None
 
     def error_response(self, exc: SpillwayError) -> web.Response:
         """The error as the client API's envelope (OpenAI's, here)."""

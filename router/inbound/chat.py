@@ -5,6 +5,7 @@ from __future__ import annotations
 from router.contract import ChatCompletionRequest
 from router.inbound.base import ClientCall, Codec, validate
 from router.quota import tokens as tokenest
+from router.routing.prefix import opening_key
 
 
 class ChatCodec(Codec):
@@ -12,6 +13,9 @@ class ChatCodec(Codec):
     api = "chat"
     kind = "chat"
     path = "/v1/chat/completions"
+
+    def prefix_key(self, request: ChatCompletionRequest, limit: int) -> bytes:
+        return opening_key(request, limit)
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
         req = validate(ChatCompletionRequest, raw, model)

@@ -12,6 +12,7 @@ from router.fim import MAX_TEMPLATE_BYTES
 from router.inbound.base import ClientCall, Codec, validate
 from router.inbound.contracts import CompletionRequest
 from router.quota import tokens as tokenest
+from router.routing.prefix import PROMPT_OPENING_BYTES, leading_key
 
 
 def estimate(req: CompletionRequest) -> int:
@@ -32,6 +33,9 @@ class CompletionsCodec(Codec):
     api = "completions"
     kind = "chat"
     path = "/v1/completions"
+
+    def prefix_key(self, request: CompletionRequest, limit: int) -> bytes | None:
+        return leading_key(request.prompt, min(limit, PROMPT_OPENING_BYTES))
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
         req = validate(CompletionRequest, raw, model)

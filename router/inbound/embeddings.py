@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from router.inbound.base import ClientCall, Codec, validate
 from router.inbound.contracts import EmbeddingRequest
+from router.routing.prefix import leading_key
 
 SPECIAL_TOKENS = 2  # BOS/EOS or CLS/SEP an embedding model may add to each input
 
@@ -30,6 +31,9 @@ class EmbeddingsCodec(Codec):
     api = "embeddings"
     kind = "embeddings"
     path = "/v1/embeddings"
+
+    def prefix_key(self, request: EmbeddingRequest, limit: int) -> bytes | None:
+        return leading_key(request.input, limit)
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
         req = validate(EmbeddingRequest, raw, model)

@@ -6,7 +6,8 @@ It honours ``max_tokens``/``max_completion_tokens``, ``stop`` (and
 ``tool_choice`` other than ``none``) and a conversation that does not end in a
 tool result, it calls the named or first function with arguments built from
 the function's JSON schema. Knobs (per backend, or ``spillway simulate``):
-time to first token, tokens per second, failure rate and failure status.
+time to first token, tokens per second, failure rate and failure status, and
+the engine's batch size and prefix cache (:mod:`router.providers.simengine`).
 
 The same generator serves the standalone OpenAI-compatible server in
 :mod:`router.simserver`; :mod:`router.providers.simulated` is the backend.
@@ -18,7 +19,7 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ import orjson
 
 from router.config import SimulateSettings
 from router.contract import ChatCompletionRequest, FunctionTool, NamedToolChoice, TextPart
+from router.providers.simengine import Prompts, SimEngine
 from router.streaming import DONE, event
 
 _WORDS = (
@@ -173,6 +175,13 @@ def generate_text(
     )
 
 
+async def first_token(knobs: SimulateSettings, seconds: float | None) -> None:
+    """Wait for the first token: ``seconds``, else the knobs' ``ttft_ms``."""
+    ttft = knobs.ttft_ms / 1000 if seconds is None else seconds
+    if ttft > 0:
+        await asyncio.sleep(ttft)
+
+
 def _first_stop(text: str, stops: list[str]) -> tuple[int, str] | None:
     best: tuple[int, str] | None = None
     for s in stops:
@@ -204,9 +213,14 @@ def completion_body(gen: Generation, model: str) -> bytes:
 
 
 async def stream_events(
-    gen: Generation, model: str, include_usage: bool, knobs: SimulateSettings
+    gen: Generation,
+    model: str,
+    include_usage: bool,
+    knobs: SimulateSettings,
+    first_token_seconds: float | None = None,
 ) -> AsyncIterator[bytes]:
-    """The answer as OpenAI SSE events, paced by the knobs."""
+    """The answer as OpenAI SSE events, paced by the knobs (the first token after
+    ``first_token_seconds``, else ``ttft_ms``)."""
     base = {"id": gen.id, "object": "chat.completion.chunk", "created": gen.created, "model": model}
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -219,8 +233,7 @@ async def stream_events(
     gap = 1.0 / knobs.tokens_per_second if knobs.tokens_per_second > 0 else 0.0
     for i, _ in enumerate(gen.choices):
         yield chunk(i, {"role": "assistant", "content": ""})
-    if knobs.ttft_ms > 0:
-        await asyncio.sleep(knobs.ttft_ms / 1000)
+    await first_token(knobs, first_token_seconds)
     for i, c in enumerate(gen.choices):
         for k, tc in enumerate(c.tool_calls):
             yield chunk(i, {"tool_calls": [{"index": k, "id": tc["id"], "type": "function",
@@ -244,3 +257,29 @@ async def stream_events(
     if include_usage:
         yield event({**base, "choices": [], "usage": gen.usage()})
     yield DONE
+
+
+def answer_seconds(gen: Generation, knobs: SimulateSettings, first_token: float) -> float:
+    """How long a whole (non-streamed) answer takes."""
+    if knobs.tokens_per_second > 0:
+        return first_token + gen.completion_tokens / knobs.tokens_per_second
+    return first_token
+
+
+async def engine_read(engine: SimEngine, prompts: Prompts, gen: Generation) -> None:
+    """Take a place in the engine's batch and spend the time of a whole answer."""
+    async with engine.slot():
+        delay = answer_seconds(gen, engine.knobs, engine.first_token_seconds(prompts))
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+async def engine_stream(
+    engine: SimEngine, prompts: Prompts, events: Callable[[float], AsyncIterator[bytes]]
+) -> AsyncIterator[bytes]:
+    """The answer's SSE events (``events``, given the time to the first token),
+    generated in a place of the engine's batch."""
+    async with engine.slot():
+        ttft = engine.first_token_seconds(prompts)
+        async for data in events(ttft):
+            yield data

@@ -5,6 +5,11 @@ Completions are generated like chat answers from each prompt (and ``suffix``),
 ``n`` per prompt, with ``echo``; embeddings are unit vectors derived from a
 hash of each input (``dimensions`` of them, 16 by default), as floats or
 base64. Usage counts whitespace-separated words (token ids one each).
+
+Every endpoint goes through the backend's :class:`SimEngine`: a request waits
+for a place in its batch (``max_num_seqs``), and its time to first token
+shrinks with the share of its prompts (chat messages, completions prompts,
+embeddings inputs) found in the prefix cache.
 """
 
 from __future__ import annotations
@@ -27,9 +32,13 @@ from router.egress import Egress
 from router.errors import UpstreamStatus
 from router.inbound.contracts import CompletionRequest, EmbeddingRequest
 from router.providers.base import Call, Opened, Usage
+from router.providers.simengine import Prompts, SimEngine, prompt_tokens
 from router.providers.simulate import (
     Generation,
     completion_body,
+    engine_read,
+    engine_stream,
+    first_token,
     generate,
     generate_text,
     stream_events,
@@ -40,14 +49,17 @@ from router.streaming import DONE, event
 DEFAULT_DIMENSIONS = 16
 
 
+Events = Callable[[float], AsyncIterator[bytes]]  # the stream, given the first token's time
+
+
 class _SimOpened:
-    __slots__ = ("_body", "_call", "_events", "_gen", "_knobs")
+    __slots__ = ("_body", "_call", "_engine", "_events", "_gen", "_prompts")
 
     def __init__(
-        self, call: Call, gen: Generation, knobs: SimulateSettings,
-        body: Callable[[], bytes], events: Callable[[], AsyncIterator[bytes]],
+        self, call: Call, gen: Generation, engine: SimEngine, prompts: Prompts,
+        body: Callable[[], bytes], events: Events,
     ) -> None:  # fmt: skip
-        self._call, self._gen, self._knobs = call, gen, knobs
+        self._call, self._gen, self._engine, self._prompts = call, gen, engine, prompts
         self._body, self._events = body, events
 
     @property
@@ -55,16 +67,11 @@ class _SimOpened:
         return self._call.stream
 
     async def read(self) -> bytes:
-        k = self._knobs
-        delay = k.ttft_ms / 1000
-        if k.tokens_per_second > 0:
-            delay += self._gen.completion_tokens / k.tokens_per_second
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await engine_read(self._engine, self._prompts, self._gen)
         return self._body()
 
     def chunks(self) -> AsyncIterator[bytes]:
-        return self._events()
+        return engine_stream(self._engine, self._prompts, self._events)
 
     def close(self) -> None:
         return None
@@ -80,6 +87,7 @@ class SimulateBackend:
         self.egress: Egress | None = None  # in-process: no HTTP
         self.secrets: tuple[str, ...] = ()
         self._rng = random.Random(cfg.simulate.seed)
+        self.engine = SimEngine(cfg.simulate)
 
     def refresh_credentials(self, now: float, *, force: bool = False) -> bool:
         return False
@@ -110,19 +118,22 @@ class SimulateAdapter:
             raise UpstreamStatus(
                 status, f"Simulated failure of backend {be.name!r} (HTTP {status})."
             )
-        knobs, model, req = be.cfg.simulate, call.client_model, call.request
+        engine, model, req = be.engine, call.client_model, call.request
+        knobs = engine.knobs
         if isinstance(req, EmbeddingRequest):
             gen, vectors = embed(req)
             self._gen = gen
             return _SimOpened(
-                call, gen, knobs, lambda: embeddings_body(req, vectors, gen, model), _no_stream
-            )
+                call, gen, engine, lambda: input_tokens(req),
+                lambda: embeddings_body(req, vectors, gen, model), _no_stream,
+            )  # fmt: skip
         if isinstance(req, CompletionRequest):
             gen, echoes = complete(req, call.max_tokens, call.default_max_tokens)
             self._gen = gen
             return _SimOpened(
-                call, gen, knobs, lambda: text_completion_body(gen, echoes, model),
-                lambda: text_completion_events(gen, model, call.wants_usage, knobs),
+                call, gen, engine, lambda: completion_prompt_tokens(req),
+                lambda: text_completion_body(gen, echoes, model),
+                lambda ttft: text_completion_events(gen, model, call.wants_usage, knobs, ttft),
             )  # fmt: skip
         chat: ChatCompletionRequest = req
         if call.max_tokens is not None:
@@ -131,8 +142,9 @@ class SimulateAdapter:
             )
         chat_gen = self._gen = generate(chat, call.default_max_tokens)
         return _SimOpened(
-            call, chat_gen, knobs, lambda: completion_body(chat_gen, model),
-            lambda: stream_events(chat_gen, model, call.wants_usage, knobs),
+            call, chat_gen, engine, lambda: [prompt_tokens(chat)],
+            lambda: completion_body(chat_gen, model),
+            lambda ttft: stream_events(chat_gen, model, call.wants_usage, knobs, ttft),
         )  # fmt: skip
 
     def _usage(self) -> Usage:
@@ -154,7 +166,7 @@ class SimulateAdapter:
         return self._usage() if self._gen is not None else None
 
 
-async def _no_stream() -> AsyncIterator[bytes]:
+async def _no_stream(_ttft: float) -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - embeddings are never streamed
 
 
@@ -203,6 +215,13 @@ def complete(req: CompletionRequest, cap: int | None, default: int) -> tuple[Gen
     return gen, echoes
 
 
+def completion_prompt_tokens(req: CompletionRequest) -> list[list[str]]:
+    """Each prompt as the engine prefills it: its words (token ids one each), then
+    the words of ``suffix``."""
+    suffix = (req.suffix or "").split()
+    return [text.split() + suffix for text in _prompt_texts(req)[0]]
+
+
 def text_completion_body(gen: Generation, echoes: list[str], model: str) -> bytes:
     choices = [
         {"index": i, "text": echoes[i] + c.text, "logprobs": None,
@@ -216,7 +235,11 @@ def text_completion_body(gen: Generation, echoes: list[str], model: str) -> byte
 
 
 async def text_completion_events(
-    gen: Generation, model: str, include_usage: bool, knobs: SimulateSettings
+    gen: Generation,
+    model: str,
+    include_usage: bool,
+    knobs: SimulateSettings,
+    first_token_seconds: float | None = None,
 ) -> AsyncIterator[bytes]:
     base = {"id": gen.id, "object": "text_completion", "created": gen.created, "model": model}
 
@@ -226,8 +249,7 @@ async def text_completion_events(
         ]})  # fmt: skip
 
     gap = 1.0 / knobs.tokens_per_second if knobs.tokens_per_second > 0 else 0.0
-    if knobs.ttft_ms > 0:
-        await asyncio.sleep(knobs.ttft_ms / 1000)
+    await first_token(knobs, first_token_seconds)
     for i, c in enumerate(gen.choices):
         for j, token in enumerate(c.tokens):
             if gap and j:
@@ -255,10 +277,20 @@ def _vector(text: str, dimensions: int) -> list[float]:
     return [round(v / norm, 6) for v in values]
 
 
+def _inputs(texts: list[str], ids: list[list[int]]) -> list[str]:
+    """Each input as text (token ids joined by spaces)."""
+    return texts + [" ".join(map(str, i)) for i in ids]
+
+
+def input_tokens(req: EmbeddingRequest) -> list[list[str]]:
+    """Each input as the engine prefills it: its words (token ids one each)."""
+    return [text.split() for text in _inputs(*req.split())]
+
+
 def embed(req: EmbeddingRequest) -> tuple[Generation, list[list[float]]]:
     texts, ids = req.split()
     dims = req.dimensions or DEFAULT_DIMENSIONS
-    inputs = texts + [" ".join(map(str, i)) for i in ids]
+    inputs = _inputs(texts, ids)
     tokens = sum(len(t.split()) for t in texts) + sum(len(i) for i in ids)
     gen = Generation(id="embd-sim", created=int(time.time()), prompt_tokens=tokens, choices=[])
     return gen, [_vector(text, dims) for text in inputs]

@@ -12,6 +12,13 @@ pool is unhealthy as a whole) the ejected or saturated ones.
 * ``lowest_latency`` is peak-EWMA: moving average of time to first byte times
   (in-flight + 1), so the fastest member takes traffic until its queue makes it
   slower than the next; members never measured go first.
+* ``prefix_affinity`` keeps a conversation on the member that holds its prefix
+  cache: rendezvous hashing of the conversation's opening (the call's
+  ``prefix_key``: a chat conversation's opening messages, a completions
+  prompt's or embeddings input's leading bytes) with bounded load
+  (:mod:`router.routing.prefix`) among the members serving the call, the load
+  being the requests at the member as ``least_loaded`` counts them;
+  least-loaded when every member is over the bound or the call has no key.
 
 Session affinity (``affinity: user|header``) puts first the member that
 rendezvous hashing gives the session key, among available members: the same
@@ -21,26 +28,43 @@ when a member leaves.
 A member serves the client APIs of its backend (``apis``) and, when it declares
 ``fim``, fill-in-the-middle; the walk skips members that cannot serve a call.
 
-A member is saturated when it is at its ``max_concurrency`` or its scraped
-waiting queue is past the pool's ``max_waiting``; a pool is saturated when
-every healthy member is, and unhealthy when no member is healthy.
+A member is saturated when it is at its ``max_concurrency`` or its waiting
+queue is past the pool's ``max_waiting`` (scraped; when the scrape found the
+server queueing, every request this gateway sent since counts as waiting too);
+a pool is saturated when every healthy member is, and unhealthy when no member
+is healthy. :meth:`Balancer.room` counts how many more requests the pool takes
+now, for a pool that queues.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from router.config import Pool
 from router.fim import FimTemplate
 from router.routing.health import BackendState
+from router.routing.prefix import bounded_choice, score
 
 EVERY_API = frozenset(("chat", "completions", "embeddings"))
 
 PoolStatus = Literal["ok", "saturated", "unhealthy"]
+
+
+class Prefixed(Protocol):
+    """A call ``prefix_affinity`` can place (:class:`router.inbound.base.ClientCall`)."""
+
+    @property
+    def apis(self) -> frozenset[str]: ...
+    @property
+    def fim(self) -> bool: ...
+
+    def prefix_key(self, limit: int) -> bytes | None:
+        """The digest of the opening of its prompt (reading at most ``limit`` bytes);
+        None when it has none to place by."""
+        ...
 
 
 @dataclass(slots=True, eq=False)
@@ -77,6 +101,8 @@ class Balancer:
         self.max_waiting = cfg.max_waiting
         self.affinity = cfg.affinity
         self.affinity_header = cfg.affinity_header
+        self.epsilon = cfg.prefix_affinity.epsilon
+        self.max_prefix_bytes = cfg.prefix_affinity.max_prefix_bytes
         self.members = [
             Member(
                 pool=name,
@@ -113,10 +139,21 @@ class Balancer:
         s = m.state
         if s.max_concurrency is not None and s.inflight >= s.max_concurrency:
             return True
-        return self.max_waiting is not None and s.load_known and s.waiting > self.max_waiting
+        return self.max_waiting is not None and s.load_known and s.waiting_now() > self.max_waiting
 
     def available(self, m: Member) -> bool:
         return m.state.healthy and not self.saturated(m)
+
+    def room(self) -> int:
+        """Requests the pool takes now: free slots under ``max_concurrency`` of each
+        available member, one for an available member without a limit."""
+        free = 0
+        for m in self.members:
+            s = m.state
+            if not s.healthy or self.saturated(m):
+                continue
+            free += 1 if s.max_concurrency is None else s.max_concurrency - s.inflight
+        return free
 
     def status(self) -> PoolStatus:
         healthy = False
@@ -135,7 +172,13 @@ class Balancer:
             return headers.get(self.affinity_header) or None
         return None
 
-    def order(self, now: float = 0.0, session: str | None = None) -> list[Member]:
+    def order(
+        self,
+        now: float = 0.0,
+        session: str | None = None,
+        call: Prefixed | None = None,
+    ) -> list[Member]:
+        """``session``: the affinity key; ``call``: what ``prefix_affinity`` places."""
         members = self.members
         if len(members) == 1:
             return list(members)
@@ -147,6 +190,8 @@ class Balancer:
                 first = _rendezvous(avail, session)
                 avail.remove(first)
                 avail.insert(0, first)
+            elif self.strategy == "prefix_affinity" and call is not None:
+                avail = self._by_prefix(avail, call)
             else:
                 avail = self._by_strategy(avail)
             throttled = [m for m in avail if m.state.throttled_until > now]
@@ -165,9 +210,25 @@ class Balancer:
         if self.strategy == "weighted":
             first = self._pick_weighted(avail)
             return [first, *(m for m in avail if m is not first)]
-        if self.strategy == "least_loaded":
+        if self.strategy in ("least_loaded", "prefix_affinity"):
             return sorted(rotated, key=_load)  # stable: ties keep the rotation
         return sorted(rotated, key=_latency_cost)
+
+    def _by_prefix(self, avail: list[Member], call: Prefixed) -> list[Member]:
+        """The member serving the call that its key hashes to within the load bound,
+        then least-loaded (only least-loaded when the call has no key)."""
+        rest = self._by_strategy(avail)
+        key = call.prefix_key(self.max_prefix_bytes)
+        if key is None:
+            return rest
+        apis, fim = call.apis, call.fim
+        serving = [m for m in avail if m.serves(apis, fim)]
+        ranked = sorted(serving, key=lambda m: score(key, m.ident, m.weight), reverse=True)
+        first = bounded_choice(ranked, _in_flight, _weight, self.epsilon)
+        if first is None:
+            return rest
+        rest.remove(first)
+        return [first, *rest]
 
     def _pick_weighted(self, avail: list[Member]) -> Member:
         total = 0.0
@@ -181,6 +242,15 @@ class Balancer:
         assert best is not None
         cur[best.index] -= total
         return best
+
+
+def _in_flight(m: Member) -> float:
+    """Requests at the member: scraped running + waiting, corrected since the scrape."""
+    return m.state.queue()
+
+
+def _weight(m: Member) -> float:
+    return m.weight
 
 
 def _load(m: Member) -> tuple[float, float]:
@@ -202,9 +272,7 @@ def _rendezvous(members: list[Member], session: str) -> Member:
     best = members[0]
     best_score = -math.inf
     for m in members:
-        digest = hashlib.blake2b(key + b"\x00" + m.ident, digest_size=8).digest()
-        u = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)  # in (0, 1)
-        score = -m.weight / math.log(u)
-        if score > best_score:
-            best, best_score = m, score
+        got = score(key, m.ident, m.weight)
+        if got > best_score:
+            best, best_score = m, got
     return best

@@ -18,7 +18,9 @@ from typing import Any
 from multidict import CIMultiDict
 
 from router.config import Budget, Config, When
+from router.errors import InvalidRequest
 from router.routing.rules import Facts, Rules
+from router.routing.scheduler import PRIORITY_HEADER, asked_priority, band_of
 
 UNKNOWN_OFFLINE = [
     "budget use: whether a budget listed is spent (or would clamp max_tokens)",
@@ -111,10 +113,44 @@ def _capacity(cfg: Config, pool: str) -> list[str]:
     return ["every healthy member is " + " or ".join(full)]
 
 
-def _pool(cfg: Config, team: str, pool: str, position: int) -> dict[str, Any]:
+def _queue(cfg: Config, team: str, pool: str, headers: Mapping[str, str]) -> str | None:
+    """What a saturated pool with a queue does with the request."""
+    q = cfg.pools[pool].queue
+    if q is None:
+        return None
+    t = cfg.teams[team]
+    priority = t.priority
+    asked = headers.get(PRIORITY_HEADER)
+    lowered = ""
+    if asked is not None:
+        try:
+            priority = min(priority, asked_priority(asked))
+            lowered = f" ({PRIORITY_HEADER}: {asked.strip()})"
+        except InvalidRequest:
+            return f"the request is refused (400): {PRIORITY_HEADER} {asked!r} is not an integer"
+    band = band_of({0, *(x.priority for x in cfg.teams.values())}, priority)
+    if band < 0:
+        return (
+            f"priority band {band}{lowered} is sheddable: never queued, moved on at once "
+            "while the pool is full or others wait"
+        )
+    share = f", each lower band owed {q.min_share:.0%}" if q.min_share else ""
+    return (
+        f"waits up to {q.max_wait_ms} ms for a turn (queue of {q.max_depth}), then moves on; "
+        f"turns by priority band (this request: {band}{lowered}){share}, then fair across "
+        f"teams by weight (team {team!r}: {t.weight:g}) charged by reserved tokens"
+    )
+
+
+def _pool(
+    cfg: Config, team: str, pool: str, position: int, headers: Mapping[str, str]
+) -> dict[str, Any]:
     p = cfg.pools[pool]
     health = cfg.routing.health
     capacity = _capacity(cfg, pool)
+    queue = _queue(cfg, team, pool, headers)
+    if queue is not None and queue.startswith("waits") and capacity:
+        capacity = [f"{capacity[0]}, after waiting in its queue"]
     affinity = "none"
     if p.affinity == "user":
         affinity = "the request's `user`"
@@ -125,6 +161,7 @@ def _pool(cfg: Config, team: str, pool: str, position: int) -> dict[str, Any]:
         "pool": pool,
         "strategy": p.strategy,
         "affinity": affinity,
+        "queue": queue,
         "members": [
             {
                 "backend": m.backend,
@@ -220,7 +257,7 @@ def explain(
         doc["problem"] = "no route matches: the answer is 404 (no_matching_route)"
         return doc
     doc["route"] = decision.route_name
-    doc["pools"] = [_pool(cfg, team, p, i + 1) for i, p in enumerate(decision.pools)]
+    doc["pools"] = [_pool(cfg, team, p, i + 1, headers) for i, p in enumerate(decision.pools)]
     if cfg.quota.on_budget_short == "clamp":
         doc["notes"].append(
             "a budget that cannot cover max_tokens but has room left clamps max_tokens "
@@ -265,6 +302,8 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(f"  {p['position']}. {p['pool']}: {p['strategy']} over {members}")
         if p["affinity"] != "none":
             lines.append(f"       affinity: {p['affinity']}")
+        if p["queue"]:
+            lines.append(f"       when saturated: {p['queue']}")
         live = p.get("live")
         if live:
             lines.append(f"       now: {live['verdict']}")

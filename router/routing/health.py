@@ -116,6 +116,13 @@ class BackendState:
             return float(self.inflight)
         return max(0.0, self.running + self.waiting + self.inflight - self.inflight_at_scrape)
 
+    def waiting_now(self) -> float:
+        """The scraped waiting queue; when the server was queueing at the scrape, every
+        request this gateway sent since (minus those it finished) is waiting too."""
+        if self.waiting <= 0:
+            return self.waiting
+        return self.waiting + max(0, self.inflight - self.inflight_at_scrape)
+
     def update_load(self, load: Load | None) -> None:
         if load is None:
             self.load_known = False

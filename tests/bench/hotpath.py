@@ -51,7 +51,7 @@ from aiohttp.test_utils import make_mocked_request
 import router.upstream as upstream_module
 from router.app import create_app
 from router.cli import tune_gc
-from router.config import load_config
+from router.config_load import load_config
 from router.keys import GATEWAY
 
 HERE = Path(__file__).parent

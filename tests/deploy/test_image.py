@@ -17,7 +17,7 @@ from pathlib import Path
 import openai
 import yaml
 
-from router.config import load_config
+from router.config_load import load_config
 from tests.support.gateway import GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -149,3 +149,13 @@ def test_simulate_server_speaks_openai(spawn: list[subprocess.Popen[str]]) -> No
         capture_output=True, text=True, timeout=10, check=True,
     ).stdout  # fmt: skip
     assert re.search(r'vllm:num_requests_waiting\{engine="0",model_name="sim-a"\} 0', metrics)
+
+
+def test_simulate_refuses_bad_engine_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from router.cli import main
+
+    assert main(["simulate", "--port", "0", "--max-num-seqs", "-1"]) == 2
+    assert main(["simulate", "--port", "0", "--block-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-num-seqs: Input should be greater than or equal to 0" in err
+    assert "--block-size: Input should be greater than 0" in err

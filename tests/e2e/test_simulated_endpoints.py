@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from router.config import load_config
+from router.config_load import load_config
 from tests.support.gateway import Running, start_gateway
 
 KEY = "sk-spillway-demo"

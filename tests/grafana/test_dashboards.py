@@ -1,7 +1,8 @@
 """The Grafana dashboards, checked against a real Prometheus.
 
-A real ``spillway serve --workers 2`` (real Redis, simulated backends) is
-driven with a traffic mix while a real Prometheus scrapes it every second.
+A real ``spillway serve --workers 2`` (real Redis, simulated backends, one of
+them a ``spillway simulate`` process) is driven with a traffic mix while a real
+Prometheus scrapes the gateway and that model server every second.
 Then every panel's PromQL, with the dashboard variables substituted the way
 Grafana does for "All", is evaluated through Prometheus's HTTP API: each must
 parse and return data.
@@ -23,6 +24,7 @@ import pytest
 from tests.support.gateway import GatewayProcess
 from tests.support.metrics import samples, scrape
 from tests.support.prometheus import Prometheus
+from tests.support.simulate import SimulateProcess
 from tests.support.traffic import config, drive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,11 +116,22 @@ def test_dashboard_model(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def live(redis_url: str) -> Iterator[tuple[Prometheus, str]]:
-    prefix = f"spt-graf-{int(time.time() * 1000)}"
-    gw = GatewayProcess(config(redis_url, prefix), workers=2)
+def model_server() -> Iterator[str]:
+    """``spillway simulate`` with a prefix cache: a model server Prometheus scrapes too."""
+    sim = SimulateProcess("--prefix-cache-blocks", "256", "--block-size", "4")
     try:
-        with Prometheus([f"127.0.0.1:{gw.port}"]) as prom:
+        yield sim.address
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(scope="module")
+def live(redis_url: str, model_server: str) -> Iterator[tuple[Prometheus, str]]:
+    prefix = f"spt-graf-{int(time.time() * 1000)}"
+    gw = GatewayProcess(config(redis_url, prefix, simulate_url=f"http://{model_server}"),
+                        workers=2)  # fmt: skip
+    try:
+        with Prometheus([f"127.0.0.1:{gw.port}", model_server]) as prom:
             prom.wait_scraping()
             counts = asyncio.run(drive(gw.url, seconds=8))
             assert {200, 429, 503} <= set(counts), counts

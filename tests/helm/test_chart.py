@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from router.config import parse_config
+from router.config_load import parse_config
 from tests.helm.chart import (
     CHART,
     KUBE_VERSIONS,
@@ -132,7 +132,7 @@ def test_prometheus_rules_pass_promtool(
         assert out.returncode == 0, out.stdout + out.stderr
         alerts = {x["alert"] for g in rule["spec"]["groups"] for x in g["rules"]}
         assert {"SpillwayHighErrorRate", "SpillwayBudgetNearlySpent", "SpillwayBackendDown",
-                "SpillwayRedisErrors"} <= alerts  # fmt: skip
+                "SpillwayRedisErrors", "SpillwayQueueDropping"} <= alerts  # fmt: skip
 
 
 def test_rendered_config_is_a_valid_spillway_config(

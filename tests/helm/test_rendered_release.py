@@ -82,6 +82,7 @@ def test_full_release_serves_with_its_secrets(redis_url: str, key_prefix: str) -
 def rules_file(tmp_path: Path) -> Path:
     values = {"metrics": {"prometheusRule": {
         "enabled": True, "errorRate": {"for": "0s"}, "budget": {"for": "0s", "threshold": 0.5},
+        "queueDrops": {"for": "0s", "threshold": 0.05},
     }}}  # fmt: skip
     rule = render(values).one("PrometheusRule")
     path = tmp_path / "rules.yaml"
@@ -103,16 +104,19 @@ def test_alerts_load_and_fire(redis_url: str, key_prefix: str, rules_file: Path)
                 for a in alerts:
                     if a["state"] == "firing":
                         firing.setdefault(a["labels"]["alertname"], []).append(a["labels"])
-                if {"SpillwayHighErrorRate", "SpillwayBudgetNearlySpent"} <= set(firing):
+                if {"SpillwayHighErrorRate", "SpillwayBudgetNearlySpent",
+                    "SpillwayQueueDropping"} <= set(firing):  # fmt: skip
                     break
                 time.sleep(0.5)
             assert "SpillwayHighErrorRate" in firing, prom.log()
             owners = {a["owner"] for a in firing.get("SpillwayBudgetNearlySpent", [])}
             assert "broke" in owners, firing
             assert "SpillwayRedisErrors" not in firing
+            pools = {a["pool"] for a in firing.get("SpillwayQueueDropping", [])}
+            assert pools == {"queued"}, firing  # the traffic's one-slot queue times out
             groups = prom.api("rules")["data"]["groups"]
             rules = [x for g in groups for x in g["rules"]]
-            assert len(rules) == 4
+            assert len(rules) == 5
             for x in rules:
                 assert x["health"] == "ok", x
     finally:

@@ -107,3 +107,30 @@ async def test_explain_endpoint_needs_a_key_and_is_off_without_route_headers(
         await gw.stop()
         await quiet.stop()
         await up.stop()
+
+
+async def test_live_explain_shows_a_queue_and_that_the_request_would_wait(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gpu = await FakeOpenAI("gpu", Behaviour(first_byte_delay=1.0)).start()
+    gw = await start_gateway(fleet_config(
+        {"gpu": backend(gpu, max_concurrency=1)},
+        {"local": {"members": members("gpu"), "queue": {"max_wait_ms": 5000}}},
+    ))  # fmt: skip
+    gate = gw.gateway.runtime.scheduler.gates["local"]
+    try:
+        async with aiohttp.ClientSession() as s:
+            busy = [asyncio.create_task(post(s, gw)) for _ in range(3)]
+            await wait_for(lambda: len(gate.queue) == 2, what="two requests to queue")
+            args = ["explain", "--url", gw.base_url, "--key", KEY, "--model", "chat", "--json"]
+            assert await asyncio.to_thread(main, args) == 0
+            doc: dict[str, Any] = orjson.loads(capsys.readouterr().out)
+            live = doc["pools"][0]["live"]
+            assert live["verdict"] == "WOULD WAIT in its queue for a turn, then serve or move on"
+            assert "queue: 2 waiting: t (priority 0) 2" in live["details"]
+            assert doc["serving_pool"] == "local"
+            assert doc["pools"][0]["queue"].startswith("waits up to 5000 ms")
+            assert all(r.status == 200 for r in await asyncio.gather(*busy))
+    finally:
+        await gw.stop()
+        await gpu.stop()

@@ -14,7 +14,8 @@ import yaml
 from aiohttp import web
 
 from router.app import create_app, make_runner
-from router.config import Config, parse_config
+from router.config import Config
+from router.config_load import parse_config
 from router.gateway import Gateway
 from router.keys import GATEWAY
 from tests.support.net import free_port, wait_http

@@ -3,7 +3,11 @@
 Simulated backends (one always failing), a priced hosted pool, a route that
 spills on error and one that spills on a spent budget, a rate-limited team,
 streamed and plain requests on every endpoint (chat, completions, embeddings):
-answered 2xx, refused 4xx and failed 5xx.
+answered 2xx, refused 4xx and failed 5xx. A pool with a queue of one slot,
+where requests wait, time out and spill, and a sheddable team is turned away;
+a prefix_affinity pool whose member keeps a prefix cache (a ``spillway
+simulate`` process when its URL is given, so its ``vllm:prefix_cache_*``
+counters can be scraped too).
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ KEYS = {
     "research": "sk-traffic-research-0001",
     "limited": "sk-traffic-limited-0002",
     "broke": "sk-traffic-broke-0003",
+    "batch": "sk-traffic-batch-00004",
 }
 
 
-def config(redis_url: str, prefix: str, refresh_seconds: float = 0.5) -> dict[str, Any]:
+def config(
+    redis_url: str, prefix: str, refresh_seconds: float = 0.5, simulate_url: str | None = None
+) -> dict[str, Any]:
+    """``simulate_url``: a ``spillway simulate`` server behind both members of the
+    prefix_affinity pool (else in-process simulated members with a prefix cache)."""
+    agent: dict[str, Any] = {"provider": "simulate", "simulate": {"prefix_cache_blocks": 512}}
+    if simulate_url is not None:
+        agent = {"provider": "openai", "url": simulate_url + "/v1",
+                 "metrics_url": simulate_url + "/metrics"}  # fmt: skip
     return {
         "redis": {"url": redis_url, "key_prefix": prefix},
         "metrics": {"refresh_seconds": refresh_seconds},
@@ -30,6 +43,10 @@ def config(redis_url: str, prefix: str, refresh_seconds: float = 0.5) -> dict[st
             "sim-b": {"provider": "simulate", "simulate": {"ttft_ms": 5}},
             "broken": {"provider": "simulate",
                        "simulate": {"failure_rate": 1.0, "failure_status": 503}},
+            "sim-q": {"provider": "simulate", "max_concurrency": 1,
+                      "simulate": {"ttft_ms": 60}},
+            "agent-a": agent,
+            "agent-b": agent,
         },
         "pools": {
             "local": {"members": [{"backend": "sim-a", "model": "llama-8b"}],
@@ -42,6 +59,11 @@ def config(redis_url: str, prefix: str, refresh_seconds: float = 0.5) -> dict[st
             "hosted": {"members": [{"backend": "sim-b", "model": "gpt-4o-mini"}],
                        "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.60},
                        "budget": {"usd_per_month": 1000}},
+            "queued": {"members": [{"backend": "sim-q", "model": "llama-8b"}],
+                       "queue": {"max_wait_ms": 30, "max_depth": 2}},
+            "agents": {"strategy": "prefix_affinity",
+                       "members": [{"backend": "agent-a", "model": "spillway-sim-1"},
+                                   {"backend": "agent-b", "model": "spillway-sim-1"}]},
         },
         "models": {
             "chat": {"routes": [{"pools": ["local", "hosted"]}]},
@@ -49,18 +71,22 @@ def config(redis_url: str, prefix: str, refresh_seconds: float = 0.5) -> dict[st
             "spill": {"routes": [{"pools": ["dead", "hosted"]}]},
             "down": {"routes": [{"pools": ["dead"]}]},
             "embed": {"kind": "embeddings", "routes": [{"pools": ["vectors"]}]},
+            "queued": {"routes": [{"pools": ["queued", "hosted"]}]},
+            "agents": {"routes": [{"pools": ["agents"]}]},
         },
         "teams": {
             "research": {"budgets": [{"tokens_per_day": 10_000_000},
                                      {"usd_per_month": 100, "pools": ["hosted"]}]},
             "limited": {"limits": {"requests_per_minute": 5}},
             "broke": {"budgets": [{"tokens_per_day": 600, "pools": ["local"]}]},
+            "batch": {"priority": -1},
         },
         "keys": [
             {"id": "research-bot", "team": "research", "key": KEYS["research"],
              "budgets": [{"tokens_per_hour": 5_000_000}]},
             {"id": "limited-bot", "team": "limited", "key": KEYS["limited"]},
             {"id": "broke-bot", "team": "broke", "key": KEYS["broke"]},
+            {"id": "batch-bot", "team": "batch", "key": KEYS["batch"]},
         ],
     }  # fmt: skip
 
@@ -76,6 +102,13 @@ MIX: tuple[tuple[str, str, bool, str], ...] = (
     ("broke", "chat", True, "chat"),
     ("research", "chat", True, "completions"),
     ("research", "embed", False, "embeddings"),
+    ("research", "queued", False, "chat"),  # one slot: one is served, the others wait ...
+    ("research", "queued", True, "chat"),
+    ("research", "queued", False, "completions"),
+    ("research", "queued", False, "chat"),  # ... time out or find the queue full, and spill
+    ("batch", "queued", False, "chat"),  # sheddable: turned away while the pool is full
+    ("research", "agents", True, "chat"),
+    ("broke", "agents", False, "chat"),
 )
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, load_config, parse_config
+from router.config import ConfigError
+from router.config_load import load_config, parse_config
 
 GOOD = """
 backends:
@@ -143,3 +144,53 @@ def test_packaged_default_and_repo_copy_load() -> None:
     assert cfg.redis.url == ""
     repo = Path(__file__).parents[2] / "config" / "spillway.yaml"
     assert load_config(repo, env={}) == cfg
+
+
+def test_queue_weight_priority_and_prefix_affinity_load() -> None:
+    text = GOOD.replace(
+        "    strategy: weighted\n",
+        "    strategy: prefix_affinity\n    prefix_affinity: {epsilon: 0.5}\n"
+        "    queue: {max_wait_ms: 1500, max_depth: 50, min_share: 0.2}\n",
+    ).replace("    models: [chat]\n", "    models: [chat]\n    weight: 3\n    priority: 7\n")
+    cfg = parse_config(text, "t.yaml", {"OPENAI_API_KEY": "x"})
+    pool = cfg.pools["llama-local"]
+    assert pool.strategy == "prefix_affinity" and pool.prefix_affinity.epsilon == 0.5
+    assert pool.queue is not None
+    assert (pool.queue.max_wait_ms, pool.queue.max_depth, pool.queue.min_share) == (1500, 50, 0.2)
+    assert cfg.pools["gpt-hosted"].queue is None  # no queue: spill at once, as before
+    team = cfg.teams["research"]
+    assert (team.weight, team.priority) == (3.0, 7)
+
+
+@pytest.mark.parametrize(
+    ("fragment", "path"),
+    [
+        ("queue: {max_wait_ms: 0}", "pools.llama-local.queue.max_wait_ms:"),
+        ("queue: {max_depth: -1}", "pools.llama-local.queue.max_depth:"),
+        ("queue: {min_share: 0.8}", "pools.llama-local.queue.min_share:"),
+        ("queue: {max_wait: 10}", "pools.llama-local.queue.max_wait: unknown key"),
+        ("prefix_affinity: {epsilon: 0}", "pools.llama-local.prefix_affinity.epsilon:"),
+    ],
+)
+def test_bad_queue_and_prefix_settings_name_their_path(fragment: str, path: str) -> None:
+    found = problems(GOOD.replace("    strategy: weighted\n", f"    {fragment}\n"))
+    assert any(p.startswith(path) for p in found), found
+
+
+def test_bad_team_weight_and_priority() -> None:
+    bad = "    models: [chat]\n    weight: 0\n    priority: 5000\n"
+    found = problems(GOOD.replace("    models: [chat]\n", bad))
+    assert "teams.research.weight: Input should be greater than 0" in found
+    assert "teams.research.priority: Input should be less than or equal to 1000" in found
+
+
+def test_min_share_must_leave_the_top_band_something() -> None:
+    teams = "".join(f"  t{i}: {{priority: {i}}}\n" for i in range(1, 5))  # bands 0..4
+    text = GOOD.replace("    strategy: weighted\n", "    queue: {min_share: 0.3}\n").replace(
+        "keys:\n", teams + "keys:\n"
+    )
+    found = problems(text)
+    assert any(p.startswith("pools.llama-local.queue.min_share: 4 priority bands") for p in found)
+    parse_config(
+        text.replace("min_share: 0.3", "min_share: 0.2"), "t.yaml", {"OPENAI_API_KEY": "x"}
+    )

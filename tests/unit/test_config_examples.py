@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from router.cli import main
-from router.config import load_config
+from router.config_load import load_config
 from router.providers import build_backend
 from router.upstream import Upstream
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from router.cli import main
-from router.config import ConfigError, parse_config
+from router.config import ConfigError
+from router.config_load import parse_config
 
 BASE = """
 backends:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, parse_config
+from router.config import ConfigError
+from router.config_load import parse_config
 from router.egress import resolve_proxy, safe_url
 from tests.support.tls import private_ca
 

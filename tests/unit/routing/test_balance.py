@@ -166,3 +166,30 @@ def test_throttled_member_goes_after_the_others() -> None:
     st["a"].throttle(10.0)
     assert [b.order(5.0)[0].backend for _ in range(4)] == ["b"] * 4
     assert {b.order(11.0)[0].backend for _ in range(4)} == {"a", "b"}
+
+
+def test_what_was_sent_since_a_queueing_scrape_counts_as_waiting() -> None:
+    st = states("a")
+    b = Balancer("p", pool("least_loaded", "a", max_waiting=4), st)
+    s = st["a"]
+    s.update_load(Load(running=8, waiting=3, kv_cache=0.5))  # the server is queueing
+    assert not b.saturated(b.members[0])
+    s.inflight += 2  # sent since the scrape: they wait too
+    assert s.waiting_now() == 5 and b.saturated(b.members[0])
+    s.inflight -= 2
+    assert not b.saturated(b.members[0])
+    s.update_load(Load(running=3, waiting=0, kv_cache=0.1))  # room in the batch
+    s.inflight += 6
+    assert s.waiting_now() == 0 and not b.saturated(b.members[0])
+
+
+def test_room_counts_free_slots_of_available_members() -> None:
+    st = states("a", "b", "c", max_concurrency=4)
+    st["c"].max_concurrency = None
+    b = Balancer("p", pool("round_robin", "a", "b", "c"), st)
+    assert b.room() == 4 + 4 + 1
+    st["a"].inflight = 3
+    st["b"].healthy = False
+    assert b.room() == 1 + 1
+    st["a"].inflight = 4
+    assert b.room() == 1  # the member without a limit: one at a time

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.config import load_config
+from router.config_load import load_config
 from router.routing.explain import explain
 
 EXAMPLE = Path(__file__).parents[3] / "config" / "examples" / "gpu-fleet.yaml"

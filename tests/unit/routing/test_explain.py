@@ -122,3 +122,38 @@ def test_cli_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["explain", "--config", str(path), "--team", "research", "--model", "chat",
                  "--header", "novalue"]) == 2  # fmt: skip
     assert "NAME=VALUE" in capsys.readouterr().err
+
+
+def queued_config() -> dict[str, Any]:
+    doc = {**CONFIG, "pools": dict(CONFIG["pools"]), "teams": dict(CONFIG["teams"])}
+    doc["pools"]["llama-local"] = {**CONFIG["pools"]["llama-local"],
+                                   "queue": {"max_wait_ms": 2500, "max_depth": 64}}  # fmt: skip
+    doc["teams"]["eng"] = {"weight": 2, "priority": 5}
+    doc["teams"]["batch"] = {"priority": -1}
+    return doc
+
+
+def test_a_queued_pool_explains_its_wait() -> None:
+    cfg = make_config(queued_config())
+    doc = explain(cfg, team="eng", model="chat", prompt_tokens=10, headers={})
+    local = next(p for p in doc["pools"] if p["pool"] == "llama-local")
+    assert (
+        "waits up to 2500 ms" in local["queue"]
+        and "priority band (this request: 5)" in (local["queue"])
+    )
+    assert "weight (team 'eng': 2)" in local["queue"]
+    assert local["skipped_if"]["saturated"][0].endswith("after waiting in its queue")
+    assert "when saturated: waits up to 2500 ms" in render(doc)
+    assert next(p for p in doc["pools"] if p["pool"] == "gpt-hosted")["queue"] is None
+    lowered = explain(cfg, team="eng", model="chat", prompt_tokens=10,
+                      headers={"x-spillway-priority": "3"})  # fmt: skip
+    assert "this request: 0 (x-spillway-priority: 3)" in lowered["pools"][0]["queue"]
+    raised = explain(cfg, team="eng", model="chat", prompt_tokens=10,
+                     headers={"x-spillway-priority": "99"})  # fmt: skip
+    assert "this request: 5 " in raised["pools"][0]["queue"]  # never raised
+    shed = explain(cfg, team="batch", model="chat", prompt_tokens=10, headers={})
+    assert "sheddable: never queued" in shed["pools"][0]["queue"]
+    assert "after waiting" not in shed["pools"][0]["skipped_if"]["saturated"][0]
+    bad = explain(cfg, team="eng", model="chat", prompt_tokens=10,
+                  headers={"x-spillway-priority": "soon"})  # fmt: skip
+    assert "refused (400)" in bad["pools"][0]["queue"]
