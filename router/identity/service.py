@@ -183,10 +183,13 @@ class Identity:
                 log.error("%s had failed: %r", task.get_name(), outcome, exc_info=outcome)
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            try:  # close() terminates the pool if it fails or runs out of time
-                await asyncio.wait_for(pool.close(), self.cfg.database.connect_timeout_seconds)
-            except DB_ERRORS as exc:
-                log.warning("admin database pool terminated, not closed (%r)", exc)
+            if self.sync is not None and not self.sync.up:
+                pool.terminate()  # nobody to say goodbye to
+            else:
+                try:  # close() terminates the pool if it fails or runs out of time
+                    await asyncio.wait_for(pool.close(), self.cfg.database.connect_timeout_seconds)
+                except DB_ERRORS as exc:
+                    log.warning("admin database pool terminated, not closed (%r)", exc)
         if self._session is not None:
             await self._session.close()
             self._session = None
