@@ -509,6 +509,9 @@ class DatabaseSettings(_Strict):
     resync_seconds: PositiveFloat = 30.0  # full re-read, in case a notification was lost
     connect_timeout_seconds: PositiveFloat = 5.0
     retry_seconds: PositiveFloat = 2.0  # reconnect delay while the database is down
+    # a query on the follower's connection when it has been quiet this long: a database
+    # that hangs or a network that drops everything is seen within this plus the timeout
+    health_check_seconds: PositiveFloat = 5.0
 
 
 class TracingSettings(_Strict):

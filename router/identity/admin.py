@@ -16,10 +16,11 @@ status; never a secret.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -92,6 +93,12 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)  # a time without zone is read as UTC
 
 
+def _unreachable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The key database is unreachable; nothing was changed.", code="database_unreachable"
+    )
+
+
 def _json(doc: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(doc), status=status, content_type="application/json")
 
@@ -119,13 +126,17 @@ class AdminApi:
         settings: AdminSettings,
         pool: Callable[[], Awaitable[asyncpg.Pool]],
         cache: KeyCache,
+        reachable: Callable[[], bool],
         config: Callable[[], Config],
         verifier: Callable[[], JwtVerifier | None],
+        timeout: float = 5.0,
     ) -> None:
         self.settings = settings
         self._tokens = {t.lower() for t in settings.tokens}
         self._pool = pool
         self._cache = cache
+        self._reachable = reachable
+        self._timeout = timeout
         self._config = config
         self._verifier = verifier
 
@@ -169,9 +180,9 @@ class AdminApi:
                                 content_type="application/json")  # fmt: skip
         except DB_ERRORS as exc:
             entry["status"] = 503
-            log.warning("admin API: key database unreachable (%s)", exc)
-            err = ServiceUnavailable("The key database is unreachable; nothing was changed.",
-                                     code="database_unreachable")  # fmt: skip
+            entry["error"] = "database_unreachable"
+            log.warning("admin API: key database unreachable (%r)", exc)
+            err = _unreachable()
             return web.Response(body=err.body(), status=503, content_type="application/json")
         finally:
             entry.setdefault("status", 500)
@@ -219,9 +230,21 @@ class AdminApi:
         self._cache.put(key)
         return key
 
-    async def _one(self, sql: str, *args: Any) -> StoredKey | None:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A pooled connection, while this replica's follower finds the database
+        reachable (else 503 at once, rather than each call waiting out a timeout on a
+        database known to be down). Getting it, each query on it and giving it back are
+        each bounded by ``database.connect_timeout_seconds``."""
+        if not self._reachable():
+            raise _unreachable()
         pool = await self._pool()
-        row = await pool.fetchrow(sql, *args)
+        async with pool.acquire(timeout=self._timeout) as conn:
+            yield conn
+
+    async def _one(self, sql: str, *args: Any) -> StoredKey | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(sql, *args)
         if row is None:
             return None
         keys = parse_rows([row])
@@ -269,10 +292,10 @@ class AdminApi:
         where = ["($1::text IS NULL OR team = $1)"]
         if not revoked:
             where.append("revoked_at IS NULL")
-        pool = await self._pool()
-        rows = await pool.fetch(
-            f"SELECT {COLUMNS} FROM keys WHERE {' AND '.join(where)} ORDER BY id", team
-        )
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {COLUMNS} FROM keys WHERE {' AND '.join(where)} ORDER BY id", team
+            )
         return _json({"object": "list", "data": [k.public() for k in parse_rows(rows)]})
 
     async def get(self, request: web.Request) -> web.Response:

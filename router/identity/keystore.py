@@ -5,14 +5,15 @@ lookup). :class:`KeySync` keeps it current: it LISTENs on the schema's channel
 (every change to a row notifies the key id, see :mod:`router.identity.schema`),
 re-reads the rows named, and re-reads the whole table every
 ``resync_seconds`` in case a notification was lost (and after every
-reconnect). While the database is unreachable the cache keeps serving the keys
+reconnect). A quiet connection is asked ``SELECT 1`` every
+``health_check_seconds``, so a database that hangs is noticed as surely as one
+that closes. While the database is unreachable the cache keeps serving the keys
 it holds; ``status()`` says so (``/readyz``'s body, ``spillway_key_store_up``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -36,8 +37,16 @@ COLUMNS = (
     "description, expires_at, revoked_at, created_at, created_by, updated_at"
 )
 _BUDGETS = TypeAdapter(list[Budget])
-# connection errors, server errors, timeouts: the database cannot answer now
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# the database cannot answer now: connection errors, server errors, timeouts, and the
+# driver's own errors about a connection left unusable (InternalClientError: e.g. the
+# server's FATAL error arrived between queries and its close has not, yet or ever)
+DB_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -172,7 +181,14 @@ def parse_rows(rows: Iterable[asyncpg.Record]) -> list[StoredKey]:
 
 
 class KeySync:
-    """Keeps a :class:`KeyCache` in step with the database (a background task)."""
+    """Keeps a :class:`KeyCache` in step with the database (a background task).
+
+    Whatever way the database fails, the state turns to down within a bound and the
+    connection is dropped, never reused: a connection ended by the server is seen at
+    once; a database that hangs, or a network that drops everything (no close ever
+    arrives), is seen by the health query sent whenever the connection has been quiet
+    ``health_check_seconds``, each query bounded by ``connect_timeout_seconds``.
+    """
 
     def __init__(
         self, settings: DatabaseSettings, cache: KeyCache, on_state: Callable[[bool], None]
@@ -183,9 +199,10 @@ class KeySync:
         self.up = False
         self.ever_synced = False
         self.last_sync = 0.0  # epoch seconds of the last full read
+        self.down_since = 0.0  # epoch seconds the database became unreachable
         self.last_error = ""
         self._on_state = on_state
-        self._changed: asyncio.Queue[str | None] = asyncio.Queue()  # ids; None: connection lost
+        self._resync_at = 0.0  # monotonic: the next full read
         self.ready = asyncio.Event()  # set after the first full read
 
     def status(self) -> dict[str, Any]:
@@ -194,9 +211,11 @@ class KeySync:
             "keys": len(self.cache),
         }
         if self.last_sync:
-            doc["synced_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_sync))
+            doc["synced_at"] = _stamp(self.last_sync)
         if not self.up:
             doc["serving"] = "from cache" if self.ever_synced else "no database keys yet"
+            if self.down_since:
+                doc["since"] = _stamp(self.down_since)
             if self.last_error:
                 doc["error"] = self.last_error
         return doc
@@ -209,6 +228,8 @@ class KeySync:
                 log.error(
                     "key database unreachable (%s); serving %d cached keys", error, len(self.cache)
                 )
+        if not up and (self.up or not self.down_since):
+            self.down_since = time.time()
         self.up = up
         self.last_error = error
         self._on_state(up)
@@ -221,6 +242,10 @@ class KeySync:
         )  # fmt: skip
 
     async def run(self) -> None:
+        """Follow the table until cancelled. A failure of any kind (the database's, the
+        network's, the driver's) marks the store down and drops the connection; a new
+        one is tried every ``retry_seconds``. This task never ends on an error: if it
+        did, the store would read "ok" forever and the cache would silently go stale."""
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -228,44 +253,57 @@ class KeySync:
                 await schema.apply(conn, self.settings.schema_name)
                 await self._follow(conn)
             except (*DB_ERRORS, schema.SchemaTooNew) as exc:
-                self._state(False, f"{type(exc).__name__}: {exc}")
+                self._state(False, _describe(exc))
+            except Exception as exc:  # a fault of ours: say so, and keep following
+                if _describe(exc) != self.last_error:
+                    log.exception("key database follower failed")
+                self._state(False, _describe(exc))
             finally:
                 if conn is not None:
-                    with contextlib.suppress(*DB_ERRORS):
-                        await conn.close(timeout=1)
+                    # after a failure the connection's state is unknown (a query may
+                    # still run, a cancel may be pending): never reuse it, never wait on it
+                    conn.terminate()
             await asyncio.sleep(self.settings.retry_seconds)
 
     async def _follow(self, conn: asyncpg.Connection) -> None:
+        changed: asyncio.Queue[str | None] = asyncio.Queue()  # key ids; None: connection lost
+
         def notified(_c: object, _pid: int, _channel: str, key_id: object) -> None:
-            self._changed.put_nowait(str(key_id))
+            changed.put_nowait(str(key_id))
 
         def lost(_c: object) -> None:
-            self._changed.put_nowait(None)
+            changed.put_nowait(None)
 
-        while not self._changed.empty():  # from an earlier connection: the full read covers it
-            self._changed.get_nowait()
         conn.add_termination_listener(lost)
         await conn.add_listener(self.channel, notified)
         await self.resync(conn)  # after LISTEN: no change can fall between the two
         self._state(True)
+        quiet = self.settings.health_check_seconds
+        answered = time.monotonic()  # the database's last answer on this connection
         while True:
-            due = self.last_sync + self.settings.resync_seconds - time.time()
+            wait = min(self._resync_at, answered + quiet) - time.monotonic()
             try:
-                first = await asyncio.wait_for(self._changed.get(), max(0.0, due))
+                first = await asyncio.wait_for(changed.get(), max(0.0, wait))
             except TimeoutError:
-                await self.resync(conn)
+                if time.monotonic() >= self._resync_at:
+                    await self.resync(conn)
+                else:
+                    await conn.execute("SELECT 1")  # still there?
+                answered = time.monotonic()
                 continue
             ids = {first}
-            while not self._changed.empty():
-                ids.add(self._changed.get_nowait())
+            while not changed.empty():
+                ids.add(changed.get_nowait())
             if None in ids:
                 raise ConnectionResetError("the database connection was lost")
             await self.refetch(conn, [i for i in ids if i is not None])
+            answered = time.monotonic()
 
     async def resync(self, conn: asyncpg.Connection) -> None:
         rows = await conn.fetch(f"SELECT {COLUMNS} FROM keys WHERE revoked_at IS NULL")
         self.cache.replace(parse_rows(rows))
         self.last_sync = time.time()
+        self._resync_at = time.monotonic() + self.settings.resync_seconds
         self.ever_synced = True
         self.ready.set()
 
@@ -278,3 +316,15 @@ class KeySync:
                 self.cache.drop(key_id)
             else:
                 self.cache.put(key)
+
+
+def _stamp(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _describe(exc: BaseException) -> str:
+    """An error as ``/readyz`` shows it (a timeout's text is empty)."""
+    text = str(exc)
+    if isinstance(exc, TimeoutError) and not text:
+        text = "no answer in time"
+    return f"{type(exc).__name__}: {text}"

@@ -109,10 +109,12 @@ class Identity:
 
     async def _start_admin(self) -> None:
         admin = self.cfg.admin
-        assert admin is not None and self.cache is not None
+        sync = self.sync
+        assert admin is not None and self.cache is not None and sync is not None
         api = AdminApi(
-            admin, self._db_pool, self.cache,
+            admin, self._db_pool, self.cache, reachable=lambda: sync.up,
             config=lambda: self._view()[0], verifier=lambda: self._view()[1],
+            timeout=self.cfg.database.connect_timeout_seconds,
         )  # fmt: skip
         self._admin = web.AppRunner(api.app(), access_log=None)
         await self._admin.setup()
@@ -166,19 +168,28 @@ class Identity:
         return doc
 
     async def stop(self) -> None:
+        """Stop the listener, the followers and the pool. Never fails and never waits
+        long, whatever state the database or the identity providers are in: a shutdown
+        must not depend on the database that may be why the pod is restarted."""
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, outcome in zip(tasks, ended, strict=True):
+            if isinstance(outcome, Exception):  # cancelled is the normal end
+                log.error("%s had failed: %r", task.get_name(), outcome, exc_info=outcome)
         if self._pool is not None:
-            with contextlib.suppress(*DB_ERRORS):
-                await asyncio.wait_for(self._pool.close(), 5)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            if self.sync is not None and not self.sync.up:
+                pool.terminate()  # nobody to say goodbye to
+            else:
+                try:  # close() terminates the pool if it fails or runs out of time
+                    await asyncio.wait_for(pool.close(), self.cfg.database.connect_timeout_seconds)
+                except DB_ERRORS as exc:
+                    log.warning("admin database pool terminated, not closed (%r)", exc)
         if self._session is not None:
             await self._session.close()
             self._session = None

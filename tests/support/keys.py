@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from typing import Any
 
 import aiohttp
+import asyncpg
+
+from router.identity import schema as key_schema
 
 ADMIN_TOKEN = "admin-token-for-tests-0001"
 YAML_KEY = "sk-yaml-key-0001"
@@ -63,3 +67,19 @@ async def chat_status(session: aiohttp.ClientSession, url: str, key: str,
     async with session.post(url + "/v1/chat/completions", json=body,
                             headers={"Authorization": f"Bearer {key}"}) as resp:  # fmt: skip
         return resp.status, await resp.json()
+
+
+async def seed_key(database_url: str, schema: str, key_id: str, team: str) -> str:
+    """A key written straight into the table (the schema applied first), before any
+    gateway follows it; its secret."""
+    secret = "sk-sw-" + secrets.token_urlsafe(32)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await key_schema.apply(conn, schema)
+        await conn.execute(
+            f'INSERT INTO "{schema}".keys (id, team, sha256, created_by) VALUES ($1, $2, $3, $4)',
+            key_id, team, hashlib.sha256(secret.encode()).digest(), "test",
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    return secret

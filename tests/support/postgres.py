@@ -77,7 +77,8 @@ def _demote() -> tuple[int, int] | None:
 
 
 class PostgresServer:
-    """``postgres`` on a free loopback port, trust auth; ``kill()`` and ``start()``."""
+    """``postgres`` on a free loopback port, trust auth; ``kill()`` and ``start()``,
+    ``freeze()`` and ``thaw()``."""
 
     def __init__(self) -> None:
         self.bin = _bin_dir()
@@ -90,6 +91,7 @@ class PostgresServer:
         if self.user is not None:
             os.chown(self.workdir, *self.user)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.frozen = False
         self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
                    "--auth=trust", "-E", "UTF8", "--no-sync", "--no-locale"])  # fmt: skip
         self.start()
@@ -143,14 +145,56 @@ class PostgresServer:
                 raise TimeoutError("postgres did not start:\n" + self.log())
             time.sleep(0.05)
 
+    def _children(self) -> list[int]:
+        """The server's live child processes. PostgreSQL's children each start a session
+        of their own (setsid), so a signal to the postmaster's group reaches only it."""
+        assert self.proc is not None
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+        return found
+
     def kill(self) -> None:
-        """SIGKILL the server and its backends (a crash: connections drop unannounced)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        """SIGKILL the postmaster, as a crash does. Its backends are not killed: each
+        notices the postmaster gone, sends its client a FATAL error and exits; this
+        waits until they have (a new server cannot start beside them)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.thaw()
+        children = self._children()
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        end = time.monotonic() + 30
+        while any(_alive(pid) for pid in children):
+            if time.monotonic() > end:
+                raise TimeoutError(f"postgres backends {children} outlived the postmaster")
+            time.sleep(0.02)
         (self.data / "postmaster.pid").unlink(missing_ok=True)
 
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster and every backend: a hung server. Connections stay open
+        and new ones are accepted by the kernel, but nothing is ever answered."""
+        assert self.proc is not None and self.proc.poll() is None
+        os.kill(self.proc.pid, signal.SIGSTOP)  # first, so it starts no new child
+        for pid in self._children():
+            os.kill(pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if not self.frozen or self.proc is None:
+            return
+        for pid in self._children():
+            os.kill(pid, signal.SIGCONT)
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.frozen = False
+
     def stop(self) -> None:
+        self.thaw()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # fast shutdown
             try:
@@ -162,6 +206,14 @@ class PostgresServer:
 
     def log(self) -> str:
         return (self.workdir / "postgres.log").read_text(errors="replace")
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie nobody reaped has exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @contextmanager

@@ -1,9 +1,14 @@
-"""A TCP relay between the gateway and Redis that a test can cut, like a network does.
+"""A TCP relay between the gateway and a server (Redis, PostgreSQL) that a test can
+cut, like a network does.
 
 While cut, bytes stop flowing both ways and new connections are accepted but never
-joined to Redis: what was sent is neither answered nor refused (a partition, not a
-refusal). ``restore()`` drops every connection held across the cut (as the peers'
+joined to the server: what was sent is neither answered nor refused (a partition, not
+a refusal). ``restore()`` drops every connection held across the cut (as the peers'
 timeouts or an RST would) and relays again.
+
+With ``hold_closes`` set, a side's clean end is not passed on: what the server sent
+before it closed reaches the client, and then the client's connection stays open and
+silent (a middlebox that lost the FIN) until ``restore()`` or ``stop()``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from tests.support.net import free_port
 class CuttableProxy:
     def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
         self.port = free_port()
+        self.hold_closes = False
         self._target = (host, target_port)
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
@@ -64,10 +70,12 @@ class CuttableProxy:
             task.add_done_callback(self._tasks.discard)
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        clean_end = False
         try:
             while True:
                 data = await src.read(65536)
                 if not data:
+                    clean_end = True
                     break
                 await self._flowing.wait()
                 if dst.transport.is_closing():
@@ -77,6 +85,7 @@ class CuttableProxy:
         except (ConnectionError, OSError):
             pass
         finally:
-            with contextlib.suppress(Exception):
-                dst.transport.abort()
-            self._open.discard(dst)
+            if not (clean_end and self.hold_closes):
+                with contextlib.suppress(Exception):
+                    dst.transport.abort()
+                self._open.discard(dst)
