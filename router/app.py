@@ -1,27 +1,18 @@
-"""``create_app(config)``: routes, the error middleware, cleanup_ctx. No logic."""
+"""``create_app(config)``: routes, the middleware, cleanup_ctx. No logic."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from router import handlers
+from router import handlers, logs
 from router.config import Config
-from router.errors import (
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    SpillwayError,
-)
 from router.gateway import Gateway
 from router.keys import GATEWAY
 from router.metrics import Metrics
+from router.middleware import answers
 
-log = logging.getLogger("spillway")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # each client API's paths (the bare and poolside's /openai/v1 forms too), by codec
 ENDPOINT_PATHS = {
     "chat": ("/v1/chat/completions", "/chat/completions", "/openai/v1/chat/completions"),
@@ -37,44 +28,10 @@ DEPLOYMENT_PATHS = {
 MODEL_PATHS = ("/v1/models", "/models", "/openai/v1/models")
 
 
-def error_response(exc: SpillwayError) -> web.Response:
-    return web.Response(
-        body=exc.body(), status=exc.status, headers=exc.headers, content_type="application/json"
-    )
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as OpenAI's envelope; a bug leaves as a plain 500."""
-    try:
-        return await handler(request)
-    except SpillwayError as exc:
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status == 404:
-            err: SpillwayError = NotFound(
-                f"Unknown path {request.path!r}.", code="unknown_url", type="invalid_request_error"
-            )
-        elif exc.status == 405:
-            err = MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
-            if exc.headers.get("Allow"):
-                err.headers["Allow"] = exc.headers["Allow"]
-        elif exc.status == 413:
-            err = PayloadTooLarge("The request body is over the size limit.")
-        elif exc.status < 400:
-            raise
-        else:
-            err = SpillwayError(exc.reason, code=None, type="invalid_request_error")
-            err.status = exc.status
-        return error_response(err)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(SpillwayError("The gateway failed to handle the request."))
-
-
 def make_runner(app: web.Application, cfg: Config) -> web.AppRunner:
     """An AppRunner with the server limits of ``cfg`` (header sizes, keep-alive)."""
     s = cfg.server
+    logs.quiet_protocol_errors()  # a malformed request is a rate-limited line, no traceback
     return web.AppRunner(
         app,
         access_log=None,
@@ -91,9 +48,7 @@ def create_app(
     cfg: Config, *, metrics: Metrics | None = None, config_path: str | None = None
 ) -> web.Application:
     """``config_path``: the file ``cfg`` came from, reloaded on SIGHUP and when it changes."""
-    app = web.Application(
-        middlewares=[errors_middleware], client_max_size=cfg.server.max_body_bytes
-    )
+    app = web.Application(middlewares=[answers], client_max_size=cfg.server.max_body_bytes)
     gateway = Gateway(cfg, metrics, config_path)
     app[GATEWAY] = gateway
 

@@ -34,8 +34,10 @@ from router.errors import (
     UpstreamError,
     UpstreamStatus,
     UpstreamTimeout,
+    internal_error,
 )
 from router.exchange import Exchange, billable
+from router.headers import forwarded
 from router.metrics import status_class
 from router.providers import Adapter, Call, Usage
 from router.providers.base import Opened
@@ -47,7 +49,6 @@ from router.runtime import Runtime
 
 log = logging.getLogger("spillway.routing")
 
-_TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}  # fmt: skip
 Outcome = Literal["refund", "used", "cancelled"]
@@ -212,11 +213,7 @@ class Walk:
         cap: int | None = None
         if ticket.clamped or (ticket.checks and call.max_output is None):
             cap = ticket.out  # never let the upstream produce more than was reserved
-        fwd = {"X-Request-Id": x.rid}
-        for name in _TRACE_HEADERS:
-            value = self.request.headers.get(name)
-            if value is not None:
-                fwd[name] = value
+        fwd = forwarded(self.request.headers, x.rid)
         bal = rt.balancers[pool]
         session = None
         if bal.affinity != "none":
@@ -502,13 +499,18 @@ class Walk:
         ttfb: float,
     ) -> web.StreamResponse:
         """Commit (send the status line) and relay the stream."""
+        x = self.x
         try:
             headers = self._headers(member, ticket)
             headers.update(SSE_HEADERS)
             resp = web.StreamResponse(headers=headers)
-            await resp.prepare(self.request)
-            self.x.committed = True
-            await self._relay(resp, member, adapter, chunks=chunks, first=first, ttfb=ttfb)
+            try:
+                await resp.prepare(self.request)
+                x.committed = True
+                await self._relay(resp, member, adapter, chunks=chunks, first=first, ttfb=ttfb)
+            except (ConnectionResetError, ClientConnectionResetError):
+                x.status = 499  # the client went away as its answer started
+                x.usage = adapter.stream_usage_so_far()
             return resp
         finally:
             await _aclose(chunks)
@@ -526,31 +528,35 @@ class Walk:
     ) -> None:
         x = self.x
         try:
-            try:
-                transform, write = adapter.transform_chunk, resp.write  # per chunk
-                out = transform(first)
+            transform, write = adapter.transform_chunk, resp.write  # per chunk
+            out = transform(first)
+            if out:
+                await write(out)
+            async for data in chunks:
+                out = transform(data)
                 if out:
                     await write(out)
-                async for data in chunks:
-                    out = transform(data)
-                    if out:
-                        await write(out)
-                tail = adapter.finish_stream()
-                if tail:
-                    await resp.write(tail)
-                x.usage = adapter.usage
-                member.state.record_success(ttfb)
-            except UpstreamError as exc:
-                # the stream has started: tell the client in-band, then end cleanly
-                x.status = exc.status
-                x.usage = adapter.stream_usage_so_far()
-                self._failed(member, exc)
-                assert x.call is not None
-                await resp.write(x.call.codec.stream_error(exc))
-            await resp.write_eof()
-        except (ConnectionResetError, ClientConnectionResetError):
-            x.status = 499
+            tail = adapter.finish_stream()
+            if tail:
+                await resp.write(tail)
+            x.usage = adapter.usage
+            member.state.record_success(ttfb)
+        except UpstreamError as exc:
+            # the stream has started: tell the client in-band, then end cleanly
+            x.status = exc.status
             x.usage = adapter.stream_usage_so_far()
+            self._failed(member, exc)
+            assert x.call is not None
+            await resp.write(x.call.codec.stream_error(exc))
+        except (ConnectionResetError, ClientConnectionResetError):
+            raise  # the client went away (see _stream)
+        except Exception:  # a bug mid-stream: logged once, ended in-band as a 500
+            x.status = 500
+            x.usage = adapter.stream_usage_so_far()
+            log.exception("unhandled error relaying the stream of request %s", x.rid)
+            assert x.call is not None
+            await resp.write(x.call.codec.stream_error(internal_error(x.rid)))
+        await resp.write_eof()
 
     def _headers(self, member: Member, ticket: Ticket) -> dict[str, str]:
         x = self.x

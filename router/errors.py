@@ -76,6 +76,14 @@ class SpillwayError(Exception):
         return orjson.dumps(self.envelope())
 
 
+def internal_error(rid: str) -> SpillwayError:
+    """The answer to a failure the gateway did not expect (its traceback is logged)."""
+    return SpillwayError(
+        f"The gateway failed to handle the request (request id {rid}).",
+        headers={"x-request-id": rid},
+    )
+
+
 class InvalidRequest(SpillwayError):
     status = 400
     type = "invalid_request_error"

@@ -12,6 +12,7 @@ from router.auth import Principal
 from router.errors import InvalidRequest, NotFound, ServiceUnavailable
 from router.inspect import live_explain
 from router.keys import GATEWAY
+from router.middleware import PRINCIPAL, proxied
 from router.runtime import Runtime
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -28,7 +29,7 @@ def endpoint(name: str) -> Handler:
         proxy = request.app[GATEWAY].proxy
         return await proxy.handle(request, proxy.codecs[name])
 
-    return handle
+    return proxied(handle)
 
 
 def deployment(name: str) -> Handler:
@@ -39,13 +40,15 @@ def deployment(name: str) -> Handler:
         proxy = request.app[GATEWAY].proxy
         return await proxy.handle(request, proxy.codecs[name], request.match_info["deployment"])
 
-    return handle
+    return proxied(handle)
 
 
 async def _principal_runtime(request: web.Request) -> tuple[Runtime, Principal]:
     runtime = request.app[GATEWAY].runtime
     h = request.headers
-    return runtime, await runtime.auth.authenticate(h.get("Authorization"), h.get("api-key"))
+    principal = await runtime.auth.authenticate(h.get("Authorization"), h.get("api-key"))
+    request[PRINCIPAL] = principal  # for the access log
+    return runtime, principal
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -143,8 +146,7 @@ async def explain(request: web.Request) -> web.Response:
     rt = request.app[GATEWAY].runtime
     if not rt.route_headers:
         raise NotFound(f"Unknown path {request.path!r}.", code="unknown_url")
-    h = request.headers
-    principal = await rt.auth.authenticate(h.get("Authorization"), h.get("api-key"))
+    rt, principal = await _principal_runtime(request)
     model = request.query.get("model")
     if not model:
         raise InvalidRequest("Query parameter `model` is required.", param="model")

@@ -28,6 +28,7 @@ from router.errors import (
     PermissionDenied,
     RequestTimeout,
     SpillwayError,
+    internal_error,
 )
 from router.exchange import Exchange, billable
 from router.inbound.base import Codec
@@ -105,6 +106,14 @@ class Proxy:
             failure = exc
             x.status = 499  # the client went away
             raise
+        except Exception as exc:  # a bug: a 500 with the request id, logged here once
+            failure = exc
+            x.status = 500
+            log.exception("unhandled error on %s %s (request %s)", request.method,
+                          codec.path, x.rid)  # fmt: skip
+            if x.committed:  # the answer has started: nothing else can be sent
+                raise
+            return codec.error_response(internal_error(x.rid))
         finally:
             self._finish(rt, x, loop.time())
             if tracing is not None:
