@@ -28,7 +28,7 @@ from yarl import URL
 
 from router.config import Backend
 from router.contract import VLLM_EXTRAS
-from router.errors import UpstreamError
+from router.errors import UpstreamError, status_error
 from router.inbound.contracts import (
     VLLM_COMPLETION_EXTRAS,
     VLLM_EMBEDDING_EXTRAS,
@@ -143,6 +143,8 @@ class OpenAIAdapter:
             ) from None
         if not isinstance(doc, dict):
             raise UpstreamError(f"Backend {self._backend.name!r} answered an unexpected body.")
+        if "error" in doc and "choices" not in doc:  # an error answered as a 200
+            raise status_error(502, body, backend=f"backend {self._backend.name!r}")
         self.usage = usage_from(doc.get("usage")) or _estimate_usage(doc)
         if doc.get("model") == call.client_model:
             return body
