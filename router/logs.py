@@ -108,14 +108,14 @@ class ProtocolErrors(logging.Filter):
         return True
 
 
-_PROTOCOL_ERRORS = ProtocolErrors()
+PROTOCOL_ERRORS = ProtocolErrors()
 
 
 def quiet_protocol_errors() -> None:
     """Install :class:`ProtocolErrors` on aiohttp's server logger (once)."""
     server = logging.getLogger("aiohttp.server")
-    if _PROTOCOL_ERRORS not in server.filters:
-        server.addFilter(_PROTOCOL_ERRORS)
+    if PROTOCOL_ERRORS not in server.filters:
+        server.addFilter(PROTOCOL_ERRORS)
 
 
 def setup(level: str = "INFO", fmt: str = "json") -> None:

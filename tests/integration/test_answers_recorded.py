@@ -207,8 +207,8 @@ async def test_a_client_that_resets_at_the_first_chunk_is_a_499(
         sock = socket.create_connection(("127.0.0.1", port_of(gw.url)))
         sock.setblocking(False)
         client.append(sock)
-        sock.sendall(request_bytes(b"POST", b"/v1/chat/completions",
-                                   [(b"Authorization", b"Bearer " + KEY.encode())], body))  # fmt: skip
+        auth = [(b"Authorization", b"Bearer " + KEY.encode())]
+        sock.sendall(request_bytes(b"POST", b"/v1/chat/completions", auth, body))
         for _ in range(200):
             if access(caplog):
                 break

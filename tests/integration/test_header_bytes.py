@@ -128,7 +128,7 @@ async def test_a_well_formed_trace_context_is_forwarded(
 async def test_an_affinity_header_that_is_not_utf8_still_routes(
     pair: tuple[Running, FakeOpenAI, FakeOpenAI],
 ) -> None:
-    gw, one, two = pair
+    gw, _, _ = pair
     headers = [*BEARER, (b"x-session-id", b"\xff\xfesession")]
     replies = [
         await raw_request(port_of(gw.url), b"POST", b"/v1/chat/completions", headers, CHAT)

@@ -4,6 +4,7 @@ that are not UTF-8, odd methods and paths), which ordinary clients refuse to sen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from dataclasses import dataclass
@@ -61,20 +62,18 @@ def _dechunk(data: bytes) -> bytes:
     return b"".join(out)
 
 
-async def send_raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+async def send_raw(port: int, data: bytes, seconds: float = 10.0) -> bytes:
     """Send ``data``, read until the server closes the connection."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             return await reader.read()
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 async def raw_request(
