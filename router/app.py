@@ -71,5 +71,14 @@ def create_app(
     app.router.add_get("/v1/spillway/explain", handlers.explain)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics)
+    if cfg.server.metrics_port is None:  # else on a port of its own: create_metrics_app
+        app.router.add_get("/metrics", handlers.metrics)
     return app
+
+
+def create_metrics_app(app: web.Application) -> web.Application:
+    """``/metrics`` of ``app``'s gateway, for ``server.metrics_port``."""
+    metrics_app = web.Application()
+    metrics_app[GATEWAY] = app[GATEWAY]
+    metrics_app.router.add_get("/metrics", handlers.metrics)
+    return metrics_app

@@ -78,7 +78,8 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def quota(request: web.Request) -> web.Response:
     runtime, principal = await _principal_runtime(request)
-    doc = await runtime.quota.status(principal)
+    reachable = runtime.rules.pools_for(principal.team, principal.models)
+    doc = await runtime.quota.status(principal, reachable)
     doc["key_id"], doc["team"] = principal.key_id, principal.team
     return _json(doc)
 
