@@ -11,7 +11,7 @@ from router.config import Config
 from router.gateway import Gateway
 from router.keys import GATEWAY
 from router.metrics import Metrics
-from router.middleware import answers
+from router.middleware import UNMATCHED, answers
 
 # each client API's paths (the bare and poolside's /openai/v1 forms too), by codec
 ENDPOINT_PATHS = {
@@ -58,21 +58,25 @@ def create_app(
         await gateway.stop()
 
     app.cleanup_ctx.append(lifecycle)
+    add = app.router
+    x = handlers.expect  # Expect: 100-continue, and no plain 417
     for name, paths in ENDPOINT_PATHS.items():
         handler = handlers.endpoint(name)
         for path in paths:
-            app.router.add_post(path, handler)
+            add.add_post(path, handler, expect_handler=x)
     for name, path in DEPLOYMENT_PATHS.items():
-        app.router.add_post(path, handlers.deployment(name))
+        add.add_post(path, handlers.deployment(name), expect_handler=x)
     for path in MODEL_PATHS:
-        app.router.add_get(path, handlers.list_models)
-        app.router.add_get(path + "/{model:.+}", handlers.get_model)
-    app.router.add_get("/v1/quota", handlers.quota)
-    app.router.add_get("/v1/spillway/explain", handlers.explain)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
+        add.add_get(path, handlers.list_models, expect_handler=x)
+        add.add_get(path + "/{model:.+}", handlers.get_model, expect_handler=x)
+    add.add_get("/v1/quota", handlers.quota, expect_handler=x)
+    add.add_get("/v1/spillway/explain", handlers.explain, expect_handler=x)
+    add.add_get("/healthz", handlers.healthz, expect_handler=x)
+    add.add_get("/readyz", handlers.readyz, expect_handler=x)
     if cfg.server.metrics_port is None:  # else on a port of its own: create_metrics_app
-        app.router.add_get("/metrics", handlers.metrics)
+        add.add_get("/metrics", handlers.metrics, expect_handler=x)
+    # last: any other path (404) or method (405), answered and recorded like the rest
+    add.add_route("*", "/{path:.*}", handlers.unmatched, name=UNMATCHED, expect_handler=x)
     return app
 
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from router.auth import Principal
 from router.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -41,6 +41,29 @@ def deployment(name: str) -> Handler:
         return await proxy.handle(request, proxy.codecs[name], request.match_info["deployment"])
 
     return proxied(handle)
+
+
+async def expect(request: web.Request) -> None:
+    """``Expect: 100-continue`` (HTTP/1.1) is answered; any other expectation is
+    ignored (RFC 9110 allows it), so the request is answered like any other, never
+    with aiohttp's plain 417 (whose text repeats the header's bytes)."""
+    if request.version == HttpVersion11:
+        value = request.headers.get("Expect", "")
+        if value.lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer itself has not started
+
+
+async def unmatched(request: web.Request) -> web.StreamResponse:
+    """A path no route has (404), or a method its routes do not take (405)."""
+    own = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not own:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 async def _principal_runtime(request: web.Request) -> tuple[Runtime, Principal]:

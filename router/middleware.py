@@ -36,7 +36,7 @@ log = logging.getLogger("spillway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROXIED = "spillway_proxied"  # a handler attribute: the proxy records its own answers
 PRINCIPAL = web.RequestKey("principal", Principal)  # who called, once authenticated
-UNMATCHED = "unmatched"
+UNMATCHED = "unmatched"  # the route of any other path and method (its name)
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 MAX_LOGGED_PATH = 256
 
@@ -81,7 +81,9 @@ def printable(text: str) -> str:
 
 def route_label(request: web.Request) -> str:
     resource = request.match_info.route.resource
-    return UNMATCHED if resource is None else resource.canonical
+    if resource is None or resource.name == UNMATCHED:
+        return UNMATCHED
+    return resource.canonical
 
 
 @web.middleware

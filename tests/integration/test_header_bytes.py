@@ -21,7 +21,7 @@ import pytest
 from tests.support.fakes import FakeOpenAI
 from tests.support.fleet import KEY, fleet_config, members
 from tests.support.gateway import Running, start_gateway
-from tests.support.raw_client import port_of, raw_request
+from tests.support.raw_client import parse_reply, port_of, raw_request
 
 CHAT = orjson.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
 EMBED = orjson.dumps({"model": "chat", "input": "hi"})
@@ -137,3 +137,28 @@ async def test_an_affinity_header_that_is_not_utf8_still_routes(
     assert [r.status for r in replies] == [200] * 4
     # the same bytes always land on the same member
     assert len({r.headers["x-spillway-backend"] for r in replies}) == 1
+
+
+@pytest.mark.parametrize("expect", [b"\x80\xff", b"something-else", b"100-continue"])
+@pytest.mark.parametrize(("method", "path", "status"), [
+    (b"GET", b"/v1/models", 200), (b"GET", b"/nope", 404), (b"DELETE", b"/v1/quota", 405),
+    (b"POST", b"/v1/chat/completions", 200),
+])  # fmt: skip
+async def test_any_expect_header_is_answered_like_any_request(
+    pair: tuple[Running, FakeOpenAI, FakeOpenAI], expect: bytes, method: bytes, path: bytes,
+    status: int, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """``Expect: 100-continue`` is honoured; another expectation is ignored (RFC 9110
+    allows it), never aiohttp's plain 417 that repeats the header's bytes (a 500 when
+    they are not UTF-8)."""
+    gw, _, _ = pair
+    reply = await raw_request(port_of(gw.url), method, path,
+                              [*BEARER, (b"Expect", expect)], CHAT if method == b"POST" else b"")  # fmt: skip
+    if expect == b"100-continue":
+        assert reply.status == 100  # then the answer
+        reply = parse_reply(reply.body)
+    assert reply.status == status, reply.body
+    assert reply.headers.get("x-request-id")
+    if status >= 400:
+        assert reply.json()["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
