@@ -29,10 +29,13 @@ CONFIG: dict[str, Any] = {
     "listen": {"host": "127.0.0.1", "port": 0},
     "backends": {"sim": {"provider": "simulate"}},
     "pools": {
-        "sim-pool": {"members": [{"backend": "sim", "model": "sim-1"}],
-                     "max_output_tokens": 16, "affinity": "header"},
+        "sim-pool": {
+            "members": [{"backend": "sim", "model": "sim-1"}],
+            "max_output_tokens": 16,
+            "affinity": "header",
+        },
         "sim-embed": {"members": [{"backend": "sim", "model": "sim-embed"}]},
-    },  # fmt: skip
+    },
     "models": {
         "demo": {"routes": [{"pools": ["sim-pool"]}]},
         "demo-embed": {"kind": "embeddings", "routes": [{"pools": ["sim-embed"]}]},
@@ -78,7 +81,8 @@ header = st.tuples(
 VISIBLE = bytes(range(0x21, 0x7F)).replace(b"#", b"")
 visible = st.binary(max_size=40).map(lambda b: bytes(VISIBLE[c % len(VISIBLE)] for c in b))
 escapes = st.lists(st.integers(0, 255), max_size=6).map(
-    lambda cs: b"".join(b"%%%02X" % c for c in cs))
+    lambda cs: b"".join(b"%%%02X" % c for c in cs)
+)
 path = st.one_of(
     st.sampled_from(PATHS),
     st.sampled_from(PATHS),
@@ -88,7 +92,9 @@ path = st.one_of(
     st.binary(max_size=20).map(lambda b: b"/" + b.translate(None, b" \r\n\x00")),
 )  # fmt: skip
 method = st.one_of(
-    st.sampled_from(METHODS), st.sampled_from(METHODS), st.sampled_from(METHODS),
+    st.sampled_from(METHODS),
+    st.sampled_from(METHODS),
+    st.sampled_from(METHODS),
     st.binary(min_size=1, max_size=8).map(lambda b: bytes(TCHAR[c % len(TCHAR)] for c in b)),
 )
 body = st.one_of(st.just(BODY), st.just(b""), st.binary(max_size=200))
@@ -156,8 +162,10 @@ def exchange(port: int, data: bytes) -> bytes:
 STATUS = re.compile(rb"^HTTP/1\.[01] (\d{3}) ", re.M)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=150, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)  # fmt: skip
 @given(data=requests())
 def test_no_raw_request_is_a_5xx_or_a_traceback(gateway: GatewayProcess, data: bytes) -> None:
     answer = exchange(gateway.port, data)
