@@ -100,7 +100,7 @@ class SSERelay:
             head = self._to.join(parts)
         else:
             self.events += head.count(b"\n") // 2
-        if self._secrets and (b"rror" in head or any(r in head for r in self._raw)):
+        if self._raw and self._may_carry_secrets(head):
             head = self._scrub_errors(head)
         # the usage chunk is the last one before [DONE]: look only near the end
         pos = head.rfind(b'"usage"', max(0, len(head) - USAGE_WINDOW))
@@ -126,6 +126,15 @@ class SSERelay:
         if head[cut_end : cut_end + 1] == b"\n":
             cut_end += 1
         return head[:start] + head[cut_end:]
+
+    def _may_carry_secrets(self, head: bytes) -> bool:
+        """An error (``error`` however spelt) or a credential's raw bytes."""
+        if b"rror" in head:
+            return True
+        for raw in self._raw:  # noqa: SIM110 - per buffer: no generator
+            if raw in head:
+                return True
+        return False
 
     def _scrub_errors(self, head: bytes) -> bytes:
         """Lines that may carry an error (``error`` in any spelling, ``"\\u0065rror"``
