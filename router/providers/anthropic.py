@@ -33,9 +33,15 @@ import orjson
 from yarl import URL
 
 from router.config import Backend
-from router.errors import UpstreamError, UpstreamStatus, status_error
+from router.errors import UpstreamError
+from router.providers.anthropic_native import NativeAdapter
 from router.providers.anthropic_request import Policy, to_messages_request
-from router.providers.base import Call, HTTPBackend, Opened, Usage
+from router.providers.anthropic_wire import (
+    Counts,
+    anthropic_status_error,
+    error_from,
+)
+from router.providers.base import Adapter, Call, HTTPBackend, Opened, Usage
 from router.serving import PROVIDER_APIS
 from router.streaming import DONE
 from router.upstream import Upstream
@@ -47,47 +53,6 @@ FINISH_REASONS = {
     "max_tokens": "length", "model_context_window_exceeded": "length",
     "tool_use": "tool_calls", "refusal": "content_filter",
 }  # fmt: skip
-
-# The status each Anthropic error type comes with (used when there is no HTTP
-# status, i.e. for an ``error`` event inside a stream).
-ERROR_STATUS = {
-    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
-    "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
-    "rate_limit_error": 429, "api_error": 500, "timeout_error": 504,
-    "overloaded_error": 529,
-}  # fmt: skip
-
-
-def error_from(
-    etype: str | None, message: str, status: int | None, retry_after: float | None = None
-) -> UpstreamStatus:
-    """An Anthropic error -> :class:`UpstreamStatus` (OpenAI envelope, retryable flag)."""
-    if status is None:
-        status = ERROR_STATUS.get(etype or "", 502)
-    if status == 529:
-        status = 503  # "overloaded": OpenAI's clients know 503, not 529
-    return UpstreamStatus(status, message, code=etype, retry_after=retry_after)
-
-
-def anthropic_status_error(
-    status: int, body: bytes, *, retry_after: float | None = None, backend: str = "upstream"
-) -> UpstreamStatus:
-    """An Anthropic error response (``{"type":"error","error":{type,message}}``)."""
-    try:
-        doc = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        doc = None
-    err = doc.get("error") if isinstance(doc, dict) else None
-    if isinstance(err, dict) and isinstance(err.get("message"), str):
-        etype = err.get("type")
-        return error_from(
-            etype if isinstance(etype, str) else None, err["message"], status, retry_after
-        )
-    mapped = status_error(status, body, retry_after=retry_after, backend=backend)
-    if status == 529:
-        return error_from("overloaded_error", mapped.message, status, retry_after)
-    return mapped
-
 
 # Anthropic delta type -> (its text field, the OpenAI delta key it becomes)
 _TEXT_DELTAS = {
@@ -112,6 +77,7 @@ class AnthropicBackend(HTTPBackend):
             self.url = URL(base + "/messages")
         else:
             self.url = URL(base + "/v1/messages")
+        self.count_url = URL(str(self.url) + "/count_tokens")
         self.policy = Policy(name, cfg.unsupported_params, frozenset(cfg.allow_params))
 
     def base_headers(self) -> dict[str, str]:
@@ -123,7 +89,9 @@ class AnthropicBackend(HTTPBackend):
         key = self.credential.value
         return {"x-api-key": key} if key is not None else {}
 
-    def adapter(self, call: Call) -> AnthropicAdapter:
+    def adapter(self, call: Call) -> Adapter:
+        if call.api in ("messages", "count_tokens"):
+            return NativeAdapter(self, call)  # the client speaks Anthropic's API too
         return AnthropicAdapter(self, call)
 
 
@@ -178,7 +146,7 @@ class AnthropicAdapter:
             raise UpstreamError(f"Backend {name!r} answered an unexpected body.") from None
 
     def _completion(self, doc: dict[str, Any]) -> bytes:
-        counts = _Counts()
+        counts = Counts()
         counts.take(doc.get("usage"))
         self.usage = counts.usage(reported=True)
         texts: list[str] = []
@@ -230,49 +198,6 @@ class AnthropicAdapter:
         return self._stream.usage_so_far() if self._stream is not None else None
 
 
-class _Counts:
-    """Anthropic's token counts (cumulative in a stream)."""
-
-    __slots__ = ("cache_read", "cache_write", "input", "output")
-
-    def __init__(self) -> None:
-        self.input = self.output = self.cache_read = self.cache_write = 0
-
-    def take(self, raw: Any) -> None:
-        if not isinstance(raw, dict):
-            return
-        value = raw.get("input_tokens")
-        if isinstance(value, int):
-            self.input = value
-        value = raw.get("output_tokens")
-        if isinstance(value, int):
-            self.output = value
-        value = raw.get("cache_read_input_tokens")
-        if isinstance(value, int):
-            self.cache_read = value
-        value = raw.get("cache_creation_input_tokens")
-        if isinstance(value, int):
-            self.cache_write = value
-
-    @property
-    def prompt(self) -> int:
-        return self.input + self.cache_read + self.cache_write
-
-    def usage(self, *, reported: bool, completion: int | None = None) -> Usage:
-        out = self.output if completion is None else completion
-        return Usage(self.prompt, out, self.cache_read, reported)
-
-    def openai(self) -> dict[str, Any]:
-        prompt = self.prompt
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": self.output,
-            "total_tokens": prompt + self.output,
-            "prompt_tokens_details": {"cached_tokens": self.cache_read,
-                                      "cache_write_tokens": self.cache_write},
-        }  # fmt: skip
-
-
 _OPEN = b'{"index":0,"delta":'
 _CLOSE = b',"logprobs":null,"finish_reason":null}]}\n\n'
 
@@ -290,7 +215,7 @@ class AnthropicStream:
         self._keep_usage = keep_usage
         self._backend = backend
         self._tail = b""
-        self._counts = _Counts()
+        self._counts = Counts()
         self._tools: dict[int, int] = {}  # content block index -> tool call ordinal
         self._args: set[int] = set()  # tool calls that have streamed arguments
         self._seen_start = self._seen_delta = self._finished = self._done = False
