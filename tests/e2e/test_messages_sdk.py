@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import DEMO_KEY
 from tests.support.anthropic_types import validate_event
-from tests.support.fake_anthropic import AnthropicBehaviour, FakeAnthropic
+from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.fakes import Behaviour, FakeOpenAI
 from tests.support.gateway import Running, start_gateway
 from tests.support.metrics import value
