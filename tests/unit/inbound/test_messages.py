@@ -23,7 +23,10 @@ from router.providers.anthropic_native import NativeStream
 from router.quota.tokens import IMAGE_TOKENS
 from tests.support.anthropic_types import validate_event, validate_message
 
-PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
+    "AAAABJRU5ErkJggg=="
+)
 
 
 def request(**fields: Any) -> MessagesRequest:
@@ -232,7 +235,8 @@ def test_the_native_stream_swaps_the_model_and_reads_usage() -> None:
     start = {"type": "message_start", "message": {
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
         "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": 5, "output_tokens": 1, "cache_read_input_tokens": 100}}}  # fmt: skip
+        "usage": {"input_tokens": 5, "output_tokens": 1,
+                  "cache_read_input_tokens": 100}}}  # fmt: skip
     data = b"event: message_start\ndata: " + orjson.dumps(start) + b"\n\nevent: ping\r\n"
     out = stream.feed(data)
     assert b'"model":"client-model"' in out and b"claude-x" not in out
