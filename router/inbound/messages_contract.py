@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from router.contract import type_tag
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -43,16 +45,11 @@ class OtherSource(_Open):
     type: str
 
 
-def _source_tag(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("base64", "url") else "other"
-
-
 Source = Annotated[
     Annotated[Base64Source, Tag("base64")]
     | Annotated[UrlSource, Tag("url")]
     | Annotated[OtherSource, Tag("other")],
-    Discriminator(_source_tag),
+    Discriminator(type_tag(("base64", "url"))),
 ]
 
 
@@ -91,17 +88,12 @@ class OtherBlock(_Open):
     type: str
 
 
-def _result_tag(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in ("text", "image", "document") else "other"
-
-
 ResultPart = Annotated[
     Annotated[TextBlock, Tag("text")]
     | Annotated[ImageBlock, Tag("image")]
     | Annotated[DocumentBlock, Tag("document")]
     | Annotated[OtherBlock, Tag("other")],
-    Discriminator(_result_tag),
+    Discriminator(type_tag(("text", "image", "document"))),
 ]
 
 
@@ -116,11 +108,6 @@ _BLOCKS = {"text", "image", "document", "tool_use", "tool_result", "thinking",
            "redacted_thinking"}  # fmt: skip
 
 
-def _block_tag(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in _BLOCKS else "other"
-
-
 Block = Annotated[
     Annotated[TextBlock, Tag("text")]
     | Annotated[ImageBlock, Tag("image")]
@@ -130,7 +117,7 @@ Block = Annotated[
     | Annotated[ThinkingBlock, Tag("thinking")]
     | Annotated[RedactedThinkingBlock, Tag("redacted_thinking")]
     | Annotated[OtherBlock, Tag("other")],
-    Discriminator(_block_tag),
+    Discriminator(type_tag(_BLOCKS)),
 ]
 
 

@@ -38,8 +38,9 @@ from router.providers.anthropic_native import NativeAdapter
 from router.providers.anthropic_request import Policy, to_messages_request
 from router.providers.anthropic_wire import (
     Counts,
+    EventReader,
+    StreamAnswers,
     anthropic_status_error,
-    error_from,
 )
 from router.providers.base import Adapter, Call, HTTPBackend, Opened, Usage
 from router.serving import PROVIDER_APIS
@@ -95,8 +96,8 @@ class AnthropicBackend(HTTPBackend):
         return AnthropicAdapter(self, call)
 
 
-class AnthropicAdapter:
-    __slots__ = ("_backend", "_call", "_stream", "usage")
+class AnthropicAdapter(StreamAnswers):
+    __slots__ = ("_backend", "_call")
 
     def __init__(self, backend: AnthropicBackend, call: Call) -> None:
         self._backend = backend
@@ -181,46 +182,23 @@ class AnthropicAdapter:
             "usage": counts.openai(),
         })  # fmt: skip
 
-    # -- streamed -----------------------------------------------------------------
-    def transform_chunk(self, data: bytes) -> bytes:
-        assert self._stream is not None
-        return self._stream.feed(data)
-
-    def finish_stream(self) -> bytes:
-        stream = self._stream
-        if stream is None:
-            return b""
-        out = stream.finish()  # raises when the stream was cut short or failed
-        self.usage = stream.usage_so_far()
-        return out
-
-    def stream_usage_so_far(self) -> Usage | None:
-        return self._stream.usage_so_far() if self._stream is not None else None
-
 
 _OPEN = b'{"index":0,"delta":'
 _CLOSE = b',"logprobs":null,"finish_reason":null}]}\n\n'
 
 
-class AnthropicStream:
+class AnthropicStream(EventReader):
     """Anthropic's SSE events -> OpenAI chunk events, buffer by buffer."""
 
-    __slots__ = (
-        "_args", "_backend", "_counts", "_done", "_error", "_finished", "_keep_usage", "_model",
-        "_pre", "_seen_delta", "_seen_start", "_tail", "_tools", "chars",
-    )  # fmt: skip
+    __slots__ = ("_args", "_finished", "_keep_usage", "_model", "_pre", "_tools")
 
     def __init__(self, client_model: str, keep_usage: bool, backend: str, fallback_id: str) -> None:
+        super().__init__(backend)
         self._model = orjson.dumps(client_model)
         self._keep_usage = keep_usage
-        self._backend = backend
-        self._tail = b""
-        self._counts = Counts()
         self._tools: dict[int, int] = {}  # content block index -> tool call ordinal
         self._args: set[int] = set()  # tool calls that have streamed arguments
-        self._seen_start = self._seen_delta = self._finished = self._done = False
-        self._error: UpstreamError | None = None
-        self.chars = 0  # text and argument characters relayed (estimate when cut short)
+        self._finished = False
         self._pre = self._prefix(fallback_id)
 
     def _prefix(self, message_id: str) -> bytes:
@@ -230,53 +208,7 @@ class AnthropicStream:
             + b',"model":' + self._model + b',"choices":['
         )  # fmt: skip
 
-    # -- input --------------------------------------------------------------------
-    def feed(self, data: bytes) -> bytes:
-        if self._error is not None:
-            raise self._error
-        if self._done:
-            return b""
-        buf = self._tail + data if self._tail else data
-        cut = buf.rfind(b"\n")
-        if cut < 0:
-            self._tail = buf
-            return b""
-        self._tail = buf[cut + 1 :]
-        return self._lines(buf[:cut])
-
-    def finish(self) -> bytes:
-        """The end of the upstream body: flush, or raise if the stream was cut short."""
-        out = b""
-        if self._tail and self._error is None and not self._done:
-            tail, self._tail = self._tail, b""
-            out = self._lines(tail)
-        if self._error is not None:
-            raise self._error
-        if not self._done:
-            raise UpstreamError(
-                f"The stream from backend {self._backend!r} ended before message_stop."
-            )
-        return out
-
-    def _lines(self, block: bytes) -> bytes:
-        out: list[bytes] = []
-        for line in block.split(b"\n"):
-            if line[:5] == b"data:":
-                self._event(line[5:], out)
-                if self._error is not None or self._done:
-                    break
-        if self._error is not None and not out:
-            raise self._error
-        return b"".join(out)
-
-    def _event(self, payload: bytes, out: list[bytes]) -> None:
-        try:
-            self._dispatch(orjson.loads(payload), out)
-        except (orjson.JSONDecodeError, AttributeError, TypeError):
-            self._error = UpstreamError(f"Backend {self._backend!r} sent an unreadable event.")
-
-    def _dispatch(self, doc: dict[str, Any], out: list[bytes]) -> None:
-        kind = doc.get("type")
+    def _event(self, kind: Any, doc: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
         if kind == "content_block_delta":
             delta = doc.get("delta") or {}
             dtype = delta.get("type")
@@ -302,16 +234,12 @@ class AnthropicStream:
                 self._args.add(k)  # a call without input: still valid JSON arguments
                 out.append(self._tool_chunk({"index": k, "function": {"arguments": "{}"}}))
         elif kind == "message_delta":
-            self._seen_delta = True
-            self._counts.take(doc.get("usage"))
             reason = (doc.get("delta") or {}).get("stop_reason")
             out.append(self._finish_chunk(FINISH_REASONS.get(reason or "", "stop")))
         elif kind == "message_start":
             message = doc.get("message") or {}
-            self._seen_start = True
             if isinstance(message.get("id"), str):
                 self._pre = self._prefix(message["id"])
-            self._counts.take(message.get("usage"))
             out.append(self._pre + _OPEN + b'{"role":"assistant","content":""}' + _CLOSE)
         elif kind == "message_stop":
             if not self._finished:
@@ -320,15 +248,6 @@ class AnthropicStream:
                 out.append(self._pre + b'],"usage":' + orjson.dumps(self._counts.openai())
                            + b"}\n\n")  # fmt: skip
             out.append(DONE)
-            self._done = True
-        elif kind == "error":
-            err = doc.get("error") or {}
-            etype = err.get("type")
-            self._error = error_from(
-                etype if isinstance(etype, str) else None,
-                str(err.get("message") or "The upstream stream failed."),
-                None,
-            )
         # ping and event types added later: nothing to relay
 
     def _block_start(self, doc: dict[str, Any], out: list[bytes]) -> None:
@@ -359,13 +278,3 @@ class AnthropicStream:
         self._finished = True
         return (self._pre + _OPEN + b'{},"logprobs":null,"finish_reason":'
                 + orjson.dumps(reason) + b"}]}\n\n")  # fmt: skip
-
-    # -- usage --------------------------------------------------------------------
-    def usage_so_far(self) -> Usage:
-        """Exact once ``message_delta`` arrived; before that the output is estimated
-        from the characters relayed (about four per token)."""
-        counts = self._counts
-        if self._seen_delta:
-            return counts.usage(reported=True)
-        estimate = max(counts.output, (self.chars + 3) // 4)
-        return counts.usage(reported=self._seen_start, completion=estimate)

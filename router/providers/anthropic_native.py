@@ -17,17 +17,22 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from router.errors import UpstreamError
-from router.providers.anthropic_wire import Counts, anthropic_status_error, error_from
+from router.providers.anthropic_wire import (
+    Counts,
+    EventReader,
+    StreamAnswers,
+    anthropic_status_error,
+)
 from router.providers.base import Call, Opened, Usage
 
 if TYPE_CHECKING:
     from router.providers.anthropic import AnthropicBackend
 
 
-class NativeAdapter:
+class NativeAdapter(StreamAnswers):
     """One attempt of a Messages (or count_tokens) call on an Anthropic backend."""
 
-    __slots__ = ("_backend", "_call", "_stream", "usage")
+    __slots__ = ("_backend", "_call")
 
     def __init__(self, backend: AnthropicBackend, call: Call) -> None:
         self._backend = backend
@@ -74,111 +79,27 @@ class NativeAdapter:
         doc["model"] = call.client_model
         return orjson.dumps(doc)
 
-    def transform_chunk(self, data: bytes) -> bytes:
-        assert self._stream is not None
-        return self._stream.feed(data)
 
-    def finish_stream(self) -> bytes:
-        stream = self._stream
-        if stream is None:
-            return b""
-        out = stream.finish()
-        self.usage = stream.usage_so_far()
-        return out
+class NativeStream(EventReader):
+    """Anthropic's events relayed whole, the model name swapped in ``message_start``."""
 
-    def stream_usage_so_far(self) -> Usage | None:
-        return self._stream.usage_so_far() if self._stream is not None else None
-
-
-class NativeStream:
-    """Anthropic's events relayed whole, the model name swapped in ``message_start``;
-    usage read from ``message_start`` and ``message_delta``."""
-
-    __slots__ = ("_backend", "_counts", "_done", "_error", "_model", "_seen_delta",
-                 "_seen_start", "_tail", "chars")  # fmt: skip
+    __slots__ = ("_model",)
 
     def __init__(self, client_model: str, backend: str) -> None:
+        super().__init__(backend)
         self._model = client_model
-        self._backend = backend
-        self._tail = b""
-        self._counts = Counts()
-        self._seen_start = self._seen_delta = self._done = False
-        self._error: UpstreamError | None = None
-        self.chars = 0  # delta bytes relayed (an estimate when cut short)
 
-    def feed(self, data: bytes) -> bytes:
-        if self._error is not None:
-            raise self._error
-        buf = self._tail + data if self._tail else data
-        buf = buf.replace(b"\r\n", b"\n")
-        cut = buf.rfind(b"\n\n")
-        if cut < 0:
-            self._tail = buf
-            return b""
-        self._tail = buf[cut + 2 :]
-        out = self._events(buf[: cut + 2])
-        if self._error is not None and not out:
-            raise self._error
-        return out
+    def _other(self, raw: bytes, out: list[bytes]) -> None:
+        out.append(raw + b"\n\n")  # comments and the like
 
-    def finish(self) -> bytes:
-        out = b""
-        if self._tail.strip() and self._error is None:
-            tail, self._tail = self._tail, b""
-            out = self._events(tail + b"\n\n")
-        if self._error is not None:
-            raise self._error
-        if not self._done:
-            raise UpstreamError(
-                f"The stream from backend {self._backend!r} ended before message_stop."
-            )
-        return out
-
-    def _events(self, block: bytes) -> bytes:
-        out: list[bytes] = []
-        for part in block.split(b"\n\n"):
-            raw = part
-            if not raw.strip():
-                continue
-            data = next((ln[5:] for ln in raw.split(b"\n") if ln[:5] == b"data:"), None)
-            if data is None:
-                out.append(raw + b"\n\n")  # comments and the like
-                continue
-            try:
-                doc = orjson.loads(data)
-                kind = doc.get("type")
-            except (orjson.JSONDecodeError, AttributeError):
-                self._error = UpstreamError(f"Backend {self._backend!r} sent an unreadable event.")
-                break
-            if kind == "error":
-                err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
-                etype = err.get("type")
-                self._error = error_from(
-                    etype if isinstance(etype, str) else None,
-                    str(err.get("message") or "The upstream stream failed."), None,
-                )  # fmt: skip
-                break
-            if kind == "message_start" and isinstance(doc.get("message"), dict):
-                self._seen_start = True
-                message = doc["message"]
-                self._counts.take(message.get("usage"))
-                message["model"] = self._model
-                raw = b"event: message_start\ndata: " + orjson.dumps(doc)
-            elif kind == "message_delta":
-                self._seen_delta = True
-                self._counts.take(doc.get("usage"))
-            elif kind == "content_block_delta":
-                self.chars += len(data)
-            elif kind == "message_stop":
-                self._done = True
-            out.append(raw + b"\n\n")
-        return b"".join(out)
-
-    def usage_so_far(self) -> Usage:
-        """Exact once ``message_delta`` arrived; before that the output is estimated
-        from the deltas relayed."""
-        counts = self._counts
-        if self._seen_delta:
-            return counts.usage(reported=True)
-        estimate = max(counts.output, self.chars // 16)
-        return counts.usage(reported=self._seen_start, completion=estimate)
+    def _event(self, kind: Any, doc: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
+        if kind == "message_start" and isinstance(doc.get("message"), dict):
+            doc["message"]["model"] = self._model
+            raw = b"event: message_start\ndata: " + orjson.dumps(doc)
+        elif kind == "content_block_delta":
+            delta = doc.get("delta") or {}
+            for field in ("text", "partial_json", "thinking"):
+                value = delta.get(field)
+                if isinstance(value, str):
+                    self.chars += len(value)
+        out.append(raw + b"\n\n")

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from router.errors import UpstreamStatus, status_error
+from router.errors import UpstreamError, UpstreamStatus, status_error
 from router.providers.base import Usage
 
 # The status each Anthropic error type comes with (used when there is no HTTP
@@ -92,3 +92,125 @@ class Counts:
             "prompt_tokens_details": {"cached_tokens": self.cache_read,
                                       "cache_write_tokens": self.cache_write},
         }  # fmt: skip
+
+
+class EventReader:
+    """Anthropic's SSE events, buffer by buffer: each whole event goes to
+    :meth:`_event` (with its bytes); the usage is read from ``message_start`` and the
+    cumulative ``message_delta``; an ``error`` event (or an unreadable one) is raised
+    once what came before it is out. Subclasses render the events."""
+
+    __slots__ = ("_backend", "_counts", "_done", "_error", "_seen_delta", "_seen_start",
+                 "_tail", "chars")  # fmt: skip
+
+    def __init__(self, backend: str) -> None:
+        self._backend = backend
+        self._tail = b""
+        self._counts = Counts()
+        self._seen_start = self._seen_delta = self._done = False
+        self._error: UpstreamError | None = None
+        self.chars = 0  # text and argument characters relayed (estimate when cut short)
+
+    def _event(self, kind: Any, doc: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _other(self, raw: bytes, out: list[bytes]) -> None:
+        """An event without data (a comment): nothing by default."""
+
+    def feed(self, data: bytes) -> bytes:
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            return b""
+        buf = self._tail + data if self._tail else data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        cut = buf.rfind(b"\n\n")
+        if cut < 0:
+            self._tail = buf
+            return b""
+        self._tail = buf[cut + 2 :]
+        return self._events(buf[:cut])
+
+    def finish(self) -> bytes:
+        """The end of the upstream body: flush, or raise if the stream was cut short."""
+        out = b""
+        if self._tail.strip() and self._error is None and not self._done:
+            tail, self._tail = self._tail, b""
+            out = self._events(tail.replace(b"\r\n", b"\n").rstrip(b"\n"))
+        if self._error is not None:
+            raise self._error
+        if not self._done:
+            raise UpstreamError(
+                f"The stream from backend {self._backend!r} ended before message_stop."
+            )
+        return out
+
+    def _events(self, block: bytes) -> bytes:
+        out: list[bytes] = []
+        for raw in block.split(b"\n\n"):
+            data = next((ln[5:] for ln in raw.split(b"\n") if ln[:5] == b"data:"), None)
+            if data is None:
+                if raw.strip():
+                    self._other(raw, out)
+                continue
+            try:
+                doc = orjson.loads(data)
+                kind = doc.get("type")
+                if kind == "error":
+                    err = doc.get("error") or {}
+                    etype = err.get("type")
+                    self._error = error_from(
+                        etype if isinstance(etype, str) else None,
+                        str(err.get("message") or "The upstream stream failed."), None,
+                    )  # fmt: skip
+                    break
+                if kind == "message_start":
+                    self._seen_start = True
+                    self._counts.take((doc.get("message") or {}).get("usage"))
+                elif kind == "message_delta":
+                    self._seen_delta = True
+                    self._counts.take(doc.get("usage"))
+                elif kind == "message_stop":
+                    self._done = True
+                self._event(kind, doc, raw, out)
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                self._error = UpstreamError(f"Backend {self._backend!r} sent an unreadable event.")
+                break
+            if self._done:
+                break
+        if self._error is not None and not out:
+            raise self._error
+        return b"".join(out)
+
+    def usage_so_far(self) -> Usage:
+        """Exact once ``message_delta`` arrived; before that the output is estimated
+        from the characters relayed (about four per token)."""
+        counts = self._counts
+        if self._seen_delta:
+            return counts.usage(reported=True)
+        estimate = max(counts.output, (self.chars + 3) // 4)
+        return counts.usage(reported=self._seen_start, completion=estimate)
+
+
+class StreamAnswers:
+    """The streamed half of an adapter whose stream is an :class:`EventReader`."""
+
+    __slots__ = ("_stream", "usage")
+    _stream: EventReader | None
+    usage: Usage | None
+
+    def transform_chunk(self, data: bytes) -> bytes:
+        assert self._stream is not None
+        return self._stream.feed(data)
+
+    def finish_stream(self) -> bytes:
+        stream = self._stream
+        if stream is None:
+            return b""
+        out = stream.finish()  # raises when the stream was cut short or failed
+        self.usage = stream.usage_so_far()
+        return out
+
+    def stream_usage_so_far(self) -> Usage | None:
+        return self._stream.usage_so_far() if self._stream is not None else None

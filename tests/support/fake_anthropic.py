@@ -38,6 +38,7 @@ from anthropic.types.beta.message_create_params import MessageCreateParamsBase a
 from anthropic.types.message_create_params import MessageCreateParamsBase
 
 from tests.support.anthropic_types import validate_request
+from tests.support.fake_chat_tools import schema_value
 from tests.support.fakes import FakeServer, Seen, play
 
 # Sampling parameters Anthropic deprecated: the SDK no longer has them, current models
@@ -196,18 +197,6 @@ def check_rules(body: dict[str, Any], *, beta: bool = False) -> None:
             raise Invalid(f"tool_choice: tool {choice.get('name')!r} not found in tools")
 
 
-def _schema_value(schema: Any, name: str) -> Any:
-    if not isinstance(schema, dict):
-        return f"{name}-value"
-    if schema.get("enum"):
-        return schema["enum"][0]
-    kind = schema.get("type")
-    if kind == "object":
-        props = schema.get("properties") or {}
-        return {k: _schema_value(v, k) for k, v in props.items()}
-    return {"integer": 7, "number": 1.5, "boolean": True, "array": []}.get(kind, f"{name}-value")
-
-
 def _words_in(body: dict[str, Any]) -> int:
     n = 0
     system = body.get("system")
@@ -306,7 +295,7 @@ class FakeAnthropic(FakeServer):
                 tool = next(t for t in tools if t["name"] == body["tool_choice"]["name"])
             elif b.tool_name is not None:
                 tool = next(t for t in tools if t["name"] == b.tool_name)
-            args = b.tool_input or _schema_value(tool["input_schema"], tool["name"])
+            args = b.tool_input or schema_value(tool["input_schema"], tool["name"])
             content = [
                 {
                     "type": "tool_use",
