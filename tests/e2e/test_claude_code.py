@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import DEMO_KEY
 from tests.support.fake_anthropic import FakeAnthropic
-from tests.support.fakes import Behaviour, FakeOpenAI
+from tests.support.fakes import FakeOpenAI
 from tests.support.gateway import Running, start_gateway
 from tests.support.npm_cli import ensure_cli
 
@@ -50,20 +50,6 @@ def config(anthropic_url: str, vllm_url: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def claude() -> Path:
     return ensure_cli("@anthropic-ai/claude-code", VERSION, "claude")
-
-
-@pytest.fixture
-async def native() -> AsyncIterator[FakeAnthropic]:
-    server = await FakeAnthropic().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def vllm() -> AsyncIterator[FakeOpenAI]:
-    server = await FakeOpenAI("vllm", Behaviour(words=6)).start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import DEMO_KEY
 from tests.support.anthropic_types import validate_event
 from tests.support.fake_anthropic import FakeAnthropic
-from tests.support.fakes import Behaviour, FakeOpenAI
+from tests.support.fakes import FakeOpenAI
 from tests.support.gateway import Running, start_gateway
 from tests.support.metrics import value
 
@@ -67,23 +67,10 @@ def config(anthropic_url: str, vllm_url: str, redis: str, prefix: str) -> dict[s
 
 
 @pytest.fixture
-async def native() -> AsyncIterator[FakeAnthropic]:
-    server = await FakeAnthropic().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def vllm() -> AsyncIterator[FakeOpenAI]:
-    server = await FakeOpenAI("vllm", Behaviour(tool_calls=True, words=6)).start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def gw(
     native: FakeAnthropic, vllm: FakeOpenAI, redis_url: str, key_prefix: str
 ) -> AsyncIterator[Running]:
+    vllm.behaviour.tool_calls = True  # an agent's model
     running = await start_gateway(config(native.url, vllm.url, redis_url, key_prefix))
     yield running
     await running.stop()
