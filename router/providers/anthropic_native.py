@@ -2,7 +2,9 @@
 
 The client's body is sent as it came, with only the member's model name and,
 when the gateway clamped the output, ``max_tokens`` replaced: thinking blocks,
-``cache_control``, server tools and beta fields all reach Anthropic. The
+``cache_control``, server tools and beta fields all reach Anthropic. Only
+thinking blocks without a signature are left out: reasoning of another backend
+on a route that spilled, which Anthropic cannot verify. The
 client's ``anthropic-version`` and ``anthropic-beta`` headers come with the
 call. Answers are relayed with the client's model name; the usage is read on
 the way (``message_start`` and the cumulative ``message_delta``, cache reads
@@ -46,6 +48,8 @@ class NativeAdapter(StreamAnswers):
         body["model"] = call.member_model
         if call.max_tokens is not None and call.api == "messages":
             body["max_tokens"] = min(call.max_tokens, body.get("max_tokens") or call.max_tokens)
+        if call.api == "messages":
+            body["messages"] = unsigned_thinking_dropped(body.get("messages"))
         return orjson.dumps(body)
 
     async def open(self) -> Opened:
@@ -78,6 +82,25 @@ class NativeAdapter(StreamAnswers):
         self.usage = counts.usage(reported=isinstance(doc.get("usage"), dict))
         doc["model"] = call.client_model
         return orjson.dumps(doc)
+
+
+def unsigned_thinking_dropped(messages: Any) -> Any:
+    """The turns without thinking blocks that carry no signature: reasoning another
+    backend produced on a route that spilled (the gateway's translation gives them an
+    empty one), which Anthropic cannot verify and would refuse."""
+    if not isinstance(messages, list):
+        return messages
+    out = []
+    for turn in messages:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if isinstance(content, list) and turn.get("role") == "assistant":
+            kept = [b for b in content if not (isinstance(b, dict) and b.get("type") ==
+                                               "thinking" and not b.get("signature"))]  # fmt: skip
+            if len(kept) != len(content):
+                out.append({**turn, "content": kept})
+                continue
+        out.append(turn)
+    return out
 
 
 class NativeStream(EventReader):

@@ -19,7 +19,7 @@ from router.errors import (
 from router.inbound.messages import MessagesCodec, error_envelope
 from router.inbound.messages_bridge import ChatToMessages, to_chat
 from router.inbound.messages_contract import MessagesRequest
-from router.providers.anthropic_native import NativeStream
+from router.providers.anthropic_native import NativeStream, unsigned_thinking_dropped
 from router.quota.tokens import IMAGE_TOKENS
 from tests.support.anthropic_types import validate_event, validate_message
 
@@ -260,3 +260,18 @@ def test_the_bound_counts_images_not_their_data() -> None:
     call = MessagesCodec().parse(raw)
     assert call.prompt_bound == len(raw) - 100_000 + IMAGE_TOKENS + 16
     assert call.max_output == 10 and call.outputs == 1
+
+
+def test_unsigned_thinking_is_left_out_for_anthropic() -> None:
+    signed = {"type": "thinking", "thinking": "a", "signature": "c2ln"}
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [signed, {"type": "text", "text": "x"}]},
+        {"role": "user", "content": "again"},
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "local", "signature": ""},
+            {"type": "text", "text": "y"}]},
+    ]  # fmt: skip
+    kept = unsigned_thinking_dropped(turns)
+    assert kept[:3] == turns[:3]
+    assert kept[3]["content"] == [{"type": "text", "text": "y"}]
