@@ -341,3 +341,16 @@ async def test_error_mid_stream(
     assert "".join(texts) == "w0 w1"
     expected = "overloaded_error" if model == "claude" else "api_error"
     assert failed.value.body["error"]["type"] == expected  # type: ignore[index]
+
+
+async def test_bearer_token_and_x_api_key(gw: Running, native: FakeAnthropic) -> None:
+    async with anthropic.AsyncAnthropic(
+        base_url=gw.url, auth_token=DEMO_KEY, max_retries=0
+    ) as bearer:  # ANTHROPIC_AUTH_TOKEN: Authorization: Bearer
+        msg = await bearer.messages.create(
+            model="claude", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert msg.content[0].text == "w0 w1 w2 w3 w4 w5"  # type: ignore[union-attr]
+    sent = native.seen[-1].headers
+    assert sent["x-api-key"] == "sk-ant-test-key"  # the backend's own key, never the client's
+    assert "authorization" not in {k.lower() for k in sent}
