@@ -244,11 +244,17 @@ class Walk:
                         continue
                 api = call.target(member.apis) or call.api
                 request, raw = call.translated_to(api)
+                headers = fwd
+                if api == call.api and call.codec.forward:  # the client API's own headers
+                    headers = fwd | {
+                        name: value for name in call.codec.forward
+                        if (value := self.request.headers.get(name)) is not None
+                    }  # fmt: skip
                 attempt = Call(
                     request=request, raw=raw, client_model=call.model,
                     member_model=member.model, max_tokens=cap, clamped=ticket.clamped,
                     default_max_tokens=rt.cfg.pools[pool].max_output_tokens,
-                    request_id=x.rid, forward_headers=fwd, api=api, stream=call.stream,
+                    request_id=x.rid, forward_headers=headers, api=api, stream=call.stream,
                     # a bridge reads the usage chunk to render it in the client's API
                     wants_usage=call.wants_usage or api != call.api, fim=member.fim,
                 )  # fmt: skip

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from router.auth import Principal
+from router.auth import Principal, presented_key
 from router.errors import InvalidRequest, NotFound, ServiceUnavailable
 from router.inspect import live_explain
 from router.keys import GATEWAY
@@ -45,7 +45,7 @@ def deployment(name: str) -> Handler:
 async def _principal_runtime(request: web.Request) -> tuple[Runtime, Principal]:
     runtime = request.app[GATEWAY].runtime
     h = request.headers
-    return runtime, await runtime.auth.authenticate(h.get("Authorization"), h.get("api-key"))
+    return runtime, await runtime.auth.authenticate(h.get("Authorization"), presented_key(h))
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -144,7 +144,7 @@ async def explain(request: web.Request) -> web.Response:
     if not rt.route_headers:
         raise NotFound(f"Unknown path {request.path!r}.", code="unknown_url")
     h = request.headers
-    principal = await rt.auth.authenticate(h.get("Authorization"), h.get("api-key"))
+    principal = await rt.auth.authenticate(h.get("Authorization"), presented_key(h))
     model = request.query.get("model")
     if not model:
         raise InvalidRequest("Query parameter `model` is required.", param="model")
