@@ -18,6 +18,8 @@ ENDPOINT_PATHS = {
     "chat": ("/v1/chat/completions", "/chat/completions", "/openai/v1/chat/completions"),
     "completions": ("/v1/completions", "/completions", "/openai/v1/completions"),
     "embeddings": ("/v1/embeddings", "/embeddings", "/openai/v1/embeddings"),
+    "messages": ("/v1/messages", "/messages"),
+    "count_tokens": ("/v1/messages/count_tokens", "/messages/count_tokens"),
 }
 # Azure OpenAI's data-plane paths, as the AzureOpenAI client builds them
 DEPLOYMENT_PATHS = {

@@ -37,7 +37,7 @@ from router.errors import (
     internal_error,
 )
 from router.exchange import Exchange, billable
-from router.headers import forwarded
+from router.headers import forwarded, passed_on
 from router.metrics import status_class
 from router.providers import Adapter, Call, Usage
 from router.providers.base import Opened
@@ -241,11 +241,14 @@ class Walk:
                         continue
                 api = call.target(member.apis) or call.api
                 request, raw = call.translated_to(api)
+                headers = fwd
+                if api == call.api and call.codec.forward:  # the client API's own headers
+                    headers = fwd | passed_on(self.request.headers, call.codec.forward)
                 attempt = Call(
                     request=request, raw=raw, client_model=call.model,
                     member_model=member.model, max_tokens=cap, clamped=ticket.clamped,
                     default_max_tokens=rt.cfg.pools[pool].max_output_tokens,
-                    request_id=x.rid, forward_headers=fwd, api=api, stream=call.stream,
+                    request_id=x.rid, forward_headers=headers, api=api, stream=call.stream,
                     # a bridge reads the usage chunk to render it in the client's API
                     wants_usage=call.wants_usage or api != call.api, fim=member.fim,
                 )  # fmt: skip

@@ -12,7 +12,7 @@ verifier (signature checks). The sources are given by the runtime
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -52,6 +52,12 @@ class TokenVerifier(Protocol):
         """The principal of a valid token (a cached verdict is returned directly); raises
         AuthenticationFailed (401) or PermissionDenied (403)."""
         ...
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """A key sent without ``Authorization``: Azure's ``api-key`` or Anthropic's
+    ``x-api-key`` header."""
+    return headers.get("api-key") or headers.get("x-api-key")
 
 
 def looks_like_jwt(token: str) -> bool:

@@ -286,6 +286,8 @@ class Member(_Strict):
     weight: PositiveFloat = 1.0
     # fill-in-the-middle: "native" (the backend takes `suffix`), a preset, or a template
     fim: str | FimTemplateConfig | None = None
+    # the backend is vLLM and counts tokens at /tokenize (Messages' count_tokens)
+    tokenize: bool = False
 
     @field_validator("fim", mode="before")
     @classmethod

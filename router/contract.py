@@ -10,6 +10,7 @@ published JSON Schema.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -78,9 +79,19 @@ class OtherPart(_Open):
 _KNOWN_PARTS = {"text", "image_url", "input_audio", "file", "refusal"}
 
 
-def _part_tag(value: Any) -> str:
-    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in _KNOWN_PARTS else "other"
+def type_tag(known: Iterable[str]) -> Callable[[Any], str]:
+    """A discriminator for a union on ``type``: the value's type when ``known``, else
+    ``other`` (the union's catch-all member)."""
+    names = frozenset(known)
+
+    def tag(value: Any) -> str:
+        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        return kind if kind in names else "other"
+
+    return tag
+
+
+_part_tag = type_tag(_KNOWN_PARTS)
 
 
 ContentPart = Annotated[

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import HttpVersion11, web
 
-from router.auth import Principal
+from router.auth import Principal, presented_key
 from router.errors import InvalidRequest, NotFound, ServiceUnavailable
 from router.inspect import live_explain
 from router.keys import GATEWAY
@@ -69,7 +69,7 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
 async def _principal_runtime(request: web.Request) -> tuple[Runtime, Principal]:
     runtime = request.app[GATEWAY].runtime
     h = request.headers
-    principal = await runtime.auth.authenticate(h.get("Authorization"), h.get("api-key"))
+    principal = await runtime.auth.authenticate(h.get("Authorization"), presented_key(h))
     request[PRINCIPAL] = principal  # for the access log
     return runtime, principal
 

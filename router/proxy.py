@@ -21,6 +21,7 @@ import re
 from aiohttp import web
 
 from router.attempts import Walk
+from router.auth import presented_key
 from router.errors import (
     InvalidRequest,
     NotFound,
@@ -126,7 +127,7 @@ class Proxy:
         raw = await read_body(request, server.max_body_bytes, server.body_timeout_seconds)
         headers = request.headers
         principal = x.principal = await rt.auth.authenticate(
-            headers.get("Authorization"), headers.get("api-key")
+            headers.get("Authorization"), presented_key(headers)
         )
         call = x.call = codec.parse(raw, name)
         model = rt.rules.resolve(call.model)
@@ -166,7 +167,10 @@ class Proxy:
             if not balancers[pool].serves(apis, fim):  # keep the pools that can serve it
                 pools = tuple(p for p in pools if balancers[p].serves(apis, fim))
                 if not pools:
-                    raise codec.unserved(call.model, call)
+                    local = codec.answer_locally(call)
+                    if local is None:
+                        raise codec.unserved(call.model, call)
+                    return web.Response(body=local, content_type="application/json")
                 break
         x.pools = pools
         walk = QueuedWalk if rt.scheduler.gates else Walk

@@ -24,7 +24,7 @@ PROVIDER_APIS: dict[str, frozenset[str]] = {
     "openai": frozenset(("chat", "completions", "embeddings")),
     "azure": frozenset(("chat", "completions", "embeddings")),
     "simulate": frozenset(("chat", "completions", "embeddings")),
-    "anthropic": frozenset(("chat",)),
+    "anthropic": frozenset(("chat", "messages", "count_tokens")),
 }
 
 
@@ -97,6 +97,12 @@ def endpoint_checks(cfg: Config) -> list[str]:
                         )
     for name, pool in cfg.pools.items():
         for i, member in enumerate(pool.members):
+            backend = cfg.backends.get(member.backend)
+            if member.tokenize and backend is not None and backend.provider != "openai":
+                problems.append(
+                    f"pools.{name}.members[{i}].tokenize: backend {member.backend!r} "
+                    f"(provider {backend.provider!r}) is not a vLLM server with /tokenize"
+                )
             if member.fim is None:
                 continue
             where = f"pools.{name}.members[{i}].fim"

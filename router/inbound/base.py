@@ -151,6 +151,7 @@ class Codec:
     kind = "chat"  # the kind of model it serves (models.X.kind)
     path = ""  # the canonical path, for messages
     bridges: Mapping[str, Bridge] = {}  # other APIs it reaches, by API (none: native only)
+    forward: tuple[str, ...] = ()  # client headers passed on to backends speaking ``api``
 
     @cached_property
     def apis(self) -> frozenset[str]:
@@ -162,6 +163,11 @@ class Codec:
     def prefix_key(self, request: Any, limit: int) -> bytes | None:
         """The digest of the opening of ``request``'s prompt for ``prefix_affinity``
         (:mod:`router.routing.prefix`); None: placed least-loaded."""
+        return None
+
+    def answer_locally(self, call: ClientCall) -> bytes | None:
+        """The JSON answer the gateway gives itself when no pool of the route can serve
+        ``call`` (None: :meth:`unserved`)."""
         return None
 
     def error_response(self, exc: SpillwayError) -> web.Response:

@@ -6,10 +6,17 @@ from router.inbound.base import Codec
 from router.inbound.chat import ChatCodec
 from router.inbound.completions import CompletionsCodec
 from router.inbound.embeddings import EmbeddingsCodec
+from router.inbound.messages import CountTokensCodec, MessagesCodec
 
 
 def openai_codecs() -> dict[str, Codec]:
-    codecs: list[Codec] = [ChatCodec(), CompletionsCodec(), EmbeddingsCodec()]
+    codecs: list[Codec] = [
+        ChatCodec(),
+        CompletionsCodec(),
+        EmbeddingsCodec(),
+        MessagesCodec(),
+        CountTokensCodec(),
+    ]
     return {c.endpoint: c for c in codecs}
 
 

@@ -33,9 +33,16 @@ import orjson
 from yarl import URL
 
 from router.config import Backend
-from router.errors import UpstreamError, UpstreamStatus, status_error
+from router.errors import UpstreamError
+from router.providers.anthropic_native import NativeAdapter
 from router.providers.anthropic_request import Policy, to_messages_request
-from router.providers.base import Call, HTTPBackend, Opened, Usage
+from router.providers.anthropic_wire import (
+    Counts,
+    EventReader,
+    StreamAnswers,
+    anthropic_status_error,
+)
+from router.providers.base import Adapter, Call, HTTPBackend, Opened, Usage
 from router.serving import PROVIDER_APIS
 from router.streaming import DONE
 from router.upstream import Upstream
@@ -47,47 +54,6 @@ FINISH_REASONS = {
     "max_tokens": "length", "model_context_window_exceeded": "length",
     "tool_use": "tool_calls", "refusal": "content_filter",
 }  # fmt: skip
-
-# The status each Anthropic error type comes with (used when there is no HTTP
-# status, i.e. for an ``error`` event inside a stream).
-ERROR_STATUS = {
-    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
-    "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
-    "rate_limit_error": 429, "api_error": 500, "timeout_error": 504,
-    "overloaded_error": 529,
-}  # fmt: skip
-
-
-def error_from(
-    etype: str | None, message: str, status: int | None, retry_after: float | None = None
-) -> UpstreamStatus:
-    """An Anthropic error -> :class:`UpstreamStatus` (OpenAI envelope, retryable flag)."""
-    if status is None:
-        status = ERROR_STATUS.get(etype or "", 502)
-    if status == 529:
-        status = 503  # "overloaded": OpenAI's clients know 503, not 529
-    return UpstreamStatus(status, message, code=etype, retry_after=retry_after)
-
-
-def anthropic_status_error(
-    status: int, body: bytes, *, retry_after: float | None = None, backend: str = "upstream"
-) -> UpstreamStatus:
-    """An Anthropic error response (``{"type":"error","error":{type,message}}``)."""
-    try:
-        doc = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        doc = None
-    err = doc.get("error") if isinstance(doc, dict) else None
-    if isinstance(err, dict) and isinstance(err.get("message"), str):
-        etype = err.get("type")
-        return error_from(
-            etype if isinstance(etype, str) else None, err["message"], status, retry_after
-        )
-    mapped = status_error(status, body, retry_after=retry_after, backend=backend)
-    if status == 529:
-        return error_from("overloaded_error", mapped.message, status, retry_after)
-    return mapped
-
 
 # Anthropic delta type -> (its text field, the OpenAI delta key it becomes)
 _TEXT_DELTAS = {
@@ -112,6 +78,7 @@ class AnthropicBackend(HTTPBackend):
             self.url = URL(base + "/messages")
         else:
             self.url = URL(base + "/v1/messages")
+        self.count_url = URL(str(self.url) + "/count_tokens")
         self.policy = Policy(name, cfg.unsupported_params, frozenset(cfg.allow_params))
 
     def base_headers(self) -> dict[str, str]:
@@ -123,12 +90,14 @@ class AnthropicBackend(HTTPBackend):
         key = self.credential.value
         return {"x-api-key": key} if key is not None else {}
 
-    def adapter(self, call: Call) -> AnthropicAdapter:
+    def adapter(self, call: Call) -> Adapter:
+        if call.api in ("messages", "count_tokens"):
+            return NativeAdapter(self, call)  # the client speaks Anthropic's API too
         return AnthropicAdapter(self, call)
 
 
-class AnthropicAdapter:
-    __slots__ = ("_backend", "_call", "_stream", "usage")
+class AnthropicAdapter(StreamAnswers):
+    __slots__ = ("_backend", "_call")
 
     def __init__(self, backend: AnthropicBackend, call: Call) -> None:
         self._backend = backend
@@ -178,7 +147,7 @@ class AnthropicAdapter:
             raise UpstreamError(f"Backend {name!r} answered an unexpected body.") from None
 
     def _completion(self, doc: dict[str, Any]) -> bytes:
-        counts = _Counts()
+        counts = Counts()
         counts.take(doc.get("usage"))
         self.usage = counts.usage(reported=True)
         texts: list[str] = []
@@ -213,89 +182,23 @@ class AnthropicAdapter:
             "usage": counts.openai(),
         })  # fmt: skip
 
-    # -- streamed -----------------------------------------------------------------
-    def transform_chunk(self, data: bytes) -> bytes:
-        assert self._stream is not None
-        return self._stream.feed(data)
-
-    def finish_stream(self) -> bytes:
-        stream = self._stream
-        if stream is None:
-            return b""
-        out = stream.finish()  # raises when the stream was cut short or failed
-        self.usage = stream.usage_so_far()
-        return out
-
-    def stream_usage_so_far(self) -> Usage | None:
-        return self._stream.usage_so_far() if self._stream is not None else None
-
-
-class _Counts:
-    """Anthropic's token counts (cumulative in a stream)."""
-
-    __slots__ = ("cache_read", "cache_write", "input", "output")
-
-    def __init__(self) -> None:
-        self.input = self.output = self.cache_read = self.cache_write = 0
-
-    def take(self, raw: Any) -> None:
-        if not isinstance(raw, dict):
-            return
-        value = raw.get("input_tokens")
-        if isinstance(value, int):
-            self.input = value
-        value = raw.get("output_tokens")
-        if isinstance(value, int):
-            self.output = value
-        value = raw.get("cache_read_input_tokens")
-        if isinstance(value, int):
-            self.cache_read = value
-        value = raw.get("cache_creation_input_tokens")
-        if isinstance(value, int):
-            self.cache_write = value
-
-    @property
-    def prompt(self) -> int:
-        return self.input + self.cache_read + self.cache_write
-
-    def usage(self, *, reported: bool, completion: int | None = None) -> Usage:
-        out = self.output if completion is None else completion
-        return Usage(self.prompt, out, self.cache_read, reported)
-
-    def openai(self) -> dict[str, Any]:
-        prompt = self.prompt
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": self.output,
-            "total_tokens": prompt + self.output,
-            "prompt_tokens_details": {"cached_tokens": self.cache_read,
-                                      "cache_write_tokens": self.cache_write},
-        }  # fmt: skip
-
 
 _OPEN = b'{"index":0,"delta":'
 _CLOSE = b',"logprobs":null,"finish_reason":null}]}\n\n'
 
 
-class AnthropicStream:
+class AnthropicStream(EventReader):
     """Anthropic's SSE events -> OpenAI chunk events, buffer by buffer."""
 
-    __slots__ = (
-        "_args", "_backend", "_counts", "_done", "_error", "_finished", "_keep_usage", "_model",
-        "_pre", "_seen_delta", "_seen_start", "_tail", "_tools", "chars",
-    )  # fmt: skip
+    __slots__ = ("_args", "_finished", "_keep_usage", "_model", "_pre", "_tools")
 
     def __init__(self, client_model: str, keep_usage: bool, backend: str, fallback_id: str) -> None:
+        super().__init__(backend)
         self._model = orjson.dumps(client_model)
         self._keep_usage = keep_usage
-        self._backend = backend
-        self._tail = b""
-        self._counts = _Counts()
         self._tools: dict[int, int] = {}  # content block index -> tool call ordinal
         self._args: set[int] = set()  # tool calls that have streamed arguments
-        self._seen_start = self._seen_delta = self._finished = self._done = False
-        self._error: UpstreamError | None = None
-        self.chars = 0  # text and argument characters relayed (estimate when cut short)
+        self._finished = False
         self._pre = self._prefix(fallback_id)
 
     def _prefix(self, message_id: str) -> bytes:
@@ -305,53 +208,7 @@ class AnthropicStream:
             + b',"model":' + self._model + b',"choices":['
         )  # fmt: skip
 
-    # -- input --------------------------------------------------------------------
-    def feed(self, data: bytes) -> bytes:
-        if self._error is not None:
-            raise self._error
-        if self._done:
-            return b""
-        buf = self._tail + data if self._tail else data
-        cut = buf.rfind(b"\n")
-        if cut < 0:
-            self._tail = buf
-            return b""
-        self._tail = buf[cut + 1 :]
-        return self._lines(buf[:cut])
-
-    def finish(self) -> bytes:
-        """The end of the upstream body: flush, or raise if the stream was cut short."""
-        out = b""
-        if self._tail and self._error is None and not self._done:
-            tail, self._tail = self._tail, b""
-            out = self._lines(tail)
-        if self._error is not None:
-            raise self._error
-        if not self._done:
-            raise UpstreamError(
-                f"The stream from backend {self._backend!r} ended before message_stop."
-            )
-        return out
-
-    def _lines(self, block: bytes) -> bytes:
-        out: list[bytes] = []
-        for line in block.split(b"\n"):
-            if line[:5] == b"data:":
-                self._event(line[5:], out)
-                if self._error is not None or self._done:
-                    break
-        if self._error is not None and not out:
-            raise self._error
-        return b"".join(out)
-
-    def _event(self, payload: bytes, out: list[bytes]) -> None:
-        try:
-            self._dispatch(orjson.loads(payload), out)
-        except (orjson.JSONDecodeError, AttributeError, TypeError):
-            self._error = UpstreamError(f"Backend {self._backend!r} sent an unreadable event.")
-
-    def _dispatch(self, doc: dict[str, Any], out: list[bytes]) -> None:
-        kind = doc.get("type")
+    def _event(self, kind: Any, doc: dict[str, Any], raw: bytes, out: list[bytes]) -> None:
         if kind == "content_block_delta":
             delta = doc.get("delta") or {}
             dtype = delta.get("type")
@@ -377,16 +234,12 @@ class AnthropicStream:
                 self._args.add(k)  # a call without input: still valid JSON arguments
                 out.append(self._tool_chunk({"index": k, "function": {"arguments": "{}"}}))
         elif kind == "message_delta":
-            self._seen_delta = True
-            self._counts.take(doc.get("usage"))
             reason = (doc.get("delta") or {}).get("stop_reason")
             out.append(self._finish_chunk(FINISH_REASONS.get(reason or "", "stop")))
         elif kind == "message_start":
             message = doc.get("message") or {}
-            self._seen_start = True
             if isinstance(message.get("id"), str):
                 self._pre = self._prefix(message["id"])
-            self._counts.take(message.get("usage"))
             out.append(self._pre + _OPEN + b'{"role":"assistant","content":""}' + _CLOSE)
         elif kind == "message_stop":
             if not self._finished:
@@ -395,15 +248,6 @@ class AnthropicStream:
                 out.append(self._pre + b'],"usage":' + orjson.dumps(self._counts.openai())
                            + b"}\n\n")  # fmt: skip
             out.append(DONE)
-            self._done = True
-        elif kind == "error":
-            err = doc.get("error") or {}
-            etype = err.get("type")
-            self._error = error_from(
-                etype if isinstance(etype, str) else None,
-                str(err.get("message") or "The upstream stream failed."),
-                None,
-            )
         # ping and event types added later: nothing to relay
 
     def _block_start(self, doc: dict[str, Any], out: list[bytes]) -> None:
@@ -434,13 +278,3 @@ class AnthropicStream:
         self._finished = True
         return (self._pre + _OPEN + b'{},"logprobs":null,"finish_reason":'
                 + orjson.dumps(reason) + b"}]}\n\n")  # fmt: skip
-
-    # -- usage --------------------------------------------------------------------
-    def usage_so_far(self) -> Usage:
-        """Exact once ``message_delta`` arrived; before that the output is estimated
-        from the characters relayed (about four per token)."""
-        counts = self._counts
-        if self._seen_delta:
-            return counts.usage(reported=True)
-        estimate = max(counts.output, (self.chars + 3) // 4)
-        return counts.usage(reported=self._seen_start, completion=estimate)

@@ -37,6 +37,7 @@ from router.inbound.contracts import (
 from router.providers.base import Adapter, Call, HTTPBackend, Opened, Usage
 from router.providers.embeddings import EmbeddingsAdapter
 from router.providers.params import patch_body
+from router.providers.tokenize import TokenizeAdapter
 from router.serving import PROVIDER_APIS
 from router.streaming import SSERelay
 from router.upstream import Upstream
@@ -70,6 +71,8 @@ class CompatBackend(HTTPBackend):
     def adapter(self, call: Call) -> Adapter:
         if call.api == "embeddings":
             return EmbeddingsAdapter(self, call)
+        if call.api == "tokenize":
+            return TokenizeAdapter(self, call)
         return OpenAIAdapter(self, call)
 
 

@@ -49,6 +49,7 @@ from router.routing.health import BackendState
 from router.routing.prefix import bounded_choice, score
 
 EVERY_API = frozenset(("chat", "completions", "embeddings"))
+TOKENIZE = frozenset(("tokenize",))  # a member declaring ``tokenize``: vLLM's /tokenize
 
 PoolStatus = Literal["ok", "saturated", "unhealthy"]
 
@@ -112,7 +113,8 @@ class Balancer:
                 weight=m.weight,
                 state=states[m.backend],
                 ident=f"{m.backend}\x00{m.model}".encode(),
-                apis=EVERY_API if apis is None else apis[m.backend],
+                apis=(EVERY_API if apis is None else apis[m.backend])
+                | (TOKENIZE if m.tokenize else frozenset()),
                 fills=m.fim is not None,
                 fim=m.fim_template(),
             )

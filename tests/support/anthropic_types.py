@@ -8,11 +8,13 @@ every nested block face its validator. Unknown top-level keys are refused
 
 from __future__ import annotations
 
+import warnings
 from functools import cache
 from typing import Any
 
 import pydantic
 from anthropic.types import Message, RawMessageStreamEvent
+from anthropic.types.beta import message_create_params as beta_params
 from anthropic.types.message_create_params import (
     MessageCreateParamsNonStreaming,
     MessageCreateParamsStreaming,
@@ -22,10 +24,20 @@ _FORBID = pydantic.ConfigDict(extra="forbid")
 
 
 @cache
-def _request_adapter(stream: bool) -> pydantic.TypeAdapter[Any]:
-    params = MessageCreateParamsStreaming if stream else MessageCreateParamsNonStreaming
-    # a list around the TypedDict so that the adapter may carry a config
-    return pydantic.TypeAdapter(list[params], config=_FORBID)  # type: ignore[valid-type]
+def _request_adapter(stream: bool, beta: bool = False) -> pydantic.TypeAdapter[Any]:
+    params: Any = MessageCreateParamsStreaming if stream else MessageCreateParamsNonStreaming
+    if beta:
+        params = (
+            beta_params.MessageCreateParamsStreaming
+            if stream
+            else beta_params.MessageCreateParamsNonStreaming
+        )
+    # a list around the TypedDict so that the adapter may carry a config; the beta
+    # types have TypedDicts open to extra items (fallbacks), which keep them open
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pydantic.warnings.PydanticDeprecatedSince20)
+        warnings.filterwarnings("ignore", message=".*allows extra items.*")
+        return pydantic.TypeAdapter(list[params], config=_FORBID)
 
 
 def _drain(value: Any) -> Any:
@@ -40,9 +52,10 @@ def _drain(value: Any) -> Any:
     return value
 
 
-def validate_request(body: dict[str, Any]) -> dict[str, Any]:
-    """Raise ``pydantic.ValidationError`` unless ``body`` is a valid MessageCreateParams."""
-    validated = _request_adapter(bool(body.get("stream")))
+def validate_request(body: dict[str, Any], *, beta: bool = False) -> dict[str, Any]:
+    """Raise ``pydantic.ValidationError`` unless ``body`` is a valid MessageCreateParams
+    (of the beta API, ``/v1/messages?beta=true``, when ``beta``)."""
+    validated = _request_adapter(bool(body.get("stream")), beta)
     out: dict[str, Any] = _drain(validated.validate_python([body]))[0]
     return out
 

@@ -34,15 +34,20 @@ from typing import Any
 import orjson
 import pydantic
 from aiohttp import web
+from anthropic.types.beta.message_create_params import MessageCreateParamsBase as BetaParams
 from anthropic.types.message_create_params import MessageCreateParamsBase
 
 from tests.support.anthropic_types import validate_request
+from tests.support.fake_chat_tools import schema_value
 from tests.support.fakes import FakeServer, Seen, play
 
 # Sampling parameters Anthropic deprecated: the SDK no longer has them, current models
 # answer 400 to them, older models still take them.
 SAMPLING = ("temperature", "top_p", "top_k")
 KNOWN_KEYS = set(MessageCreateParamsBase.__annotations__) | {"stream", *SAMPLING}
+# the API versions the API takes: the classic one, and what newer SDKs send
+VERSIONS = ("2023-06-01", "2026-10-21")
+BETA_KEYS = KNOWN_KEYS | set(BetaParams.__annotations__)  # /v1/messages?beta=true
 
 
 class Invalid(Exception):
@@ -61,6 +66,9 @@ class AnthropicBehaviour:
     sampling_deprecated: bool = True  # a current model: temperature/top_p/top_k are a 400
     chunk_delay: float = 0.0
     rejected: list[str] = field(default_factory=list)  # messages of refused requests
+    use_tools: bool = True  # False: answer text even when tools are given
+    tool_name: str | None = None  # the tool to call (default: the named or first one)
+    tool_input: dict[str, Any] | None = None  # its input (default: built from its schema)
 
 
 def error_body(etype: str, message: str) -> dict[str, Any]:
@@ -77,10 +85,14 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
     return list(content) if isinstance(content, list) else []
 
 
-def check_rules(body: dict[str, Any]) -> None:
-    """Raise :class:`Invalid` with Anthropic's wording for the first broken rule."""
+def check_rules(body: dict[str, Any], *, beta: bool = False) -> None:
+    """Raise :class:`Invalid` with Anthropic's wording for the first broken rule. The
+    beta API also takes beta fields and mid-conversation ``system`` turns."""
+    if beta:
+        body = {**body, "messages": [m for m in body.get("messages") or ()
+                                     if m.get("role") != "system"]}  # fmt: skip
     for key in body:
-        if key not in KNOWN_KEYS:
+        if key not in (BETA_KEYS if beta else KNOWN_KEYS):
             raise Invalid(f"{key}: Extra inputs are not permitted")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise Invalid("model: Field required")
@@ -185,18 +197,6 @@ def check_rules(body: dict[str, Any]) -> None:
             raise Invalid(f"tool_choice: tool {choice.get('name')!r} not found in tools")
 
 
-def _schema_value(schema: Any, name: str) -> Any:
-    if not isinstance(schema, dict):
-        return f"{name}-value"
-    if schema.get("enum"):
-        return schema["enum"][0]
-    kind = schema.get("type")
-    if kind == "object":
-        props = schema.get("properties") or {}
-        return {k: _schema_value(v, k) for k, v in props.items()}
-    return {"integer": 7, "number": 1.5, "boolean": True, "array": []}.get(kind, f"{name}-value")
-
-
 def _words_in(body: dict[str, Any]) -> int:
     n = 0
     system = body.get("system")
@@ -218,6 +218,7 @@ class FakeAnthropic(FakeServer):
         self.refused = 0  # requests whose x-api-key was wrong
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count)
         super().__init__(app)
 
     @property
@@ -229,12 +230,27 @@ class FakeAnthropic(FakeServer):
     ) -> web.Response:
         return web.json_response(error_body(etype, message), status=status, headers=headers)
 
+    async def _count(self, request: web.Request) -> web.Response:
+        """count_tokens: the words of the prompt, as ``usage.input_tokens`` counts them."""
+        if request.headers.get("x-api-key") != self.behaviour.api_key:
+            self.refused += 1
+            return self._error(401, "authentication_error", "invalid x-api-key")
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.seen.append(Seen(request.path, dict(request.headers), body, raw, dict(request.query)))
+        if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
+            return self._error(400, "invalid_request_error", "model and messages are required")
+        return web.json_response({"input_tokens": _words_in(body)})
+
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         b = self.behaviour
+        # beta fields need the beta they belong to (the SDK's beta client also marks
+        # its calls with ?beta=true)
+        beta = request.query.get("beta") == "true" or "anthropic-beta" in request.headers
         if request.headers.get("x-api-key") != b.api_key:
             self.refused += 1
             return self._error(401, "authentication_error", "invalid x-api-key")
-        if request.headers.get("anthropic-version") != "2023-06-01":
+        if request.headers.get("anthropic-version") not in VERSIONS:
             return self._error(
                 400, "invalid_request_error", "anthropic-version: header is required"
             )
@@ -245,11 +261,11 @@ class FakeAnthropic(FakeServer):
             return self._error(400, "invalid_request_error", "There was an error parsing the body")
         self.seen.append(Seen(request.path, dict(request.headers), body, raw, dict(request.query)))
         try:
-            check_rules(body)
+            check_rules(body, beta=beta)
             for name in SAMPLING:
                 if name in body and b.sampling_deprecated:
                     raise Invalid(f"`{name}` is deprecated for this model.")
-            validate_request({k: v for k, v in body.items() if k not in SAMPLING})
+            validate_request({k: v for k, v in body.items() if k not in SAMPLING}, beta=beta)
         except Invalid as exc:
             b.rejected.append(str(exc))
             return self._error(400, "invalid_request_error", str(exc))
@@ -272,11 +288,14 @@ class FakeAnthropic(FakeServer):
         choice = (body.get("tool_choice") or {}).get("type", "auto")
         content: list[dict[str, Any]]
         stop_sequence = None
-        if tools and choice != "none" and not results:
+        b = self.behaviour
+        if tools and choice != "none" and not results and b.use_tools:
             tool = tools[0]
             if choice == "tool":
                 tool = next(t for t in tools if t["name"] == body["tool_choice"]["name"])
-            args = _schema_value(tool["input_schema"], tool["name"])
+            elif b.tool_name is not None:
+                tool = next(t for t in tools if t["name"] == b.tool_name)
+            args = b.tool_input or schema_value(tool["input_schema"], tool["name"])
             content = [
                 {
                     "type": "tool_use",

@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests.support.fake_chat_tools import ChatTools
 from tests.support.fake_endpoints import CompletionsAndEmbeddings
 from tests.support.net import free_port
 
@@ -58,6 +59,11 @@ class Behaviour:
     redirect_to: str | None = None
     completion_text: str | None = None  # /v1/completions answers this (default: w0 w1 ...)
     embeddings_base64: bool = True  # False: /v1/embeddings refuses encoding_format base64
+    # an agent's model (tests.support.fake_chat_tools): tool calls, results, stop strings
+    tool_calls: bool = False
+    tool_name: str | None = None  # the tool to call (default: the chosen or first one)
+    tool_input: dict[str, Any] | None = None  # its arguments (default: from its schema)
+    reasoning: str | None = None  # answered first as vLLM's ``reasoning``
 
 
 @dataclass
@@ -166,7 +172,7 @@ async def play(
     return resp
 
 
-class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
+class FakeOpenAI(ChatTools, CompletionsAndEmbeddings, FakeServer):
     """An OpenAI-compatible upstream on a free port; ``await start()`` first.
 
     Also serves vLLM's ``/v1/completions`` and ``/v1/embeddings``
@@ -199,6 +205,7 @@ class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
             app.router.add_post(path, self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
         return app
@@ -305,6 +312,12 @@ class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         n = self._limit(body)
+        if self.behaviour.tool_calls or self.behaviour.reasoning:
+            base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": self._model(body)}
+            doc = self.tool_completion(body, n, base)
+            if self.behaviour.send_usage:
+                doc["usage"] = self._usage(body, n)
+            return doc
         text = " ".join(f"w{i}" for i in range(n))
         doc: dict[str, Any] = {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
@@ -330,14 +343,18 @@ class FakeOpenAI(CompletionsAndEmbeddings, FakeServer):
         def ev(obj: dict[str, Any]) -> bytes:
             return b"data: " + orjson.dumps(obj) + b"\n\n"
 
-        chunks = [ev({**base, "choices": [{"index": 0, "delta": {"role": "assistant",
-                                                                  "content": ""},
-                                           "finish_reason": None}]})]  # fmt: skip
-        for i in range(n):
-            chunks.append(ev({**base, "choices": [{"index": 0, "delta": {"content": f" w{i}"},
-                                                   "finish_reason": None}]}))  # fmt: skip
-        chunks.append(ev({**base, "choices": [{"index": 0, "delta": {},
-                                               "finish_reason": "stop"}]}))  # fmt: skip
+        if b.tool_calls or b.reasoning:
+            chunks = self.tool_chunks(body, n, base)
+        else:
+            chunks = [ev({**base, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                                      "content": ""},
+                                               "finish_reason": None}]})]  # fmt: skip
+            for i in range(n):
+                chunks.append(ev({**base, "choices": [{"index": 0,
+                                                       "delta": {"content": f" w{i}"},
+                                                       "finish_reason": None}]}))  # fmt: skip
+            chunks.append(ev({**base, "choices": [{"index": 0, "delta": {},
+                                                   "finish_reason": "stop"}]}))  # fmt: skip
         opts = body.get("stream_options") or {}
         if b.send_usage and opts.get("include_usage"):
             chunks.append(ev({**base, "choices": [], "usage": self._usage(body, n)}))

@@ -68,3 +68,15 @@ def test_unknown_kind_names_its_path() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(BASE + "  embed: {kind: rerank, routes: [{pools: [vectors]}]}\n")
     assert err.value.problems[0].startswith("models.embed.kind: Input should be 'chat' or")
+
+
+def test_tokenize_only_on_vllm_members() -> None:
+    cfg = parse_config(BASE.replace("model: llama}", "model: llama, tokenize: true}"))
+    assert cfg.pools["chat"].members[0].tokenize
+    with pytest.raises(ConfigError) as err:
+        parse_config(BASE.replace("model: claude-x}]}\nmodels", "model: claude-x, "
+                                  "tokenize: true}]}\nmodels"))  # fmt: skip
+    assert err.value.problems == [
+        "pools.claude-only.members[0].tokenize: backend 'claude' (provider 'anthropic') is "
+        "not a vLLM server with /tokenize"
+    ]
