@@ -509,7 +509,7 @@ class Walk:
             resp = web.StreamResponse(headers=headers)
             try:
                 await resp.prepare(self.request)
-                x.committed = True
+                x.committed, x.response = True, resp
                 await self._relay(resp, member, adapter, chunks=chunks, first=first, ttfb=ttfb)
             except (ConnectionResetError, ClientConnectionResetError):
                 x.status = 499  # the client went away as its answer started

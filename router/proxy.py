@@ -112,8 +112,8 @@ class Proxy:
             x.status = 500
             log.exception("unhandled error on %s %s (request %s)", request.method,
                           codec.path, x.rid)  # fmt: skip
-            if x.committed:  # the answer has started: nothing else can be sent
-                raise
+            if x.response is not None:  # the answer has started: end it as it is
+                return x.response
             return codec.error_response(internal_error(x.rid))
         finally:
             self._finish(rt, x, loop.time())

@@ -108,6 +108,19 @@ async def test_an_unexpected_exception_mid_stream_ends_it_as_a_500(
     assert [line["status"] for line in access(caplog)] == [500]
 
 
+async def test_an_unexpected_exception_after_the_stream_is_logged_once(
+    gw: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(Walk, "_settle", boom)  # once the stream was relayed
+    async with aiohttp.ClientSession() as s:
+        r = await post(s, gw, stream=True)
+    await asyncio.sleep(0)
+    assert r.status == 200 and sse_events(r.body)[-1] == "[DONE]"  # the client got it all
+    assert len(tracebacks(caplog)) == 1
+    assert requests_5xx(gw) == 1
+    assert [line["status"] for line in access(caplog)] == [500]
+
+
 async def test_an_unexpected_exception_outside_the_proxy_is_a_500(
     gw: Running, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
