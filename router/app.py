@@ -27,6 +27,7 @@ ENDPOINT_PATHS = {
     "chat": ("/v1/chat/completions", "/chat/completions", "/openai/v1/chat/completions"),
     "completions": ("/v1/completions", "/completions", "/openai/v1/completions"),
     "embeddings": ("/v1/embeddings", "/embeddings", "/openai/v1/embeddings"),
+    "responses": ("/v1/responses", "/responses", "/openai/v1/responses"),
 }
 # Azure OpenAI's data-plane paths, as the AzureOpenAI client builds them
 DEPLOYMENT_PATHS = {
@@ -109,6 +110,9 @@ def create_app(
             app.router.add_post(path, handler)
     for name, path in DEPLOYMENT_PATHS.items():
         app.router.add_post(path, handlers.deployment(name))
+    for path in ENDPOINT_PATHS["responses"]:
+        app.router.add_get(path + "/{id}", handlers.get_response)
+        app.router.add_delete(path + "/{id}", handlers.delete_response)
     for path in MODEL_PATHS:
         app.router.add_get(path, handlers.list_models)
         app.router.add_get(path + "/{model:.+}", handlers.get_model)

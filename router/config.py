@@ -286,6 +286,10 @@ class Member(_Strict):
     weight: PositiveFloat = 1.0
     # fill-in-the-middle: "native" (the backend takes `suffix`), a preset, or a template
     fim: str | FimTemplateConfig | None = None
+    # OpenAI Responses: "native" (the server has /v1/responses, e.g. vLLM), "bridge"
+    # (translated to chat completions); default: native for OpenAI (flavour openai)
+    # and Azure, bridged for the rest
+    responses: Literal["native", "bridge"] | None = None
 
     @field_validator("fim", mode="before")
     @classmethod
@@ -546,6 +550,17 @@ class ServerSettings(_Strict):
     route_headers: bool = True
 
 
+class ResponsesStoreSettings(_Strict):
+    """Responses kept for previous_response_id and GET /v1/responses/{id}."""
+
+    ttl_seconds: PositiveInt = 86400
+    max_entries: PositiveInt = 10000  # kept in process memory (quotas without Redis)
+
+
+class ResponsesSettings(_Strict):
+    store: ResponsesStoreSettings | None = None  # None: nothing is kept
+
+
 class QuotaSettings(_Strict):
     on_budget_short: Literal["clamp", "reject"] = "clamp"
     lease_seconds: PositiveInt = 900
@@ -606,6 +621,7 @@ class Config(_Strict):
     redis: RedisSettings = RedisSettings()
     server: ServerSettings = ServerSettings()
     quota: QuotaSettings = QuotaSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     routing: RoutingSettings = RoutingSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()

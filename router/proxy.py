@@ -120,6 +120,7 @@ class Proxy:
             headers.get("Authorization"), headers.get("api-key")
         )
         call = x.call = codec.parse(raw, name)
+        await codec.prepare(call, principal.team)
         model = rt.rules.resolve(call.model)
         if model is None:
             raise NotFound(

@@ -6,10 +6,18 @@ from router.inbound.base import Codec
 from router.inbound.chat import ChatCodec
 from router.inbound.completions import CompletionsCodec
 from router.inbound.embeddings import EmbeddingsCodec
+from router.inbound.responses import ResponsesCodec
+from router.inbound.responses_store import ResponseStore
 
 
-def openai_codecs() -> dict[str, Codec]:
-    codecs: list[Codec] = [ChatCodec(), CompletionsCodec(), EmbeddingsCodec()]
+def openai_codecs(responses: ResponseStore | None = None) -> dict[str, Codec]:
+    """``responses``: where Responses are kept (None: nothing is kept)."""
+    codecs: list[Codec] = [
+        ChatCodec(),
+        CompletionsCodec(),
+        EmbeddingsCodec(),
+        ResponsesCodec(responses),
+    ]
     return {c.endpoint: c for c in codecs}
 
 

@@ -1,7 +1,7 @@
 """The Adapter protocol: one small object per upstream attempt.
 
 A backend serves the client APIs in its ``apis`` (chat, completions,
-embeddings); ``adapter(call)`` makes the adapter for ``call.api``. An adapter
+embeddings, responses); ``adapter(call)`` makes the adapter for ``call.api``. An adapter
 turns the client's request into its backend's wire format,
 sends it (through :class:`router.upstream.Upstream` or, for the simulated
 model, in-process) and turns the answer back into OpenAI's format while
@@ -24,12 +24,13 @@ from router.contract import ChatCompletionRequest
 from router.egress import Egress
 from router.fim import FimTemplate
 from router.inbound.contracts import CompletionRequest, EmbeddingRequest
+from router.inbound.responses_contract import ResponsesRequest
 from router.providers.credentials import Credential
 from router.upstream import Upstream, secrets_of
 
 log = logging.getLogger("spillway.upstream")
 
-ClientRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+ClientRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest
 
 
 @dataclass(slots=True)

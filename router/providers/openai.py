@@ -37,7 +37,8 @@ from router.inbound.contracts import (
 from router.providers.base import Adapter, Call, HTTPBackend, Opened, Usage
 from router.providers.embeddings import EmbeddingsAdapter
 from router.providers.params import patch_body
-from router.serving import PROVIDER_APIS
+from router.providers.responses import ResponsesAdapter
+from router.serving import backend_apis
 from router.streaming import SSERelay
 from router.upstream import Upstream
 
@@ -53,7 +54,7 @@ class CompatBackend(HTTPBackend):
         super().__init__(name, cfg, upstream)
         self.flavour = cfg.flavour if "flavour" in cfg.model_fields_set else self.default_flavour
         self.unsupported = cfg.unsupported_params
-        self.apis = PROVIDER_APIS[self.provider]
+        self.apis = backend_apis(self.provider, self.flavour)
         # the parameters this backend does not take, per API: the vLLM extras for the
         # openai flavour (less those allowed), and whatever the config denies
         allowed, denied = frozenset(cfg.allow_params), frozenset(cfg.deny_params)
@@ -62,6 +63,7 @@ class CompatBackend(HTTPBackend):
             for api, extras in (("chat", VLLM_EXTRAS), ("completions", VLLM_COMPLETION_EXTRAS),
                                 ("embeddings", VLLM_EMBEDDING_EXTRAS))
         }  # fmt: skip
+        self.blocked_by_api["responses"] = denied
         self.blocked = self.blocked_by_api["chat"]
 
     def endpoint(self, api: str, member_model: str) -> URL:
@@ -70,10 +72,13 @@ class CompatBackend(HTTPBackend):
     def adapter(self, call: Call) -> Adapter:
         if call.api == "embeddings":
             return EmbeddingsAdapter(self, call)
+        if call.api == "responses":
+            return ResponsesAdapter(self, call)
         return OpenAIAdapter(self, call)
 
 
-PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
+         "responses": "/responses"}  # fmt: skip
 
 
 class OpenAIBackend(CompatBackend):
