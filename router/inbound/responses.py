@@ -41,6 +41,7 @@ STORE_OFF = (
 )
 _RESP_ID = re.compile(rb'"id"\s*:\s*"(resp[^"\\]{0,200})"')
 _SEP = b"\x1e"
+_NO_PREVIOUS = re.compile(rb'"previous_response_id"\s*:\s*null')
 
 
 def estimate(req: ResponsesRequest, raw_size: int) -> int:
@@ -94,16 +95,23 @@ class NativeWatch:
         state.progress = self
 
     def body(self, data: bytes) -> bytes:
-        if self.state.keep:
+        previous = self.state.previous
+        if self.state.keep or previous is not None:
             try:
                 doc = orjson.loads(data)
             except orjson.JSONDecodeError:
                 return data
             if isinstance(doc, dict) and isinstance(doc.get("output"), list):
                 self.state.final = doc
+                if previous is not None:  # the backend got the conversation, not the id
+                    doc["previous_response_id"] = previous
+                    return orjson.dumps(doc)
         return data
 
     def chunk(self, data: bytes) -> bytes:
+        previous = self.state.previous
+        if previous is not None:  # the backend got the conversation, not the id
+            data = _NO_PREVIOUS.sub(b'"previous_response_id":' + orjson.dumps(previous), data)
         if self.rid is None:
             found = _RESP_ID.search(data)
             if found is not None:
