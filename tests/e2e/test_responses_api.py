@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as redis
-from openai import AsyncOpenAI, BadRequestError, NotFoundError
+from openai import APIStatusError, AsyncOpenAI, BadRequestError, NotFoundError
 
 from tests.support.fake_responses import FakeResponses, FakeToolChat, Script
 from tests.support.fakes import Behaviour, FakeOpenAI
@@ -311,3 +311,30 @@ async def test_bad_requests_are_openai_errors(gw: Running) -> None:
         async with s.post(gw.url + "/responses", data=b"{not json",
                           headers={"Authorization": f"Bearer {KEY_A}"}) as r:  # fmt: skip
             assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_json"
+
+
+async def test_azure_v1_responses_path(fakes: tuple[FakeToolChat, FakeResponses]) -> None:
+    """Azure passes Responses through on its v1 API, the deployment as the body's model."""
+    chat, native = fakes
+    doc = config(chat.url, native.url, None)
+    doc["backends"]["azure"] = {"provider": "azure", "url": native.base, "api_key": "az-key"}
+    doc["pools"]["az"] = {"members": [{"backend": "azure", "model": "gpt4o-prod"}]}
+    doc["pools"]["az-chat"] = {"members": [{"backend": "azure", "model": "gpt4o-prod",
+                                            "responses": "bridge"}]}  # fmt: skip
+    doc["models"]["azure"] = {"routes": [{"pools": ["az"]}]}
+    doc["models"]["azure-chat"] = {"routes": [{"pools": ["az-chat"]}]}
+    gw = await start_gateway(doc)
+    try:
+        async with client(gw) as oa:
+            r = await oa.responses.create(model="azure", input="hi")
+            assert r.output_text == "Hello from the model" and r.model == "azure"
+            seen = native.seen[-1]
+            assert seen.path == "/openai/v1/responses" and seen.query == {}
+            assert seen.headers["api-key"] == "az-key" and seen.body["model"] == "gpt4o-prod"
+            # a member that declares `responses: bridge` gets chat completions instead
+            with pytest.raises(APIStatusError) as err:  # the fake has no chat deployment path
+                await oa.responses.create(model="azure-chat", input="hi")
+            assert err.value.status_code == 502 and "azure" in err.value.message
+            assert native.seen[-1] is seen
+    finally:
+        await gw.stop()
