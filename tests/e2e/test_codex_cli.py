@@ -69,11 +69,21 @@ async def run_codex(codex: Path, home: Path, workdir: Path, prompt: str) -> tupl
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CODEX_"))}
     env.update(CODEX_HOME=str(home), SPILLWAY_API_KEY=KEY_A, HOME=str(home.parent), NO_COLOR="1")
     proc = await asyncio.create_subprocess_exec(
-        str(codex), "exec", "--skip-git-repo-check", "--ephemeral", "--color", "never",
-        "--dangerously-bypass-approvals-and-sandbox", "-C", str(workdir), prompt,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=env,
-    )  # fmt: skip
+        str(codex),
+        "exec",
+        "--skip-git-repo-check",
+        "--ephemeral",
+        "--color",
+        "never",
+        "--dangerously-bypass-approvals-and-sandbox",
+        "-C",
+        str(workdir),
+        prompt,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
     return proc.returncode or 0, out.decode(errors="replace")
 

@@ -57,8 +57,12 @@ async def test_openai_agents_sdk_runs_a_tool(
 
     async with AsyncOpenAI(base_url=running.base_url, api_key=KEY_A, max_retries=0) as oa:
         set_default_openai_client(oa, use_for_tracing=False)
-        agent = Agent(name="forecaster", instructions="Answer with the weather.", model=model,
-                      tools=[get_weather])  # fmt: skip
+        agent = Agent(
+            name="forecaster",
+            instructions="Answer with the weather.",
+            model=model,
+            tools=[get_weather],
+        )
         result = await Runner.run(agent, "What is the weather in Paris?")
     assert ran == ["Paris"]
     assert result.final_output == "Result: 18C and sunny"
@@ -88,8 +92,11 @@ async def test_pydantic_ai_responses_model_runs_a_tool(
 
     async with AsyncOpenAI(base_url=running.base_url, api_key=KEY_A, max_retries=0) as oa:
         provider = OpenAIProvider(openai_client=oa)
-        agent = Agent(OpenAIResponsesModel(model, provider=provider), instructions="Be brief.",
-                      tools=[get_weather])  # fmt: skip
+        agent = Agent(
+            OpenAIResponsesModel(model, provider=provider),
+            instructions="Be brief.",
+            tools=[get_weather],
+        )
         result = await agent.run("What is the weather in Paris?")
     assert ran == ["Paris"]
     assert result.output == "Result: 18C and sunny"

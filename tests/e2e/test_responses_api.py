@@ -24,31 +24,52 @@ from tests.support.gateway import Running, start_gateway
 from tests.support.metrics import value
 
 KEY_A, KEY_B = "sk-resp-team-a-0001", "sk-resp-team-b-0001"
-WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                          "required": ["city"]}}  # fmt: skip
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
 SCRIPT = Script(calls={"get_weather": {"city": "Paris"}}, text="Hello from the model")
 MODELS = ("bridged", "native", "vllm-native")
 
 
-def config(chat: str, responses: str, store: dict[str, Any] | None, redis_url: str = "",
-           prefix: str = "spillway") -> dict[str, Any]:  # fmt: skip
+def config(
+    chat: str,
+    responses: str,
+    store: dict[str, Any] | None,
+    redis_url: str = "",
+    prefix: str = "spillway",
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "backends": {
             "vllm": {"provider": "openai", "url": chat},
-            "openai": {"provider": "openai", "flavour": "openai", "url": responses,
-                       "api_key": "sk-upstream"},
+            "openai": {
+                "provider": "openai",
+                "flavour": "openai",
+                "url": responses,
+                "api_key": "sk-upstream",
+            },
             "vllm-responses": {"provider": "openai", "url": responses},
-        },  # fmt: skip
+        },
         "pools": {
             "gpu": {"members": [{"backend": "vllm", "model": "qwen-coder"}]},
             "hosted": {"members": [{"backend": "openai", "model": "gpt-5-mini"}]},
-            "gpu2": {"members": [{"backend": "vllm-responses", "model": "gpt-oss",
-                                  "responses": "native"}]},  # fmt: skip
+            "gpu2": {
+                "members": [
+                    {"backend": "vllm-responses", "model": "gpt-oss", "responses": "native"}
+                ]
+            },
         },
-        "models": {"bridged": {"routes": [{"pools": ["gpu"]}]},
-                   "native": {"routes": [{"pools": ["hosted"]}]},
-                   "vllm-native": {"routes": [{"pools": ["gpu2"]}]}},  # fmt: skip
+        "models": {
+            "bridged": {"routes": [{"pools": ["gpu"]}]},
+            "native": {"routes": [{"pools": ["hosted"]}]},
+            "vllm-native": {"routes": [{"pools": ["gpu2"]}]},
+        },
         "teams": {"a": {"budgets": [{"tokens_per_day": 1_000_000}]}, "b": {}},
         "keys": [{"id": "ka", "team": "a", "key": KEY_A}, {"id": "kb", "team": "b", "key": KEY_B}],
     }
@@ -85,8 +106,9 @@ async def test_create_and_stream(
 ) -> None:
     chat, native = fakes
     async with client(gw) as oa:
-        r = await oa.responses.create(model=model, input="Say hello", instructions="Be brief.",
-                                      max_output_tokens=50)  # fmt: skip
+        r = await oa.responses.create(
+            model=model, input="Say hello", instructions="Be brief.", max_output_tokens=50
+        )
         assert r.output_text == "Hello from the model" and r.model == model
         assert r.status == "completed" and r.id.startswith("resp")
         assert r.usage is not None and r.usage.output_tokens == 4
@@ -101,9 +123,13 @@ async def test_create_and_stream(
     assert "".join(deltas) == final.output_text == "Hello from the model"
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert kinds[-1] == "response.completed"
-    for kind in ("response.output_item.added", "response.content_part.added",
-                 "response.output_text.done", "response.content_part.done",
-                 "response.output_item.done"):  # fmt: skip
+    for kind in (
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ):
         assert kind in kinds
     assert final.usage is not None and final.usage.output_tokens == 4
     if model == "bridged":
@@ -122,11 +148,16 @@ async def test_create_and_stream(
     async with aiohttp.ClientSession() as s:
         async with s.get(gw.url + "/metrics") as resp:
             text = await resp.text()
-        async with s.get(gw.base_url + "/quota",
-                         headers={"Authorization": f"Bearer {KEY_A}"}) as resp:  # fmt: skip
+        async with s.get(
+            gw.base_url + "/quota", headers={"Authorization": f"Bearer {KEY_A}"}
+        ) as resp:
             used = (await resp.json())["budgets"][0]["used"]
-    assert value(text, "spillway_requests_total", endpoint="responses", model=model,
-                 status_class="2xx") == 2  # fmt: skip
+    assert (
+        value(
+            text, "spillway_requests_total", endpoint="responses", model=model, status_class="2xx"
+        )
+        == 2
+    )
     billed = r.usage.total_tokens + final.usage.total_tokens
     assert used == billed  # settled on the usage the backend reported
     assert value(text, "spillway_completion_tokens_total", endpoint="responses") == 8
@@ -151,8 +182,9 @@ async def test_function_tools_across_turns(
     async with client(gw) as oa:
         if stream:
             async with oa.responses.stream(model=model, input=history, tools=[WEATHER]) as s:
-                args = [e.delta async for e in s
-                        if e.type == "response.function_call_arguments.delta"]  # fmt: skip
+                args = [
+                    e.delta async for e in s if e.type == "response.function_call_arguments.delta"
+                ]
                 first = await s.get_final_response()
             assert "".join(args) == '{"city":"Paris"}' and len(args) > 1
         else:
@@ -161,17 +193,23 @@ async def test_function_tools_across_turns(
         assert len(calls) == 1 and calls[0].name == "get_weather"
         assert json.loads(calls[0].arguments) == {"city": "Paris"}
         history += [o.model_dump(exclude_none=True) for o in first.output]
-        history.append({"type": "function_call_output", "call_id": calls[0].call_id,
-                        "output": "18C and sunny"})  # fmt: skip
+        history.append(
+            {"type": "function_call_output", "call_id": calls[0].call_id, "output": "18C and sunny"}
+        )
         second = await oa.responses.create(model=model, input=history, tools=[WEATHER])
     assert second.output_text == "Result: 18C and sunny"
     if model == "bridged":
         msgs = chat.seen[-1].body["messages"]
         assert msgs[-2]["role"] == "assistant"
-        assert msgs[-2]["tool_calls"][0]["function"] == {"name": "get_weather",
-                                                         "arguments": '{"city":"Paris"}'}  # fmt: skip
-        assert msgs[-1] == {"role": "tool", "tool_call_id": calls[0].call_id,
-                            "content": "18C and sunny"}  # fmt: skip
+        assert msgs[-2]["tool_calls"][0]["function"] == {
+            "name": "get_weather",
+            "arguments": '{"city":"Paris"}',
+        }
+        assert msgs[-1] == {
+            "role": "tool",
+            "tool_call_id": calls[0].call_id,
+            "content": "18C and sunny",
+        }
     else:
         assert native.seen[-1].body["input"][-1]["type"] == "function_call_output"
 
@@ -179,16 +217,21 @@ async def test_function_tools_across_turns(
 async def test_raw_stream_is_sequenced(gw: Running) -> None:
     """Every event of a bridged stream has an ``event:`` line matching its type and a
     sequence_number counting from 0."""
-    async with aiohttp.ClientSession() as s:
-        async with s.post(gw.base_url + "/responses", headers={"Authorization": f"Bearer {KEY_A}"},
-                          json={"model": "bridged", "input": "Weather?", "tools": [WEATHER],
-                                "stream": True}) as r:  # fmt: skip
-            assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
-            raw = await r.read()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            gw.base_url + "/responses",
+            headers={"Authorization": f"Bearer {KEY_A}"},
+            json={"model": "bridged", "input": "Weather?", "tools": [WEATHER], "stream": True},
+        ) as r,
+    ):
+        assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
+        raw = await r.read()
     events = _stream_events(raw)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
-    kinds = [line.split(b": ", 1)[1].decode() for line in raw.split(b"\n")
-             if line.startswith(b"event: ")]  # fmt: skip
+    kinds = [
+        line.split(b": ", 1)[1].decode() for line in raw.split(b"\n") if line.startswith(b"event: ")
+    ]
     assert kinds == [e["type"] for e in events]
     done = events[-1]["response"]
     assert done["output"][0]["type"] == "function_call" and done["status"] == "completed"
@@ -197,10 +240,13 @@ async def test_raw_stream_is_sequenced(gw: Running) -> None:
 async def test_builtin_tools_need_a_native_backend(gw: Running) -> None:
     async with client(gw) as oa:
         with pytest.raises(BadRequestError) as err:
-            await oa.responses.create(model="bridged", input="news?",
-                                      tools=[{"type": "web_search"}])  # fmt: skip
+            await oa.responses.create(
+                model="bridged", input="news?", tools=[{"type": "web_search"}]
+            )
         assert err.value.body["param"] == "tools"  # type: ignore[index]
-        assert "'web_search'" in err.value.message and 'web_search = "disabled"' in err.value.message
+        assert (
+            "'web_search'" in err.value.message and 'web_search = "disabled"' in err.value.message
+        )
         r = await oa.responses.create(model="native", input="news?", tools=[{"type": "web_search"}])
         assert r.output_text == "Hello from the model"
 
@@ -221,23 +267,27 @@ async def test_previous_response_id_with_the_redis_store(
     fakes: tuple[FakeToolChat, FakeResponses], redis_url: str, key_prefix: str, model: str
 ) -> None:
     chat, native = fakes
-    gw = await start_gateway(config(chat.url, native.url, {"ttl_seconds": 600}, redis_url,
-                                    key_prefix))  # fmt: skip
+    gw = await start_gateway(
+        config(chat.url, native.url, {"ttl_seconds": 600}, redis_url, key_prefix)
+    )
     try:
         async with client(gw) as oa, client(gw, KEY_B) as other:
-            first = await oa.responses.create(model=model, input="Weather in Paris?",
-                                              tools=[WEATHER], instructions="Be brief.")  # fmt: skip
+            first = await oa.responses.create(
+                model=model, input="Weather in Paris?", tools=[WEATHER], instructions="Be brief."
+            )
             call = next(o for o in first.output if o.type == "function_call")
             async with oa.responses.stream(
-                model=model, previous_response_id=first.id, tools=[WEATHER],
-                input=[{"type": "function_call_output", "call_id": call.call_id,
-                        "output": "18C"}],
-            ) as s:  # fmt: skip
+                model=model,
+                previous_response_id=first.id,
+                tools=[WEATHER],
+                input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18C"}],
+            ) as s:
                 second = await s.get_final_response()
             assert second.output_text == "Result: 18C"
             assert second.previous_response_id == first.id
-            third = await oa.responses.create(model=model, input="Thanks",
-                                              previous_response_id=second.id)  # fmt: skip
+            third = await oa.responses.create(
+                model=model, input="Thanks", previous_response_id=second.id
+            )
             assert third.output_text == "Hello from the model"
             # the backend got the whole conversation each turn, never the id
             if model == "bridged":
@@ -247,7 +297,12 @@ async def test_previous_response_id_with_the_redis_store(
                 sent = native.seen[-1].body
                 assert "previous_response_id" not in sent
                 assert [i.get("type", "message") for i in sent["input"]] == [
-                    "message", "function_call", "function_call_output", "message", "message"]
+                    "message",
+                    "function_call",
+                    "function_call_output",
+                    "message",
+                    "message",
+                ]
             got = await oa.responses.retrieve(second.id)
             assert got.id == second.id and got.output_text == "Result: 18C"
             # another team's ids do not exist for it
@@ -279,11 +334,15 @@ async def test_a_stream_that_breaks_ends_with_response_failed() -> None:
     up = await FakeOpenAI("broken", Behaviour(break_after=3)).start()
     gw = await start_gateway(config(up.url, up.url, None))
     try:
-        async with aiohttp.ClientSession() as s:
-            async with s.post(gw.base_url + "/responses",
-                              headers={"Authorization": f"Bearer {KEY_A}"},
-                              json={"model": "bridged", "input": "hi", "stream": True}) as r:  # fmt: skip
-                raw = await r.read()
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                gw.base_url + "/responses",
+                headers={"Authorization": f"Bearer {KEY_A}"},
+                json={"model": "bridged", "input": "hi", "stream": True},
+            ) as r,
+        ):
+            raw = await r.read()
     finally:
         await gw.stop()
         await up.stop()
@@ -298,18 +357,25 @@ async def test_bad_requests_are_openai_errors(gw: Running) -> None:
     async with aiohttp.ClientSession() as s:
         for body, param in (
             ({"model": "bridged"}, "input"),
-            ({"model": "bridged", "input": [{"type": "message", "role": "robot",
-                                             "content": "x"}]}, "input"),  # fmt: skip
+            (
+                {
+                    "model": "bridged",
+                    "input": [{"type": "message", "role": "robot", "content": "x"}],
+                },
+                "input",
+            ),
             ({"model": "bridged", "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
             ({"model": "bridged", "input": "x", "background": True}, "background"),
         ):
-            async with s.post(gw.base_url + "/responses", json=body,
-                              headers={"Authorization": f"Bearer {KEY_A}"}) as r:  # fmt: skip
+            async with s.post(
+                gw.base_url + "/responses", json=body, headers={"Authorization": f"Bearer {KEY_A}"}
+            ) as r:
                 assert r.status == 400, body
                 err = (await r.json())["error"]
                 assert err["param"] == param and err["type"] == "invalid_request_error"
-        async with s.post(gw.url + "/responses", data=b"{not json",
-                          headers={"Authorization": f"Bearer {KEY_A}"}) as r:  # fmt: skip
+        async with s.post(
+            gw.url + "/responses", data=b"{not json", headers={"Authorization": f"Bearer {KEY_A}"}
+        ) as r:
             assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_json"
 
 
@@ -319,8 +385,9 @@ async def test_azure_v1_responses_path(fakes: tuple[FakeToolChat, FakeResponses]
     doc = config(chat.url, native.url, None)
     doc["backends"]["azure"] = {"provider": "azure", "url": native.base, "api_key": "az-key"}
     doc["pools"]["az"] = {"members": [{"backend": "azure", "model": "gpt4o-prod"}]}
-    doc["pools"]["az-chat"] = {"members": [{"backend": "azure", "model": "gpt4o-prod",
-                                            "responses": "bridge"}]}  # fmt: skip
+    doc["pools"]["az-chat"] = {
+        "members": [{"backend": "azure", "model": "gpt4o-prod", "responses": "bridge"}]
+    }
     doc["models"]["azure"] = {"routes": [{"pools": ["az"]}]}
     doc["models"]["azure-chat"] = {"routes": [{"pools": ["az-chat"]}]}
     gw = await start_gateway(doc)
@@ -338,3 +405,50 @@ async def test_azure_v1_responses_path(fakes: tuple[FakeToolChat, FakeResponses]
             assert native.seen[-1] is seen
     finally:
         await gw.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_to_an_anthropic_backend(
+    fakes: tuple[FakeToolChat, FakeResponses], stream: bool
+) -> None:
+    """Responses -> the chat bridge -> the Anthropic adapter: no pair is special."""
+    from tests.support.fake_anthropic import FakeAnthropic
+
+    claude = await FakeAnthropic().start()
+    doc = config(fakes[0].url, fakes[1].url, None)
+    doc["backends"]["claude"] = {
+        "provider": "anthropic",
+        "url": claude.url,
+        "api_key": claude.behaviour.api_key,
+    }
+    doc["pools"]["anthropic"] = {
+        "members": [{"backend": "claude", "model": "claude-x"}],
+        "max_output_tokens": 256,
+    }
+    doc["models"]["claude"] = {"routes": [{"pools": ["anthropic"]}]}
+    gw = await start_gateway(doc)
+    try:
+        async with client(gw) as oa:
+            history: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
+            if stream:
+                async with oa.responses.stream(
+                    model="claude", input=history, tools=[WEATHER], instructions="Brief."
+                ) as s:
+                    first = await s.get_final_response()
+            else:
+                first = await oa.responses.create(
+                    model="claude", input=history, tools=[WEATHER], instructions="Brief."
+                )
+            call = next(o for o in first.output if o.type == "function_call")
+            assert call.name == "get_weather" and "city" in json.loads(call.arguments)
+            history += [o.model_dump(exclude_none=True) for o in first.output]
+            history.append(
+                {"type": "function_call_output", "call_id": call.call_id, "output": "18C"}
+            )
+            second = await oa.responses.create(model="claude", input=history, tools=[WEATHER])
+        assert "Result: 18C" in second.output_text
+        assert first.usage is not None and first.usage.input_tokens > 0
+        assert claude.seen[0].body["system"] in ("Brief.", [{"type": "text", "text": "Brief."}])
+    finally:
+        await gw.stop()
+        await claude.stop()

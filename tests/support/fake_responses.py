@@ -118,27 +118,42 @@ class FakeToolChat(_Recording):
             finish = "tool_calls"
         else:
             completion, finish = len(plan.split()), "stop"
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion}  # fmt: skip
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": None}
             if isinstance(plan, tuple):
-                message["tool_calls"] = [{"id": "call_1", "type": "function",
-                                          "function": {"name": name, "arguments": args}}]  # fmt: skip
+                message["tool_calls"] = [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": name, "arguments": args},
+                    }
+                ]
             else:
                 message["content"] = plan
             if self.script.reasoning:
                 message["reasoning_content"] = self.script.reasoning
-            return web.json_response({
-                **base, "object": "chat.completion", "usage": usage,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            })  # fmt: skip
+            return web.json_response(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "usage": usage,
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
         async def send(delta: dict[str, Any], finish_reason: str | None = None) -> None:
-            chunk = {**base, "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}  # fmt: skip
+            chunk = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
         await send({"role": "assistant", "content": ""})
@@ -146,8 +161,18 @@ class FakeToolChat(_Recording):
             for piece in _split(self.script.reasoning):
                 await send({"reasoning_content": piece})
         if isinstance(plan, tuple):
-            await send({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                        "function": {"name": name, "arguments": ""}}]})  # fmt: skip
+            await send(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
             for piece in _split(args):
                 await send({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
         else:
@@ -182,20 +207,31 @@ class FakeResponses(_Recording):
     @staticmethod
     def _error(message: str, param: str | None, code: str) -> web.Response:
         return web.json_response(
-            {"error": {"message": message, "type": "invalid_request_error", "param": param,
-                       "code": code}}, status=400,
-        )  # fmt: skip
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": param,
+                    "code": code,
+                }
+            },
+            status=400,
+        )
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         body = await self._read(request)
         unknown = sorted(set(body) - KNOWN)
         if unknown:
-            return self._error(f"Unknown parameter: '{unknown[0]}'.", unknown[0],
-                               "unknown_parameter")  # fmt: skip
+            return self._error(
+                f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter"
+            )
         if body.get("previous_response_id"):
             rid = body["previous_response_id"]
-            return self._error(f"Previous response with id '{rid}' not found.",
-                               "previous_response_id", "previous_response_not_found")  # fmt: skip
+            return self._error(
+                f"Previous response with id '{rid}' not found.",
+                "previous_response_id",
+                "previous_response_not_found",
+            )
         items = body["input"]
         if isinstance(items, str):
             items = [{"type": "message", "role": "user", "content": items}]
@@ -212,32 +248,64 @@ class FakeResponses(_Recording):
         rid, created = f"resp_fake{self.n:04d}", time.time()
         prompt = _words(items) + _words(body.get("instructions") or "")
         shell = {
-            "id": rid, "object": "response", "created_at": created, "status": "in_progress",
-            "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
-            "max_output_tokens": body.get("max_output_tokens"), "model": body["model"],
-            "output": [], "parallel_tool_calls": True, "previous_response_id": None,
-            "reasoning": body.get("reasoning"), "store": body.get("store", True),
-            "temperature": 1.0, "text": {"format": {"type": "text"}},
-            "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
-            "top_p": 1.0, "truncation": "disabled", "usage": None,
+            "id": rid,
+            "object": "response",
+            "created_at": created,
+            "status": "in_progress",
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": body["model"],
+            "output": [],
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "reasoning": body.get("reasoning"),
+            "store": body.get("store", True),
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": None,
             "metadata": body.get("metadata") or {},
-        }  # fmt: skip
+        }
         if isinstance(plan, tuple):
             name, args = plan
-            item: dict[str, Any] = {"id": f"fc_{self.n}", "type": "function_call",
-                                    "status": "completed", "call_id": f"call_{self.n}",
-                                    "name": name, "arguments": args}  # fmt: skip
+            item: dict[str, Any] = {
+                "id": f"fc_{self.n}",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": f"call_{self.n}",
+                "name": name,
+                "arguments": args,
+            }
             completion = max(1, len(args) // 4)
         else:
-            item = {"id": f"msg_{self.n}", "type": "message", "role": "assistant",
-                    "status": "completed", "content": [{"type": "output_text", "text": plan,
-                                                        "annotations": [], "logprobs": []}]}  # fmt: skip
+            item = {
+                "id": f"msg_{self.n}",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [
+                    {"type": "output_text", "text": plan, "annotations": [], "logprobs": []}
+                ],
+            }
             completion = len(plan.split())
-        done = {**shell, "status": "completed", "output": [item], "completed_at": time.time(),
-                "usage": {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
-                          "output_tokens": completion,
-                          "output_tokens_details": {"reasoning_tokens": 0},
-                          "total_tokens": prompt + completion}}  # fmt: skip
+        done = {
+            **shell,
+            "status": "completed",
+            "output": [item],
+            "completed_at": time.time(),
+            "usage": {
+                "input_tokens": prompt,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": completion,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt + completion,
+            },
+        }
         if not body.get("stream"):
             return web.json_response(done)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
@@ -253,27 +321,63 @@ class FakeResponses(_Recording):
         await ev("response.created", response=shell)
         await ev("response.in_progress", response=shell)
         if item["type"] == "function_call":
-            await ev("response.output_item.added", output_index=0,
-                     item={**item, "status": "in_progress", "arguments": ""})  # fmt: skip
+            await ev(
+                "response.output_item.added",
+                output_index=0,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
             for piece in _split(item["arguments"]):
-                await ev("response.function_call_arguments.delta", item_id=item["id"],
-                         output_index=0, delta=piece)  # fmt: skip
-            await ev("response.function_call_arguments.done", item_id=item["id"],
-                     output_index=0, arguments=item["arguments"])  # fmt: skip
+                await ev(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=0,
+                    delta=piece,
+                )
+            await ev(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=0,
+                arguments=item["arguments"],
+            )
         else:
             text = item["content"][0]["text"]
             empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            await ev("response.output_item.added", output_index=0,
-                     item={**item, "status": "in_progress", "content": []})  # fmt: skip
-            await ev("response.content_part.added", item_id=item["id"], output_index=0,
-                     content_index=0, part=empty)  # fmt: skip
+            await ev(
+                "response.output_item.added",
+                output_index=0,
+                item={**item, "status": "in_progress", "content": []},
+            )
+            await ev(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=0,
+                content_index=0,
+                part=empty,
+            )
             for i, word in enumerate(text.split()):
-                await ev("response.output_text.delta", item_id=item["id"], output_index=0,
-                         content_index=0, delta=word if i == 0 else " " + word, logprobs=[])  # fmt: skip
-            await ev("response.output_text.done", item_id=item["id"], output_index=0,
-                     content_index=0, text=text, logprobs=[])  # fmt: skip
-            await ev("response.content_part.done", item_id=item["id"], output_index=0,
-                     content_index=0, part=item["content"][0])  # fmt: skip
+                await ev(
+                    "response.output_text.delta",
+                    item_id=item["id"],
+                    output_index=0,
+                    content_index=0,
+                    delta=word if i == 0 else " " + word,
+                    logprobs=[],
+                )
+            await ev(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=0,
+                content_index=0,
+                text=text,
+                logprobs=[],
+            )
+            await ev(
+                "response.content_part.done",
+                item_id=item["id"],
+                output_index=0,
+                content_index=0,
+                part=item["content"][0],
+            )
         await ev("response.output_item.done", output_index=0, item=item)
         await ev("response.completed", response=done)
         await resp.write_eof()
