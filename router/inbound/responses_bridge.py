@@ -94,28 +94,31 @@ def _parts(parts: str | list[InputPart]) -> str | list[dict[str, Any]]:
     return out or ""
 
 
+def given(**fields: Any) -> dict[str, Any]:
+    """The fields that are not None."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def _function_name(name: str, namespace: str | None) -> str:
     return f"{namespace}{NAMESPACE_SEP}{name}" if namespace else name
 
 
-def _unsupported_tool(kind: str) -> InvalidRequest:
+def _untranslatable(kind: str, what: str, param: str, code: str) -> InvalidRequest:
     hint = CODEX_WEB_SEARCH if kind.startswith("web_search") else ""
-    return InvalidRequest(
-        f"The tool type {kind!r} is built into OpenAI's Responses API and this model's "
-        f"backend does not have it; send function tools only{hint}.",
-        param="tools", code="unsupported_tool",
+    return InvalidRequest(f"{what}{hint}.", param=param, code=code)
+
+
+def _unsupported_tool(kind: str) -> InvalidRequest:
+    return _untranslatable(
+        kind, f"The tool type {kind!r} is built into OpenAI's Responses API and this "
+        "model's backend does not have it; send function tools only", "tools", "unsupported_tool",
     )  # fmt: skip
 
 
 def _chat_tool(tool: FunctionToolSpec, namespace: str | None) -> dict[str, Any]:
     assert tool.name is not None
-    fn: dict[str, Any] = {"name": _function_name(tool.name, namespace)}
-    if tool.description is not None:
-        fn["description"] = tool.description
-    if tool.parameters is not None:
-        fn["parameters"] = tool.parameters
-    if tool.strict is not None:
-        fn["strict"] = tool.strict
+    fn = given(name=_function_name(tool.name, namespace), description=tool.description,
+               parameters=tool.parameters, strict=tool.strict)  # fmt: skip
     return {"type": "function", "function": fn}
 
 
@@ -229,11 +232,9 @@ def chat_request(req: ResponsesRequest) -> dict[str, Any]:
         elif kind == "reasoning":
             continue  # reasoning is for backends that take it back
         else:
-            hint = CODEX_WEB_SEARCH if kind.startswith("web_search") else ""
-            raise InvalidRequest(
-                f"Input items of type {kind!r} cannot be sent to this model's backend "
-                f"(it has no Responses API){hint}.",
-                param="input", code="unsupported_input",
+            raise _untranslatable(
+                kind, f"Input items of type {kind!r} cannot be sent to this model's backend "
+                "(it has no Responses API)", "input", "unsupported_input",
             )  # fmt: skip
     if not msgs.out:
         raise InvalidRequest("input has no message to answer.", param="input")
@@ -246,23 +247,18 @@ def chat_request(req: ResponsesRequest) -> dict[str, Any]:
             body["tools"] = tools
     if req.tool_choice is not None and (req.tools or req.tool_choice == "none"):
         body["tool_choice"] = _tool_choice(req.tool_choice)
-    for name in ("parallel_tool_calls", "temperature", "top_p", "user", "metadata"):
-        value = getattr(req, name)
-        if value is not None:
-            body[name] = value
+    body.update(given(
+        parallel_tool_calls=req.parallel_tool_calls, temperature=req.temperature,
+        top_p=req.top_p, user=req.user, metadata=req.metadata,
+    ))  # fmt: skip
     if req.max_output_tokens is not None:
         body["max_completion_tokens"] = req.max_output_tokens
     fmt = req.text.format if req.text is not None else None
     if fmt is not None and fmt.type == "json_object":
         body["response_format"] = {"type": "json_object"}
     elif fmt is not None and fmt.type == "json_schema":
-        spec: dict[str, Any] = {"name": fmt.name or "output"}
-        if fmt.schema_ is not None:
-            spec["schema"] = fmt.schema_
-        if fmt.strict is not None:
-            spec["strict"] = fmt.strict
-        if fmt.description is not None:
-            spec["description"] = fmt.description
+        spec = given(name=fmt.name or "output", schema=fmt.schema_, strict=fmt.strict,
+                     description=fmt.description)  # fmt: skip
         body["response_format"] = {"type": "json_schema", "json_schema": spec}
     effort = req.reasoning.effort if req.reasoning is not None else None
     if effort and effort != "none":

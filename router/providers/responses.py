@@ -17,7 +17,15 @@ import orjson
 
 from router.errors import BackendRejectedParam, UpstreamError
 from router.inbound.responses_stream import TERMINAL, terminal_event
-from router.providers.base import Call, Opened, Usage
+from router.providers.base import (
+    RESPONSES_USAGE,
+    Call,
+    Opened,
+    Usage,
+    answer_object,
+    renamed,
+    usage_from,
+)
 from router.streaming import SSERelay
 
 if TYPE_CHECKING:
@@ -25,17 +33,7 @@ if TYPE_CHECKING:
 
 
 def responses_usage(raw: Any) -> Usage | None:
-    """Responses' usage object -> :class:`Usage` (None when absent or malformed)."""
-    if not isinstance(raw, dict):
-        return None
-    try:
-        prompt = int(raw.get("input_tokens") or 0)
-        completion = int(raw.get("output_tokens") or 0)
-    except (TypeError, ValueError):
-        return None
-    details = raw.get("input_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(prompt, completion, cached if isinstance(cached, int) else 0)
+    return usage_from(raw, RESPONSES_USAGE)
 
 
 class ResponsesAdapter:
@@ -80,19 +78,9 @@ class ResponsesAdapter:
         return opened
 
     def transform_body(self, body: bytes) -> bytes:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"Backend {self._backend.name!r} answered with invalid JSON."
-            ) from None
-        if not isinstance(doc, dict):
-            raise UpstreamError(f"Backend {self._backend.name!r} answered an unexpected body.")
+        doc = answer_object(self._backend.name, body)
         self.usage = responses_usage(doc.get("usage")) or Usage(0, 0, reported=False)
-        if doc.get("model") == self._call.client_model:
-            return body
-        doc["model"] = self._call.client_model
-        return orjson.dumps(doc)
+        return renamed(body, doc, self._call.client_model)
 
     def transform_chunk(self, data: bytes) -> bytes:
         assert self._relay is not None
