@@ -44,6 +44,16 @@ _SEP = b"\x1e"
 _NO_PREVIOUS = re.compile(rb'"previous_response_id"\s*:\s*null')
 
 
+def bound(raw: bytes) -> int:
+    """:func:`router.quota.tokens.bound` for a Responses body, whose images
+    (``input_image``) name ``image_url`` once each, not twice as chat's do."""
+    images = raw.count(b'"input_image"')
+    if not images:
+        return tokenest.bound(raw)
+    counted = raw.count(b'"image_url"') // 2 or 1
+    return tokenest.bound(raw) + max(0, images - counted) * tokenest.IMAGE_TOKENS
+
+
 def estimate(req: ResponsesRequest, raw_size: int) -> int:
     """A typical prompt-token count: about four characters per token."""
     if isinstance(req.input, str):
@@ -179,7 +189,7 @@ class ResponsesCodec(Codec):
         size = len(raw)
         return ClientCall(
             codec=self, request=req, raw=raw, model=req.model, stream=bool(req.stream),
-            max_output=req.max_output_tokens, outputs=1, prompt_bound=tokenest.bound(raw),
+            max_output=req.max_output_tokens, outputs=1, prompt_bound=bound(raw),
             estimate=lambda: estimate(req, size), user=req.user, tools=bool(req.tools),
             state=CallState(keep=self.store is not None and req.store is not False),
         )  # fmt: skip
@@ -211,7 +221,7 @@ class ResponsesCodec(Codec):
         raw = orjson.dumps(doc)
         expanded = validate(ResponsesRequest, raw, None)
         call.request, call.raw = expanded, raw
-        call.prompt_bound = tokenest.bound(raw)
+        call.prompt_bound = bound(raw)
         call.estimate = lambda: estimate(expanded, len(raw))
         state.previous, state.input = rid, items
 

@@ -269,3 +269,27 @@ def test_which_members_speak_responses() -> None:
     with pytest.raises(ConfigError) as err:
         make_config(_doc({"responses": "native"}, {"provider": "anthropic", "api_key": "k"}))
     assert "has no Responses API" in err.value.problems[0]
+
+
+def test_prefix_key_and_image_bound() -> None:
+    codec = ResponsesCodec()
+    opening = [
+        {"role": "developer", "content": "You are Codex."},
+        {"role": "user", "content": [{"type": "input_text", "text": "fix the bug"}]},
+    ]
+    later = [
+        *opening,
+        {"role": "assistant", "content": "done"},
+        {"role": "user", "content": "thanks"},
+    ]
+    keys = {
+        codec.parse(orjson.dumps({"model": "m", "input": i})).prefix_key(4096)
+        for i in (opening, later)
+    }
+    assert len(keys) == 1  # the same conversation keeps its key as it grows
+    other = codec.parse(orjson.dumps({"model": "m", "input": "another task"}))
+    assert other.prefix_key(4096) not in keys
+    image = {"type": "input_image", "image_url": "data:image/png;base64," + "A" * 50_000}
+    raw = orjson.dumps({"model": "m", "input": [{"role": "user", "content": [image] * 4}]})
+    assert codec.parse(raw).prompt_bound >= 4 * 2048  # each image, not its base64 bytes
+    assert codec.parse(raw).prompt_bound < 4 * 2048 + 1000
