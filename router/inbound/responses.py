@@ -150,6 +150,8 @@ class NativeWatch:
         return held
 
     def failure(self, exc: SpillwayError) -> bytes:
+        if self.held:  # the response was complete when the connection broke
+            return self.finish()
         if self.ended:
             return b""
         self.ended = True

@@ -130,6 +130,10 @@ class ResponsesRequest(_Open):
             "none", "auto", "required",
         ):  # fmt: skip
             raise FieldError("tool_choice", "tool_choice must be none, auto, required or an object")
+        for i, tool in enumerate(self.tools or ()):
+            inner = tool.tools if tool.type == "namespace" else [tool]
+            if tool.type in ("function", "namespace") and not all(t.name for t in inner or ()):
+                raise FieldError(f"tools[{i}].name", "a function tool needs a name")
         return self
 
     def items(self) -> list[dict[str, Any]]:

@@ -88,6 +88,7 @@ class ChatToResponses:
         self.tools: dict[int, _Item] = {}  # the chat tool-call index -> its item
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.done = False  # the backend's stream reached [DONE]
         self.names = namespaced(call.request.tools)
         self._tail = b""
         if call.state is not None:
@@ -123,7 +124,10 @@ class ChatToResponses:
         return out
 
     def _data(self, payload: bytes) -> bytes:
-        if payload == b"[DONE]" or not payload:
+        if payload == b"[DONE]":
+            self.done = True
+            return b""
+        if not payload:
             return b""
         try:
             doc = orjson.loads(payload)
@@ -266,6 +270,8 @@ class ChatToResponses:
 
     def failure(self, exc: SpillwayError) -> bytes:
         """The stream broke: ``response.failed`` with what was produced so far."""
+        if self.done:  # it broke after the whole answer came
+            return self.finish()
         if self.ended:
             return b""
         out = b"" if self.started else self._start()
