@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -122,11 +123,26 @@ def _chat_tool(tool: FunctionToolSpec, namespace: str | None) -> dict[str, Any]:
     return {"type": "function", "function": fn}
 
 
+def _custom_tool(tool: FunctionToolSpec) -> dict[str, Any]:
+    """A custom tool (free-text input) as a function taking one string, ``input``."""
+    assert tool.name is not None
+    fmt = tool.format or {}
+    about = "The tool's input, as free text."
+    if fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
+        about = f"The tool's input, in this {fmt.get('syntax', '')} grammar:\n{fmt['definition']}"
+    params = {"type": "object", "properties": {"input": {"type": "string", "description": about}},
+              "required": ["input"], "additionalProperties": False}  # fmt: skip
+    fn = given(name=tool.name, description=tool.description, parameters=params)
+    return {"type": "function", "function": fn}
+
+
 def chat_tools(tools: list[FunctionToolSpec]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for tool in tools:
         if tool.type == "function" and tool.name:
             out.append(_chat_tool(tool, None))
+        elif tool.type == "custom" and tool.name:
+            out.append(_custom_tool(tool))
         elif tool.type == "namespace" and tool.name:
             for inner in tool.tools or ():
                 if inner.type != "function" or not inner.name:
@@ -137,22 +153,44 @@ def chat_tools(tools: list[FunctionToolSpec]) -> list[dict[str, Any]]:
     return out
 
 
-def namespaced(tools: list[FunctionToolSpec] | None) -> dict[str, tuple[str, str]]:
-    """Flattened chat name -> (namespace, name), for a namespace's functions."""
-    found: dict[str, tuple[str, str]] = {}
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What a chat function name stands for in the client's tools."""
+
+    name: str
+    namespace: str | None = None
+    custom: bool = False  # a custom tool: its call's input is the function's ``input``
+
+
+def tool_origins(tools: list[FunctionToolSpec] | None) -> dict[str, Origin]:
+    """Chat function name -> its origin, for a namespace's functions and custom tools."""
+    found: dict[str, Origin] = {}
     for tool in tools or ():
-        if tool.type == "namespace" and tool.name:
+        if tool.type == "custom" and tool.name:
+            found[tool.name] = Origin(tool.name, custom=True)
+        elif tool.type == "namespace" and tool.name:
             for inner in tool.tools or ():
                 if inner.name:
-                    found[_function_name(inner.name, tool.name)] = (tool.name, inner.name)
+                    found[_function_name(inner.name, tool.name)] = Origin(inner.name, tool.name)
     return found
+
+
+def custom_input(arguments: str) -> str:
+    """A custom tool's input from the function arguments the model wrote."""
+    try:
+        doc = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+    return (
+        doc["input"] if isinstance(doc, dict) and isinstance(doc.get("input"), str) else arguments
+    )
 
 
 def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
     if isinstance(choice, str):
         return choice
     kind = choice.get("type")
-    if kind == "function" and isinstance(choice.get("name"), str):
+    if kind in ("function", "custom") and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
     if kind == "allowed_tools" and isinstance(choice.get("tools"), list):
         names = [{"type": "function", "function": {"name": t["name"]}}
@@ -225,7 +263,10 @@ def chat_request(req: ResponsesRequest) -> dict[str, Any]:
         elif kind == "function_call":
             assert item.call_id and item.name and item.arguments is not None
             msgs.tool_call(item.call_id, _function_name(item.name, item.namespace), item.arguments)
-        elif kind == "function_call_output":
+        elif kind == "custom_tool_call" and item.call_id and item.name:
+            args = orjson.dumps({"input": item.input or ""}).decode()
+            msgs.tool_call(item.call_id, item.name, args)
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             assert item.output is not None
             output = item.output if isinstance(item.output, str) else _parts(item.output)
             msgs.add({"role": "tool", "tool_call_id": item.call_id, "content": output})
@@ -349,20 +390,25 @@ def reasoning_item(rid: str, text: str) -> dict[str, Any]:
 
 
 def function_item(
-    fid: str, call_id: str, name: str, arguments: str, names: dict[str, tuple[str, str]],
+    fid: str, call_id: str, name: str, arguments: str, origins: dict[str, Origin],
     status: str = "completed",
 ) -> dict[str, Any]:  # fmt: skip
+    """A call of chat function ``name``: a function_call item, or a custom_tool_call."""
+    origin = origins.get(name)
+    if origin is not None and origin.custom:
+        text = custom_input(arguments) if arguments else ""
+        return {"id": fid, "type": "custom_tool_call", "status": status, "call_id": call_id,
+                "name": origin.name, "input": text}  # fmt: skip
     item: dict[str, Any] = {"id": fid, "type": "function_call", "status": status,
                             "call_id": call_id, "name": name, "arguments": arguments}  # fmt: skip
-    split = names.get(name)
-    if split is not None:
-        item["namespace"], item["name"] = split
+    if origin is not None:
+        item["namespace"], item["name"] = origin.namespace, origin.name
     return item
 
 
 def response_from_chat(call: ClientCall, chat: dict[str, Any], rid: str) -> dict[str, Any]:
     doc = response_shell(call, rid, float(chat.get("created") or time.time()))
-    names = namespaced(call.request.tools)
+    names = tool_origins(call.request.tools)
     choices = chat.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     msg = choice.get("message") or {}

@@ -67,8 +67,12 @@ class InputItem(_Open):
         elif kind == "function_call":
             if not self.call_id or not self.name or self.arguments is None:
                 raise FieldError("input", "a function_call item needs call_id, name and arguments")
-        elif kind == "function_call_output" and (not self.call_id or self.output is None):
-            raise FieldError("input", "a function_call_output item needs call_id and output")
+        elif kind in ("function_call_output", "custom_tool_call_output") and (
+            not self.call_id or self.output is None
+        ):
+            raise FieldError("input", f"a {kind} item needs call_id and output")
+        elif kind == "custom_tool_call" and (not self.call_id or not self.name):
+            raise FieldError("input", "a custom_tool_call item needs call_id and name")
         return self
 
 
@@ -78,6 +82,7 @@ class FunctionToolSpec(_Open):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    format: dict[str, Any] | None = None  # a custom tool's input format
     tools: list[FunctionToolSpec] | None = None  # a namespace's functions
 
 
@@ -132,7 +137,9 @@ class ResponsesRequest(_Open):
             raise FieldError("tool_choice", "tool_choice must be none, auto, required or an object")
         for i, tool in enumerate(self.tools or ()):
             inner = tool.tools if tool.type == "namespace" else [tool]
-            if tool.type in ("function", "namespace") and not all(t.name for t in inner or ()):
+            if tool.type in ("function", "custom", "namespace") and not all(
+                t.name for t in inner or ()
+            ):
                 raise FieldError(f"tools[{i}].name", "a function tool needs a name")
         return self
 

@@ -21,12 +21,13 @@ import orjson
 from router.errors import SpillwayError
 from router.inbound.base import ClientCall
 from router.inbound.responses_bridge import (
+    custom_input,
     finish,
     function_item,
-    namespaced,
     new_id,
     response_from_chat,
     response_shell,
+    tool_origins,
     usage_of,
 )
 
@@ -89,7 +90,7 @@ class ChatToResponses:
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.done = False  # the backend's stream reached [DONE]
-        self.names = namespaced(call.request.tools)
+        self.names = tool_origins(call.request.tools)
         self._tail = b""
         if call.state is not None:
             call.state.progress = self
@@ -212,13 +213,15 @@ class ChatToResponses:
             name = str(fn.get("name") or "")
             call_id = str(tc.get("id") or new_id("call"))
             doc = function_item(new_id("fc"), call_id, name, "", self.names, "in_progress")
-            item = self._new("function_call", doc)
+            item = self._new(doc["type"], doc)
             if isinstance(index, int):
                 self.tools[index] = item
             out += self._added(item)
         args = fn.get("arguments")
         if isinstance(args, str) and args:
             item.parts.append(args)
+            if item.kind == "custom_tool_call":
+                return out  # its input is known once the arguments are whole
             out += self._event(
                 "response.function_call_arguments.delta", item_id=item.item["id"],
                 output_index=item.index, delta=args,
@@ -243,6 +246,12 @@ class ChatToResponses:
             out = self._event("response.reasoning_text.done", item_id=iid, output_index=index,
                               content_index=0, text=text)  # fmt: skip
             doc["content"] = [{"type": "reasoning_text", "text": text}]
+        elif item.kind == "custom_tool_call":
+            doc["input"], doc["status"] = custom_input(text), "completed"
+            out = self._event("response.custom_tool_call_input.delta", item_id=iid,
+                              output_index=index, delta=doc["input"])  # fmt: skip
+            out += self._event("response.custom_tool_call_input.done", item_id=iid,
+                               output_index=index, input=doc["input"])  # fmt: skip
         else:
             out = self._event("response.function_call_arguments.done", item_id=iid,
                               output_index=index, name=doc["name"], arguments=text)  # fmt: skip
@@ -259,6 +268,9 @@ class ChatToResponses:
         for item in self.items:  # a tool call whose arguments were still open
             if item.item.get("status") == "in_progress" and item.kind == "function_call":
                 item.item["arguments"], item.item["status"] = "".join(item.parts), "completed"
+            elif item.item.get("status") == "in_progress" and item.kind == "custom_tool_call":
+                item.item["input"] = custom_input("".join(item.parts))
+                item.item["status"] = "completed"
         self.ended = True
         doc = self.doc
         doc["output"] = [item.item for item in self.items]

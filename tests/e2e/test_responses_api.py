@@ -452,3 +452,45 @@ async def test_responses_to_an_anthropic_backend(
     finally:
         await gw.stop()
         await claude.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_custom_tools_are_bridged_as_functions(stream: bool) -> None:
+    """A custom tool (free-text input, as Codex's apply_patch) reaches a chat backend as a
+    function of one string and comes back as a custom_tool_call."""
+    patch = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch"
+    chat = await FakeToolChat(Script(calls={"apply_patch": {"input": patch}})).start()
+    gw = await start_gateway(config(chat.url, chat.url, None))
+    tool = {
+        "type": "custom",
+        "name": "apply_patch",
+        "description": "Edit files.",
+        "format": {"type": "grammar", "syntax": "lark", "definition": "start: PATCH"},
+    }
+    try:
+        async with client(gw) as oa:
+            history: list[Any] = [{"role": "user", "content": "add a.txt"}]
+            if stream:
+                async with oa.responses.stream(model="bridged", input=history, tools=[tool]) as s:
+                    kinds = [e.type async for e in s]
+                    first = await s.get_final_response()
+                assert "response.custom_tool_call_input.done" in kinds
+            else:
+                first = await oa.responses.create(model="bridged", input=history, tools=[tool])
+            call = first.output[0]
+            assert call.type == "custom_tool_call" and call.name == "apply_patch"
+            assert call.input == patch
+            history += [o.model_dump(exclude_none=True) for o in first.output]
+            history.append(
+                {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done!"}
+            )
+            second = await oa.responses.create(model="bridged", input=history, tools=[tool])
+        assert second.output_text == "Result: Done!"
+        fn = chat.seen[0].body["tools"][0]["function"]
+        assert fn["parameters"]["required"] == ["input"]
+        assert "start: PATCH" in fn["parameters"]["properties"]["input"]["description"]
+        msgs = chat.seen[-1].body["messages"]
+        assert json.loads(msgs[-2]["tool_calls"][0]["function"]["arguments"]) == {"input": patch}
+    finally:
+        await gw.stop()
+        await chat.stop()
