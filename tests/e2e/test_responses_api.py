@@ -494,3 +494,22 @@ async def test_custom_tools_are_bridged_as_functions(stream: bool) -> None:
     finally:
         await gw.stop()
         await chat.stop()
+
+
+async def test_a_native_stream_that_breaks_ends_with_response_failed(
+    gw: Running, fakes: tuple[FakeToolChat, FakeResponses]
+) -> None:
+    fakes[1].break_after = 4
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            gw.base_url + "/responses",
+            headers={"Authorization": f"Bearer {KEY_A}"},
+            json={"model": "native", "input": "hi", "stream": True},
+        ) as r,
+    ):
+        raw = await r.read()
+    events = _stream_events(raw)
+    assert [e["sequence_number"] for e in events] == list(range(len(events))) and len(events) == 5
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["id"] == events[0]["response"]["id"] == "resp_fake0001"

@@ -12,7 +12,8 @@ answers ``Result: <the results>``; otherwise it answers the script's text.
   and Azure's ``/openai/v1/responses``): the Response object, or the typed
   events with ``event:`` lines and ``sequence_number``, usage in
   ``response.completed``. Like OpenAI it refuses a parameter it does not know
-  (400 ``unknown_parameter``) and ``previous_response_id`` (it keeps nothing).
+  (400 ``unknown_parameter``) and ``previous_response_id`` (it keeps nothing);
+  ``break_after`` drops the connection midway through a stream.
 """
 
 from __future__ import annotations
@@ -193,6 +194,7 @@ class FakeResponses(_Recording):
     def __init__(self, script: Script | None = None) -> None:
         super().__init__(script)
         self.n = 0
+        self.break_after: int | None = None  # drop the connection after this many events
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=32 * 1024 * 1024)
@@ -314,6 +316,10 @@ class FakeResponses(_Recording):
 
         async def ev(kind: str, **fields: Any) -> None:
             nonlocal seq
+            if self.break_after is not None and seq >= self.break_after:
+                assert request.transport is not None
+                request.transport.close()  # like a crashed server, midway
+                raise ConnectionResetError
             data = orjson.dumps({"type": kind, "sequence_number": seq, **fields})
             seq += 1
             await resp.write(b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n")
