@@ -162,7 +162,7 @@ async def test_create_and_stream(
     assert value(text, "spillway_completion_tokens_total", endpoint="responses") == 8
 
 
-def _stream_events(raw: bytes) -> list[dict[str, Any]]:
+def stream_events(raw: bytes) -> list[dict[str, Any]]:
     events = []
     for block in raw.split(b"\n\n"):
         for line in block.split(b"\n"):
@@ -226,7 +226,7 @@ async def test_raw_stream_is_sequenced(gw: Running) -> None:
     ):
         assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
         raw = await r.read()
-    events = _stream_events(raw)
+    events = stream_events(raw)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     kinds = [
         line.split(b": ", 1)[1].decode() for line in raw.split(b"\n") if line.startswith(b"event: ")

@@ -13,7 +13,7 @@ from openai import APIStatusError
 from tests.e2e.test_responses_api import (
     KEY_A,
     WEATHER,
-    _stream_events,
+    stream_events,
     client,
     config,
     fakes,
@@ -42,7 +42,7 @@ async def test_a_stream_that_breaks_ends_with_response_failed() -> None:
     finally:
         await gw.stop()
         await up.stop()
-    events = _stream_events(raw)
+    events = stream_events(raw)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert events[-1]["type"] == "response.failed"
     assert events[-1]["response"]["status"] == "failed"
@@ -179,7 +179,7 @@ async def test_a_native_stream_that_breaks_ends_with_response_failed(
         ) as r,
     ):
         raw = await r.read()
-    events = _stream_events(raw)
+    events = stream_events(raw)
     assert [e["sequence_number"] for e in events] == list(range(len(events))) and len(events) == 5
     assert events[-1]["type"] == "response.failed"
     assert events[-1]["response"]["id"] == events[0]["response"]["id"] == "resp_fake0001"
