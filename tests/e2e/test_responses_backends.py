@@ -13,11 +13,11 @@ from openai import APIStatusError
 from tests.e2e.test_responses_api import (
     KEY_A,
     WEATHER,
-    stream_events,
     client,
     config,
     fakes,
     gw,
+    stream_events,
 )
 from tests.support.fake_responses import FakeResponses, FakeToolChat, Script
 from tests.support.fakes import Behaviour, FakeOpenAI
