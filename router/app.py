@@ -29,6 +29,7 @@ ENDPOINT_PATHS = {
     "embeddings": ("/v1/embeddings", "/embeddings", "/openai/v1/embeddings"),
     "messages": ("/v1/messages", "/messages"),
     "count_tokens": ("/v1/messages/count_tokens", "/messages/count_tokens"),
+    "responses": ("/v1/responses", "/responses", "/openai/v1/responses"),
 }
 # Azure OpenAI's data-plane paths, as the AzureOpenAI client builds them
 DEPLOYMENT_PATHS = {
@@ -111,6 +112,9 @@ def create_app(
             app.router.add_post(path, handler)
     for name, path in DEPLOYMENT_PATHS.items():
         app.router.add_post(path, handlers.deployment(name))
+    for path in ENDPOINT_PATHS["responses"]:
+        app.router.add_get(path + "/{id}", handlers.get_response)
+        app.router.add_delete(path + "/{id}", handlers.delete_response)
     for path in MODEL_PATHS:
         app.router.add_get(path, handlers.list_models)
         app.router.add_get(path + "/{model:.+}", handlers.get_model)

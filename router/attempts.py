@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
 from router.errors import (
+    InvalidRequest,
     ServiceUnavailable,
     SpillwayError,
     UpstreamAuthError,
@@ -87,7 +88,7 @@ class Walk:
 
     __slots__ = (
         "admissions", "attempts", "detached", "last", "last_backend", "loop", "request", "rt",
-        "stopped", "x",
+        "stopped", "untranslatable", "x",
     )  # fmt: skip
 
     def __init__(self, rt: Runtime, request: web.Request, x: Exchange) -> None:
@@ -101,6 +102,7 @@ class Walk:
         self.last_backend = ""
         self.stopped = False  # out of attempts or retry budget
         self.detached: Ticket | None = None  # settled in the background (see _detach)
+        self.untranslatable: InvalidRequest | None = None  # why a bridge could not carry it
 
     async def run(self) -> web.StreamResponse:
         rt, x = self.rt, self.x
@@ -152,6 +154,8 @@ class Walk:
             if retry_after is not None:
                 last.headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after))))
             return last
+        if self.untranslatable is not None:
+            return self.untranslatable
         if saturated:
             return ServiceUnavailable(
                 "Every pool this request may use is at capacity; retry shortly.",
@@ -234,6 +238,13 @@ class Walk:
                 ):
                     i += 1
                     continue
+                api = call.target(member.apis) or call.api
+                try:
+                    request, raw = call.translated_to(api)
+                except InvalidRequest as exc:  # the member's API cannot carry the call
+                    self.untranslatable = exc
+                    i += 1
+                    continue
                 if self.attempts:
                     verdict = await self._may_retry(pool, member)
                     if verdict == "stop":
@@ -242,8 +253,6 @@ class Walk:
                         i += 1
                         again = False
                         continue
-                api = call.target(member.apis) or call.api
-                request, raw = call.translated_to(api)
                 headers = fwd
                 if api == call.api and call.codec.forward:  # the client API's own headers
                     headers = fwd | {
@@ -370,8 +379,13 @@ class Walk:
         rt, x = self.rt, self.x
         adapter = rt.backends[member.backend].adapter(call)
         assert x.call is not None
+        codec = x.call.codec
         if call.api != x.call.api:  # through the codec's bridge to the backend's API
-            adapter = Bridged(adapter, x.call.codec.bridges[call.api].answers(x.call))
+            adapter = Bridged(adapter, codec.bridges[call.api].answers(x.call))
+        else:
+            own = codec.own_answers(x.call)
+            if own is not None:  # the codec watches its own API's answers
+                adapter = Bridged(adapter, own)
         x.adapter = adapter
         x.backend = member.backend
         state = member.state
@@ -440,6 +454,7 @@ class Walk:
             x.ttft = now - x.started
             x.usage = adapter.usage
             state.record_success(now - start)
+            await codec.answered(x.call)
             headers = self._headers(member, ticket)
             headers["Content-Type"] = "application/json"
             return web.Response(body=out, headers=headers)
@@ -542,6 +557,8 @@ class Walk:
                     if out:
                         await write(out)
                 tail = adapter.finish_stream()
+                assert x.call is not None
+                await x.call.codec.answered(x.call)  # before the last event goes out
                 if tail:
                     await resp.write(tail)
                 x.usage = adapter.usage
@@ -552,7 +569,7 @@ class Walk:
                 x.usage = adapter.stream_usage_so_far()
                 self._failed(member, exc)
                 assert x.call is not None
-                await resp.write(x.call.codec.stream_error(exc))
+                await resp.write(x.call.codec.stream_failure(exc, x.call))
             await resp.write_eof()
         except (ConnectionResetError, ClientConnectionResetError):
             x.status = 499
