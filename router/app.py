@@ -20,6 +20,7 @@ ENDPOINT_PATHS = {
     "embeddings": ("/v1/embeddings", "/embeddings", "/openai/v1/embeddings"),
     "messages": ("/v1/messages", "/messages"),
     "count_tokens": ("/v1/messages/count_tokens", "/messages/count_tokens"),
+    "responses": ("/v1/responses", "/responses", "/openai/v1/responses"),
 }
 # Azure OpenAI's data-plane paths, as the AzureOpenAI client builds them
 DEPLOYMENT_PATHS = {
@@ -68,6 +69,9 @@ def create_app(
             add.add_post(path, handler, expect_handler=x)
     for name, path in DEPLOYMENT_PATHS.items():
         add.add_post(path, handlers.deployment(name), expect_handler=x)
+    for path in ENDPOINT_PATHS["responses"]:
+        add.add_get(path + "/{id}", handlers.get_response, expect_handler=x)
+        add.add_delete(path + "/{id}", handlers.delete_response, expect_handler=x)
     for path in MODEL_PATHS:
         add.add_get(path, handlers.list_models, expect_handler=x)
         add.add_get(path + "/{model:.+}", handlers.get_model, expect_handler=x)

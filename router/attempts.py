@@ -28,6 +28,7 @@ from aiohttp import web
 from aiohttp.client_exceptions import ClientConnectionResetError
 
 from router.errors import (
+    InvalidRequest,
     ServiceUnavailable,
     SpillwayError,
     UpstreamAuthError,
@@ -88,7 +89,7 @@ class Walk:
 
     __slots__ = (
         "admissions", "attempts", "detached", "last", "last_backend", "loop", "request", "rt",
-        "stopped", "x",
+        "stopped", "untranslatable", "x",
     )  # fmt: skip
 
     def __init__(self, rt: Runtime, request: web.Request, x: Exchange) -> None:
@@ -102,6 +103,7 @@ class Walk:
         self.last_backend = ""
         self.stopped = False  # out of attempts or retry budget
         self.detached: Ticket | None = None  # settled in the background (see _detach)
+        self.untranslatable: InvalidRequest | None = None  # why a bridge could not carry it
 
     async def run(self) -> web.StreamResponse:
         rt, x = self.rt, self.x
@@ -153,6 +155,8 @@ class Walk:
             if retry_after is not None:
                 last.headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after))))
             return last
+        if self.untranslatable is not None:
+            return self.untranslatable
         if saturated:
             return ServiceUnavailable(
                 "Every pool this request may use is at capacity; retry shortly.",
@@ -231,6 +235,13 @@ class Walk:
                 ):
                     i += 1
                     continue
+                api = call.target(member.apis) or call.api
+                try:
+                    request, raw = call.translated_to(api)
+                except InvalidRequest as exc:  # the member's API cannot carry the call
+                    self.untranslatable = exc
+                    i += 1
+                    continue
                 if self.attempts:
                     verdict = await self._may_retry(pool, member)
                     if verdict == "stop":
@@ -239,8 +250,6 @@ class Walk:
                         i += 1
                         again = False
                         continue
-                api = call.target(member.apis) or call.api
-                request, raw = call.translated_to(api)
                 headers = fwd
                 if api == call.api and call.codec.forward:  # the client API's own headers
                     headers = fwd | passed_on(self.request.headers, call.codec.forward)
@@ -364,8 +373,13 @@ class Walk:
         rt, x = self.rt, self.x
         adapter = rt.backends[member.backend].adapter(call)
         assert x.call is not None
+        codec = x.call.codec
         if call.api != x.call.api:  # through the codec's bridge to the backend's API
-            adapter = Bridged(adapter, x.call.codec.bridges[call.api].answers(x.call))
+            adapter = Bridged(adapter, codec.bridges[call.api].answers(x.call))
+        else:
+            own = codec.own_answers(x.call)
+            if own is not None:  # the codec watches its own API's answers
+                adapter = Bridged(adapter, own)
         x.adapter = adapter
         x.backend = member.backend
         state = member.state
@@ -434,6 +448,7 @@ class Walk:
             x.ttft = now - x.started
             x.usage = adapter.usage
             state.record_success(now - start)
+            await codec.answered(x.call)
             headers = self._headers(member, ticket)
             headers["Content-Type"] = "application/json"
             return web.Response(body=out, headers=headers)
@@ -540,6 +555,8 @@ class Walk:
                 if out:
                     await write(out)
             tail = adapter.finish_stream()
+            assert x.call is not None
+            await x.call.codec.answered(x.call)  # before the last event goes out
             if tail:
                 await resp.write(tail)
             x.usage = adapter.usage
@@ -550,7 +567,7 @@ class Walk:
             x.usage = adapter.stream_usage_so_far()
             self._failed(member, exc)
             assert x.call is not None
-            await resp.write(x.call.codec.stream_error(exc))
+            await resp.write(x.call.codec.stream_failure(exc, x.call))
         except (ConnectionResetError, ClientConnectionResetError):
             raise  # the client went away (see _stream)
         except Exception:  # a bug mid-stream: logged once, ended in-band as a 500
@@ -558,7 +575,7 @@ class Walk:
             x.usage = adapter.stream_usage_so_far()
             log.exception("unhandled error relaying the stream of request %s", x.rid)
             assert x.call is not None
-            await resp.write(x.call.codec.stream_error(internal_error(x.rid)))
+            await resp.write(x.call.codec.stream_failure(internal_error(x.rid), x.call))
         await resp.write_eof()
 
     def _headers(self, member: Member, ticket: Ticket) -> dict[str, str]:

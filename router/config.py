@@ -288,6 +288,10 @@ class Member(_Strict):
     fim: str | FimTemplateConfig | None = None
     # the backend is vLLM and counts tokens at /tokenize (Messages' count_tokens)
     tokenize: bool = False
+    # OpenAI Responses: "native" (the server has /v1/responses, e.g. vLLM), "bridge"
+    # (translated to chat completions); default: native for OpenAI (flavour openai)
+    # and Azure, bridged for the rest
+    responses: Literal["native", "bridge"] | None = None
 
     @field_validator("fim", mode="before")
     @classmethod
@@ -551,6 +555,17 @@ class ServerSettings(_Strict):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
 
 
+class ResponsesStoreSettings(_Strict):
+    """Responses kept for previous_response_id and GET /v1/responses/{id}."""
+
+    ttl_seconds: PositiveInt = 86400
+    max_entries: PositiveInt = 10000  # kept in process memory (quotas without Redis)
+
+
+class ResponsesSettings(_Strict):
+    store: ResponsesStoreSettings | None = None  # None: nothing is kept
+
+
 class QuotaSettings(_Strict):
     on_budget_short: Literal["clamp", "reject"] = "clamp"
     lease_seconds: PositiveInt = 900
@@ -611,6 +626,7 @@ class Config(_Strict):
     redis: RedisSettings = RedisSettings()
     server: ServerSettings = ServerSettings()
     quota: QuotaSettings = QuotaSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     routing: RoutingSettings = RoutingSettings()
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -29,6 +29,7 @@ from router.config_load import parse_config
 from router.gauges import GaugeRefresher
 from router.identity.service import Identity
 from router.inbound.registry import openai_codecs
+from router.inbound.responses_store import MemoryResponses, RedisResponses, ResponseStore
 from router.metrics import Metrics
 from router.monitor import Monitor
 from router.proxy import Proxy
@@ -116,7 +117,7 @@ class Gateway:
         self._holder = RuntimeHolder(self._build(self.cfg))
         holder = self._holder
         await self.identity.start(lambda: (holder.current.cfg, holder.current.jwt))
-        self._proxy = Proxy(self._holder, openai_codecs())
+        self._proxy = Proxy(self._holder, openai_codecs(self._responses()))
         self.monitor = Monitor(self._holder, self._upstream, self.metrics)
         self.monitor.publish(self._holder.current)
         self._tasks.append(asyncio.create_task(self.monitor.run(), name="spillway-health"))
@@ -127,6 +128,16 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._checkpoints(), name="spillway-budgets"))
         self._gauges = GaugeRefresher(self._holder, self.metrics)
         self._gauges.start()
+
+    def _responses(self) -> ResponseStore | None:
+        """Where Responses are kept (``responses.store``): the quota Redis, else memory."""
+        settings = self.cfg.responses.store
+        if settings is None:
+            return None
+        if isinstance(self._store, RedisStore):
+            prefix = self.cfg.redis.key_prefix
+            return RedisResponses(self._store.client, prefix, settings.ttl_seconds)
+        return MemoryResponses(settings.ttl_seconds, settings.max_entries)
 
     def _build(self, cfg: Config) -> Runtime:
         assert self._upstream is not None
@@ -145,7 +156,7 @@ class Gateway:
             log.warning("redis settings changed; they take effect at the next restart")
         if cfg.listen != self.cfg.listen or cfg.server.metrics_port != self.cfg.server.metrics_port:
             log.warning("listen address changed; it takes effect at the next restart")
-        for name in ("database", "admin", "tracing"):
+        for name in ("database", "admin", "tracing", "responses"):
             if getattr(cfg, name) != getattr(self.cfg, name):
                 log.warning("%s settings changed; they take effect at the next restart", name)
         self.holder.swap(self._build(cfg))

@@ -10,6 +10,7 @@ from aiohttp import HttpVersion11, web
 
 from router.auth import Principal, presented_key
 from router.errors import InvalidRequest, NotFound, ServiceUnavailable
+from router.inbound.responses import ResponsesCodec
 from router.inspect import live_explain
 from router.keys import GATEWAY
 from router.middleware import PRINCIPAL, proxied
@@ -97,6 +98,23 @@ async def get_model(request: web.Request) -> web.Response:
         )
     created = int(request.app[GATEWAY].started)
     return _json({"id": name, "object": "model", "created": created, "owned_by": "spillway"})
+
+
+def _responses(request: web.Request) -> ResponsesCodec:
+    codec = request.app[GATEWAY].proxy.codecs["responses"]
+    assert isinstance(codec, ResponsesCodec)
+    return codec
+
+
+async def get_response(request: web.Request) -> web.Response:
+    """GET /v1/responses/{id}: a response the caller's team made, kept by the gateway."""
+    _, principal = await _principal_runtime(request)
+    return _json(await _responses(request).retrieve(request.match_info["id"], principal.team))
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    _, principal = await _principal_runtime(request)
+    return _json(await _responses(request).delete(request.match_info["id"], principal.team))
 
 
 async def quota(request: web.Request) -> web.Response:

@@ -130,6 +130,7 @@ class Proxy:
             headers.get("Authorization"), presented_key(headers)
         )
         call = x.call = codec.parse(raw, name)
+        await codec.prepare(call, principal.team)
         model = rt.rules.resolve(call.model)
         if model is None:
             raise NotFound(

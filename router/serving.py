@@ -26,6 +26,26 @@ PROVIDER_APIS: dict[str, frozenset[str]] = {
     "simulate": frozenset(("chat", "completions", "embeddings")),
     "anthropic": frozenset(("chat", "messages", "count_tokens")),
 }
+# the providers whose servers may speak OpenAI's Responses API (pools.P.members[].responses)
+RESPONSES_PROVIDERS = frozenset(("openai", "azure"))
+
+
+def backend_apis(provider: str, flavour: str) -> frozenset[str]:
+    """The client APIs a backend serves: its provider's, and Responses on hosted OpenAI
+    (flavour openai) and Azure."""
+    apis = PROVIDER_APIS[provider]
+    if provider == "azure" or (provider == "openai" and flavour == "openai"):
+        apis |= {"responses"}
+    return apis
+
+
+def member_apis(backend: frozenset[str], responses: str | None) -> frozenset[str]:
+    """A pool member's APIs: its backend's, with Responses as the member declares."""
+    if responses == "native":
+        return backend | {"responses"}
+    if responses == "bridge":
+        return backend - {"responses"}
+    return backend
 
 
 class FimTemplateConfig(BaseModel):
@@ -102,6 +122,12 @@ def endpoint_checks(cfg: Config) -> list[str]:
                 problems.append(
                     f"pools.{name}.members[{i}].tokenize: backend {member.backend!r} "
                     f"(provider {backend.provider!r}) is not a vLLM server with /tokenize"
+                )
+            if (member.responses == "native" and backend is not None
+                    and backend.provider not in RESPONSES_PROVIDERS):  # fmt: skip
+                problems.append(
+                    f"pools.{name}.members[{i}].responses: backend {member.backend!r} "
+                    f"(provider {backend.provider!r}) has no Responses API; leave it bridged"
                 )
             if member.fim is None:
                 continue

@@ -53,6 +53,7 @@ class ClientCall:
     wants_usage: bool = False
     fim: bool = False  # needs a member that fills in the middle
     translated: dict[str, tuple[Any, bytes]] | None = None  # per bridge API, made on use
+    state: Any = None  # what the codec keeps about the call (its own type)
 
     @property
     def api(self) -> str:
@@ -160,6 +161,19 @@ class Codec:
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
         raise NotImplementedError
 
+    async def prepare(self, call: ClientCall, team: str) -> None:
+        """After authentication, before routing: complete ``call`` from what the gateway
+        keeps for ``team`` (a stateful API's earlier turns). Default: nothing."""
+
+    def own_answers(self, call: ClientCall) -> AnswerTranslator | None:
+        """A watcher of one attempt's answers in the call's own API (passed through),
+        e.g. to keep them; None (the default): relayed untouched."""
+        return None
+
+    async def answered(self, call: ClientCall) -> None:
+        """The answer is complete, before its last bytes go out (a stream's last event is
+        held back by the translator or watcher). Default: nothing."""
+
     def prefix_key(self, request: Any, limit: int) -> bytes | None:
         """The digest of the opening of ``request``'s prompt for ``prefix_affinity``
         (:mod:`router.routing.prefix`); None: placed least-loaded."""
@@ -180,6 +194,11 @@ class Codec:
     def stream_error(self, exc: SpillwayError) -> bytes:
         """An error after the stream started: in-band, then the stream's end."""
         return error_event(exc.envelope())
+
+    def stream_failure(self, exc: SpillwayError, call: ClientCall) -> bytes:
+        """:meth:`stream_error` for ``call`` (a codec whose in-band error depends on the
+        stream so far overrides this)."""
+        return self.stream_error(exc)
 
     def unserved(self, model: str, call: ClientCall) -> SpillwayError:
         """No member of the model's route can serve ``call``."""

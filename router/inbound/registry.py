@@ -7,15 +7,19 @@ from router.inbound.chat import ChatCodec
 from router.inbound.completions import CompletionsCodec
 from router.inbound.embeddings import EmbeddingsCodec
 from router.inbound.messages import CountTokensCodec, MessagesCodec
+from router.inbound.responses import ResponsesCodec
+from router.inbound.responses_store import ResponseStore
 
 
-def openai_codecs() -> dict[str, Codec]:
+def openai_codecs(responses: ResponseStore | None = None) -> dict[str, Codec]:
+    """``responses``: where Responses are kept (None: nothing is kept)."""
     codecs: list[Codec] = [
         ChatCodec(),
         CompletionsCodec(),
         EmbeddingsCodec(),
         MessagesCodec(),
         CountTokensCodec(),
+        ResponsesCodec(responses),
     ]
     return {c.endpoint: c for c in codecs}
 

@@ -1,9 +1,10 @@
 """Azure OpenAI deployments: the OpenAI pass-through with Azure's URL and auth.
 
 ``POST {url}/openai/deployments/{deployment}/{chat/completions,completions,embeddings}
-?api-version=V``; a pool member's ``model`` is the deployment name. Authentication is
-the ``api-key`` header (``api_key`` or ``api_key_file``), or ``Authorization:
-Bearer`` with a Microsoft Entra token from the environment variable named by
+?api-version=V``, and OpenAI Responses on the v1 API (``POST {url}/openai/v1/responses``,
+the deployment as the body's ``model``); a pool member's ``model`` is the deployment
+name. Authentication is the ``api-key`` header (``api_key`` or ``api_key_file``), or
+``Authorization: Bearer`` with a Microsoft Entra token from the environment variable named by
 ``token_env`` or the file named by ``token_file``; both are read again on an
 interval and after a refusal (:mod:`router.providers.credentials`), since
 Entra tokens expire in about an hour. Azure rejects parameters it
@@ -51,7 +52,9 @@ class AzureBackend(CompatBackend):
     def endpoint(self, api: str, member_model: str) -> URL:
         key = (api, member_model)
         url = self._urls.get(key)
-        if url is None:
+        if url is None and api == "responses":  # the v1 API: the deployment is the body's model
+            url = self._urls[key] = URL(f"{self.base}/openai/v1/responses")
+        elif url is None:
             url = URL(
                 f"{self.base}/openai/deployments/{quote(member_model, safe='')}"
                 f"{PATHS[api]}?api-version={quote(self.api_version, safe='')}",

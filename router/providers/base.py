@@ -1,7 +1,7 @@
 """The Adapter protocol: one small object per upstream attempt.
 
 A backend serves the client APIs in its ``apis`` (chat, completions,
-embeddings); ``adapter(call)`` makes the adapter for ``call.api``. An adapter
+embeddings, responses); ``adapter(call)`` makes the adapter for ``call.api``. An adapter
 turns the client's request into its backend's wire format,
 sends it (through :class:`router.upstream.Upstream` or, for the simulated
 model, in-process) and turns the answer back into OpenAI's format while
@@ -22,14 +22,16 @@ from multidict import CIMultiDict
 from router.config import Backend
 from router.contract import ChatCompletionRequest
 from router.egress import Egress
+from router.errors import UpstreamError
 from router.fim import FimTemplate
 from router.inbound.contracts import CompletionRequest, EmbeddingRequest
+from router.inbound.responses_contract import ResponsesRequest
 from router.providers.credentials import Credential
 from router.upstream import Upstream, secrets_of
 
 log = logging.getLogger("spillway.upstream")
 
-ClientRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+ClientRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest
 
 
 @dataclass(slots=True)
@@ -38,6 +40,51 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     reported: bool = True  # False: counted or estimated by the gateway
+
+
+CHAT_USAGE = ("prompt_tokens", "completion_tokens", "prompt_tokens_details")
+RESPONSES_USAGE = ("input_tokens", "output_tokens", "input_tokens_details")
+
+
+def usage_from(raw: Any, names: tuple[str, str, str] = CHAT_USAGE) -> Usage | None:
+    """An OpenAI usage object -> :class:`Usage` (None when absent or malformed);
+    ``names``: its prompt, completion and prompt-details fields (chat's, or
+    :data:`RESPONSES_USAGE`)."""
+    if not isinstance(raw, dict):
+        return None
+    prompt_name, completion_name, details_name = names
+    try:
+        prompt = int(raw.get(prompt_name) or 0)
+        completion = int(raw.get(completion_name) or 0)
+    except (TypeError, ValueError):
+        return None
+    details = raw.get(details_name)
+    cached = 0
+    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+        cached = details["cached_tokens"]
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
+
+
+def answer_object(backend: str, body: bytes) -> dict[str, Any]:
+    """A complete answer's JSON object; an :class:`UpstreamError` when it is not one."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"Backend {backend!r} answered with invalid JSON.") from None
+    if not isinstance(doc, dict):
+        raise UpstreamError(f"Backend {backend!r} answered an unexpected body.")
+    return doc
+
+
+def renamed(body: bytes, doc: dict[str, Any], client_model: str) -> bytes:
+    """``body`` (parsed as ``doc``) naming ``client_model`` as its model."""
+    if doc.get("model") == client_model:
+        return body
+    old = b'"model":' + orjson.dumps(doc.get("model"))
+    if old in body:
+        return body.replace(old, b'"model":' + orjson.dumps(client_model), 1)
+    doc["model"] = client_model
+    return orjson.dumps(doc)
 
 
 class Call:

@@ -34,11 +34,21 @@ from router.inbound.contracts import (
     VLLM_EMBEDDING_EXTRAS,
     CompletionRequest,
 )
-from router.providers.base import Adapter, Call, HTTPBackend, Opened, Usage
+from router.providers.base import (
+    Adapter,
+    Call,
+    HTTPBackend,
+    Opened,
+    Usage,
+    answer_object,
+    renamed,
+    usage_from,
+)
 from router.providers.embeddings import EmbeddingsAdapter
 from router.providers.params import patch_body
+from router.providers.responses import ResponsesAdapter
 from router.providers.tokenize import TokenizeAdapter
-from router.serving import PROVIDER_APIS
+from router.serving import backend_apis
 from router.streaming import SSERelay
 from router.upstream import Upstream
 
@@ -54,7 +64,7 @@ class CompatBackend(HTTPBackend):
         super().__init__(name, cfg, upstream)
         self.flavour = cfg.flavour if "flavour" in cfg.model_fields_set else self.default_flavour
         self.unsupported = cfg.unsupported_params
-        self.apis = PROVIDER_APIS[self.provider]
+        self.apis = backend_apis(self.provider, self.flavour)
         # the parameters this backend does not take, per API: the vLLM extras for the
         # openai flavour (less those allowed), and whatever the config denies
         allowed, denied = frozenset(cfg.allow_params), frozenset(cfg.deny_params)
@@ -63,6 +73,7 @@ class CompatBackend(HTTPBackend):
             for api, extras in (("chat", VLLM_EXTRAS), ("completions", VLLM_COMPLETION_EXTRAS),
                                 ("embeddings", VLLM_EMBEDDING_EXTRAS))
         }  # fmt: skip
+        self.blocked_by_api["responses"] = denied
         self.blocked = self.blocked_by_api["chat"]
 
     def endpoint(self, api: str, member_model: str) -> URL:
@@ -73,10 +84,13 @@ class CompatBackend(HTTPBackend):
             return EmbeddingsAdapter(self, call)
         if call.api == "tokenize":
             return TokenizeAdapter(self, call)
+        if call.api == "responses":
+            return ResponsesAdapter(self, call)
         return OpenAIAdapter(self, call)
 
 
-PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
+         "responses": "/responses"}  # fmt: skip
 
 
 class OpenAIBackend(CompatBackend):
@@ -137,25 +151,11 @@ class OpenAIAdapter:
 
     # -- non-streamed -------------------------------------------------------------
     def transform_body(self, body: bytes) -> bytes:
-        call = self._call
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"Backend {self._backend.name!r} answered with invalid JSON."
-            ) from None
-        if not isinstance(doc, dict):
-            raise UpstreamError(f"Backend {self._backend.name!r} answered an unexpected body.")
-        if "error" in doc and "choices" not in doc:  # an error answered as a 200
+        doc = answer_object(self._backend.name, body)
+        if doc.get("error") and "choices" not in doc:  # an error answered as a 200
             raise status_error(502, body, backend=f"backend {self._backend.name!r}")
         self.usage = usage_from(doc.get("usage")) or _estimate_usage(doc)
-        if doc.get("model") == call.client_model:
-            return body
-        old = b'"model":' + orjson.dumps(doc.get("model"))
-        if old in body:
-            return body.replace(old, b'"model":' + orjson.dumps(call.client_model), 1)
-        doc["model"] = call.client_model
-        return orjson.dumps(doc)
+        return renamed(body, doc, self._call.client_model)
 
     # -- streamed -----------------------------------------------------------------
     def transform_chunk(self, data: bytes) -> bytes:
@@ -180,22 +180,6 @@ class OpenAIAdapter:
         return usage_from(relay.usage) or Usage(
             prompt_tokens=0, completion_tokens=max(0, relay.events - 1), reported=False
         )
-
-
-def usage_from(raw: Any) -> Usage | None:
-    """OpenAI's usage object -> :class:`Usage` (None when absent or malformed)."""
-    if not isinstance(raw, dict):
-        return None
-    try:
-        prompt = int(raw.get("prompt_tokens") or 0)
-        completion = int(raw.get("completion_tokens") or 0)
-    except (TypeError, ValueError):
-        return None
-    details = raw.get("prompt_tokens_details")
-    cached = 0
-    if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-        cached = details["cached_tokens"]
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
 
 
 def _estimate_usage(doc: dict[str, Any]) -> Usage:

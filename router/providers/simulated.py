@@ -135,7 +135,7 @@ class SimulateAdapter:
                 lambda: text_completion_body(gen, echoes, model),
                 lambda ttft: text_completion_events(gen, model, call.wants_usage, knobs, ttft),
             )  # fmt: skip
-        chat: ChatCompletionRequest = req
+        chat: ChatCompletionRequest = call.chat
         if call.max_tokens is not None:
             chat = chat.model_copy(
                 update={"max_tokens": call.max_tokens, "max_completion_tokens": None}

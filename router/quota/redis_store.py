@@ -108,6 +108,11 @@ class RedisStore:
         self._closing = False
 
     @property
+    def client(self) -> Any:
+        """The redis-py client (for other keys kept in the same Redis)."""
+        return self._client
+
+    @property
     def pending(self) -> int:
         """Settlements queued again after a failure, not yet applied."""
         return self._retrying

@@ -25,7 +25,8 @@ rendezvous hashing gives the session key, among available members: the same
 key lands on the same member on every replica, and only its own sessions move
 when a member leaves.
 
-A member serves the client APIs of its backend (``apis``) and, when it declares
+A member serves the client APIs of its backend (``apis``; Responses as its
+``responses`` setting says) and, when it declares
 ``fim``, fill-in-the-middle; the walk skips members that cannot serve a call.
 
 A member is saturated when it is at its ``max_concurrency`` or its waiting
@@ -47,6 +48,7 @@ from router.config import Pool
 from router.fim import FimTemplate
 from router.routing.health import BackendState
 from router.routing.prefix import bounded_choice, score
+from router.serving import member_apis
 
 EVERY_API = frozenset(("chat", "completions", "embeddings"))
 TOKENIZE = frozenset(("tokenize",))  # a member declaring ``tokenize``: vLLM's /tokenize
@@ -113,7 +115,7 @@ class Balancer:
                 weight=m.weight,
                 state=states[m.backend],
                 ident=f"{m.backend}\x00{m.model}".encode(),
-                apis=(EVERY_API if apis is None else apis[m.backend])
+                apis=(EVERY_API if apis is None else member_apis(apis[m.backend], m.responses))
                 | (TOKENIZE if m.tokenize else frozenset()),
                 fills=m.fim is not None,
                 fim=m.fim_template(),
