@@ -140,7 +140,7 @@ async def test_an_unexpected_exception_outside_the_proxy_is_a_500(
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [(b"GET", b"/nope", 404), (b"POST", b"/v1/responses", 404),
+    [(b"GET", b"/nope", 404), (b"POST", b"/v1/assistants", 404),
      (b"GET", b"/v1/%ff%fe/x", 404), (b"DELETE", b"/v1/models", 405),
      (b"GET", b"/v1/chat/completions", 405), (b"PROPFIND", b"/v1/quota", 405)],
 )  # fmt: skip
