@@ -50,12 +50,14 @@ PATHS = [
     b"/v1/completions", b"/v1/embeddings", b"/v1/models", b"/v1/models/demo", b"/v1/quota",
     b"/v1/spillway/explain?model=demo", b"/healthz", b"/readyz", b"/metrics",
     b"/openai/deployments/demo/chat/completions?api-version=2024-10-21",
+    b"/v1/messages", b"/v1/messages/count_tokens", b"/v1/responses", b"/v1/responses/resp_1",
 ]  # fmt: skip
 METHODS = [b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"PROPFIND"]
 HEADER_NAMES = [
     b"Authorization", b"api-key", b"traceparent", b"tracestate", b"baggage", b"x-request-id",
     b"x-session-id", b"x-spillway-priority", b"Content-Type", b"Accept", b"User-Agent",
-    b"Expect", b"Connection", b"Host", b"Cookie", b"Origin", b"X-Forwarded-For",
+    b"Expect", b"Connection", b"Host", b"Cookie", b"Origin", b"X-Forwarded-For", b"x-api-key",
+    b"anthropic-version", b"anthropic-beta",
 ]  # fmt: skip
 TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BODY = orjson.dumps({"model": "demo", "max_tokens": 4,
