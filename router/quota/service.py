@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from router.config import Config
+from router.contract import MAX_TOKENS
 from router.errors import QuotaExceeded, RateLimited, ServiceUnavailable
 from router.metrics import Metrics
 from router.quota.base import ADMITTED, RATE_LIMITED, Reply, Store, StoreUnavailable
@@ -259,11 +260,15 @@ class Quota:
         return RateLimited(msg, type=etype, headers=headers)
 
     def settle(self, ticket: Ticket, prompt: int, completion: int, *, refund: bool = False) -> None:
-        """Charge actual usage (``refund``: the attempt is undone, request count too)."""
+        """Charge actual usage (``refund``: the attempt is undone, request count too).
+        Counts an upstream reported are untrusted: kept within 0..MAX_TOKENS, so that
+        the stores' arithmetic never leaves a counter's range."""
         if ticket.settled or not ticket.checks:
             ticket.settled = True
             return
         ticket.settled = True
+        prompt = min(max(prompt, 0), MAX_TOKENS)
+        completion = min(max(completion, 0), MAX_TOKENS)
         ticket.store.settle(ticket.rid, ticket.checks, prompt, completion, refund, self.lease)
         if ticket.store is not self.primary:  # decided in-process: write it back to Redis
             self.primary.settle(
