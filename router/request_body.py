@@ -88,8 +88,7 @@ def _inflate(data: bytes, coding: str, max_bytes: int) -> bytes:
             size += len(chunk)
             if size > max_bytes:
                 raise PayloadTooLarge(
-                    f"Request body is over the limit of {max_bytes} bytes once decoded "
-                    f"({coding})."
+                    f"Request body is over the limit of {max_bytes} bytes once decoded ({coding})."
                 )
             out.append(chunk)
             if not d.eof:

@@ -29,8 +29,8 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from router.contract import MAX_TOKENS, ValidationError, error_param
-from router.inbound.numbers import unreadable
 from router.errors import InvalidRequest, SpillwayError
+from router.inbound.numbers import unreadable
 from router.streaming import error_event
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -129,7 +129,9 @@ class Bridge(Protocol):
         ...
 
 
-def validate(model: type[Model], raw: bytes, model_name: str | None) -> tuple[Model, dict[str, Any]]:
+def validate(
+    model: type[Model], raw: bytes, model_name: str | None
+) -> tuple[Model, dict[str, Any]]:
     """``raw`` validated as ``model``, and its JSON object; ``model_name`` (a path's
     deployment) replaces the body's ``model``. A 400 naming the parameter on failure.
 

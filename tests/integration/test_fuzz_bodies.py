@@ -59,8 +59,8 @@ class AnyUpstream(FakeServer):
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return web.json_response({"error": {"message": "bad json", "type": "BadRequest",
-                                                "param": None, "code": 400}}, status=400)  # fmt: skip
+            err = {"message": "bad json", "type": "BadRequest", "param": None, "code": 400}
+            return web.json_response({"error": err}, status=400)
         self.served += 1
         usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
         model = body.get("model")
@@ -230,7 +230,7 @@ def bodies(draw: st.DrawFn, path: str) -> dict[str, Any]:
     doc[key] = draw(values)
     if draw(st.integers(0, 9)) == 0:
         doc["model"] = draw(st.one_of(st.sampled_from(["nope", "", "embed", "chat"]), json_values))
-    names = sorted(model.model_fields) + ["stream_options"]
+    names = [*sorted(model.model_fields), "stream_options"]
     for name in draw(st.lists(st.sampled_from(names), max_size=2, unique=True)):
         doc[name] = draw(st.one_of(plausible, json_values))
     if draw(st.booleans()):  # an unknown field: forwarded as it is, so anything goes
