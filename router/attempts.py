@@ -216,7 +216,7 @@ class Walk:
         cap: int | None = None
         if ticket.clamped or (ticket.checks and call.max_output is None):
             cap = ticket.out  # never let the upstream produce more than was reserved
-        fwd = {"X-Request-Id": x.rid}
+        fwd = {"X-Request-Id": x.echo_id}
         for name in _TRACE_HEADERS:
             value = self.request.headers.get(name)
             if value is not None:
@@ -266,6 +266,7 @@ class Walk:
                     request_id=x.rid, forward_headers=headers, api=api, stream=call.stream,
                     # a bridge reads the usage chunk to render it in the client's API
                     wants_usage=call.wants_usage or api != call.api, fim=member.fim,
+                    body=call.doc if api == call.api else None,
                 )  # fmt: skip
                 try:
                     response = await self._attempt(member, attempt, ticket)
@@ -577,7 +578,7 @@ class Walk:
 
     def _headers(self, member: Member, ticket: Ticket) -> dict[str, str]:
         x = self.x
-        headers = {"x-request-id": x.rid, "x-spillway-served-model": member.model}
+        headers = {"x-request-id": x.echo_id, "x-spillway-served-model": member.model}
         if ticket.headers:
             headers.update(ticket.headers)
         if ticket.clamped:
