@@ -38,6 +38,7 @@ def make_runner(app: web.Application, cfg: Config) -> web.AppRunner:
     return web.AppRunner(
         app,
         access_log=None,
+        auto_decompress=False,  # request bodies are decoded, within limits, by the proxy
         handler_cancellation=True,  # a client that disconnects cancels its upstream call
         keepalive_timeout=s.keepalive_timeout_seconds,  # also cuts off trickled headers
         max_line_size=s.max_header_bytes,

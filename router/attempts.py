@@ -217,7 +217,7 @@ class Walk:
         cap: int | None = None
         if ticket.clamped or (ticket.checks and call.max_output is None):
             cap = ticket.out  # never let the upstream produce more than was reserved
-        fwd = forwarded(self.request.headers, x.rid)
+        fwd = forwarded(self.request.headers, x.echo_id)
         bal = rt.balancers[pool]
         session = None
         if bal.affinity != "none":
@@ -260,6 +260,7 @@ class Walk:
                     request_id=x.rid, forward_headers=headers, api=api, stream=call.stream,
                     # a bridge reads the usage chunk to render it in the client's API
                     wants_usage=call.wants_usage or api != call.api, fim=member.fim,
+                    body=call.doc if api == call.api else None,
                 )  # fmt: skip
                 try:
                     response = await self._attempt(member, attempt, ticket)
@@ -580,7 +581,7 @@ class Walk:
 
     def _headers(self, member: Member, ticket: Ticket) -> dict[str, str]:
         x = self.x
-        headers = {"x-request-id": x.rid, "x-spillway-served-model": member.model}
+        headers = {"x-request-id": x.echo_id, "x-spillway-served-model": member.model}
         if ticket.headers:
             headers.update(ticket.headers)
         if ticket.clamped:

@@ -23,13 +23,28 @@ from pydantic import (
     model_validator,
 )
 
-__all__ = ["VLLM_EXTRAS", "ChatCompletionRequest", "FieldError", "ValidationError", "error_param"]
+__all__ = [
+    "MAX_TOKENS", "VLLM_EXTRAS", "ChatCompletionRequest", "Count", "CountOrAll", "FieldError",
+    "Int32", "Int64", "PositiveCount", "ValidationError", "error_param",
+]  # fmt: skip
+
+# Integers are bounded by what a backend can take, so that nothing between the client,
+# Redis and the upstream truncates or wraps them: token counts and token ids fit an
+# int32, seeds and priorities an int64. Floats are finite.
+MAX_TOKENS = 2**31 - 1
+Int32 = Annotated[int, Field(ge=-(2**31), le=MAX_TOKENS)]
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+PositiveCount = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+CountOrAll = Annotated[int, Field(ge=-1, le=MAX_TOKENS)]  # vLLM's -1: all, or no limit
 
 
 class _Open(BaseModel):
-    """Base for contract objects: unknown keys are kept."""
+    """Base for contract objects: unknown keys are kept, floats are finite."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- parts
@@ -287,8 +302,8 @@ class ChatCompletionRequest(_Open):
     # OpenAI
     messages: Annotated[list[Message], Field(min_length=1)]
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: PositiveCount | None = None
+    max_completion_tokens: PositiveCount | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = None
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
@@ -296,11 +311,11 @@ class ChatCompletionRequest(_Open):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=-1)] | None = None
+    top_logprobs: CountOrAll | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None
-    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    seed: Int64 | None = None
     response_format: ResponseFormat | None = None
     tools: Annotated[list[Tool], Field(min_length=1)] | None = None
     tool_choice: ToolChoice | None = None
@@ -322,26 +337,26 @@ class ChatCompletionRequest(_Open):
 
     # vLLM extras (sampling)
     use_beam_search: bool | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: CountOrAll | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
     length_penalty: float | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Int32] | None = None
     include_stop_str_in_output: bool | None = None
     ignore_eos: bool | None = None
-    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    min_tokens: Count | None = None
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
-    truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
+    truncate_prompt_tokens: CountOrAll | None = None
     truncation_side: Literal["left", "right"] | None = None
-    prompt_logprobs: Annotated[int, Field(ge=-1)] | None = None
-    logprob_token_ids: Annotated[list[int], Field(min_length=1)] | None = None
-    allowed_token_ids: list[int] | None = None
+    prompt_logprobs: CountOrAll | None = None
+    logprob_token_ids: Annotated[list[Int32], Field(min_length=1)] | None = None
+    allowed_token_ids: list[Int32] | None = None
     bad_words: list[str] | None = None
-    thinking_token_budget: int | None = None
+    thinking_token_budget: Int32 | None = None
     include_reasoning: bool | None = None
     repetition_detection: dict[str, Any] | None = None
-    stream_interval: Annotated[int, Field(ge=1)] | None = None
+    stream_interval: PositiveCount | None = None
     # vLLM extras (prompt and template)
     echo: bool | None = None
     add_generation_prompt: bool | None = None
@@ -354,7 +369,7 @@ class ChatCompletionRequest(_Open):
     mm_processor_kwargs: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
     # vLLM extras (serving)
-    priority: int | None = None
+    priority: Int64 | None = None
     request_id: str | None = None
     session_id: str | None = None
     return_tokens_as_token_ids: bool | None = None

@@ -9,6 +9,7 @@
     ├── NotFound                      404 model_not_found / not_found
     ├── MethodNotAllowed              405
     ├── RequestTimeout                408 (client too slow sending its request)
+    ├── UnsupportedMediaType          415 (a Content-Encoding the gateway does not decode)
     ├── Conflict                      409 (admin API: the key id is taken)
     ├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
     ├── QuotaExceeded                 429 insufficient_quota (a budget is spent)
@@ -135,6 +136,12 @@ class RequestTimeout(SpillwayError):
     status = 408
     type = "invalid_request_error"
     code = "request_timeout"
+
+
+class UnsupportedMediaType(SpillwayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
 
 
 class RateLimited(SpillwayError):

@@ -16,13 +16,16 @@ class Exchange:
     """The state of one client request, for settlement, metrics and the log."""
 
     __slots__ = (
-        "adapter", "backend", "call", "clamped", "committed", "decision", "endpoint", "model",
-        "opened_at", "out", "pool", "pools", "principal", "queued", "read_at", "response", "rid",
-        "span", "started", "status", "ttft", "usage",
+        "adapter", "backend", "call", "clamped", "client_rid", "committed", "decision",
+        "endpoint", "model", "opened_at", "out", "pool", "pools", "principal", "queued",
+        "read_at", "response", "rid", "span", "started", "status", "ttft", "usage",
     )  # fmt: skip
 
-    def __init__(self, rid: str, started: float, endpoint: str) -> None:
-        self.rid = rid
+    def __init__(
+        self, rid: str, started: float, endpoint: str, client_rid: str | None = None
+    ) -> None:
+        self.rid = rid  # the gateway's own id: unique per request
+        self.client_rid = client_rid  # the client's x-request-id: echoed, never trusted
         self.started = started
         self.endpoint = endpoint  # the client API: chat, completions, embeddings
         self.principal: Principal | None = None
@@ -44,6 +47,12 @@ class Exchange:
         self.read_at = 0.0
         self.queued = 0.0  # seconds spent waiting in pool queues
         self.span: Any = None  # the request's trace span when tracing is on
+
+    @property
+    def echo_id(self) -> str:
+        """The id the client sees in ``x-request-id`` and the upstream gets: the
+        client's own when it sent one, else the gateway's."""
+        return self.client_rid or self.rid
 
 
 def billable(x: Exchange) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from router.errors import (
 )
 from router.keys import GATEWAY
 from router.metrics import status_class
+from router.proxy import client_request_id
 
 log = logging.getLogger("spillway")
 
@@ -97,7 +98,8 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     loop = asyncio.get_running_loop()
     started = loop.time()
-    rid = gateway.proxy.ids.next(request)
+    rid = gateway.proxy.ids.next()
+    client_rid = client_request_id(request)
     status = 499  # until answered: the client went away
     try:
         try:
@@ -115,14 +117,16 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             )  # fmt: skip
             resp = error_response(internal_error(rid))
         status = resp.status
-        if not resp.prepared:
-            resp.headers["x-request-id"] = rid
+        if not resp.prepared:  # the client's own id echoed, like the proxy's answers
+            resp.headers["x-request-id"] = client_rid or rid
         return resp
     finally:
-        _record(request, rid, status, loop.time() - started)
+        _record(request, rid, client_rid, status, loop.time() - started)
 
 
-def _record(request: web.Request, rid: str, status: int, seconds: float) -> None:
+def _record(
+    request: web.Request, rid: str, client_rid: str | None, status: int, seconds: float
+) -> None:
     rt = request.app[GATEWAY].runtime
     route = route_label(request)
     method = request.method if request.method in METHODS else "other"
@@ -130,10 +134,13 @@ def _record(request: web.Request, rid: str, status: int, seconds: float) -> None
     m.child(m.http_requests, route, method, status_class(status)).inc()
     if rt.access.enabled:
         principal = request.get(PRINCIPAL)
-        rt.access.write({
+        fields = {
             "request_id": rid, "route": route, "method": method,
             "path": printable(request.path), "status": status,
             "team": principal.team if principal else None,
             "key_id": principal.key_id if principal else None,
             "latency_ms": round(seconds * 1000, 2),
-        })  # fmt: skip
+        }  # fmt: skip
+        if client_rid is not None:
+            fields["client_request_id"] = client_rid
+        rt.access.write(fields)

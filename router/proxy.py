@@ -25,9 +25,7 @@ from router.auth import presented_key
 from router.errors import (
     InvalidRequest,
     NotFound,
-    PayloadTooLarge,
     PermissionDenied,
-    RequestTimeout,
     SpillwayError,
     internal_error,
 )
@@ -36,6 +34,7 @@ from router.inbound.base import Codec
 from router.inbound.registry import served_paths
 from router.metrics import status_class
 from router.queued_walk import QueuedWalk
+from router.request_body import read_body
 from router.routing.rules import Facts
 from router.runtime import Runtime, RuntimeHolder
 
@@ -45,7 +44,11 @@ _RID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestIds:
-    """``req_<random process prefix><counter>``: unique without a syscall per request."""
+    """``req_<random process prefix><counter>``: unique without a syscall per request.
+
+    The gateway's id is the request's identity (logs, traces, response ids). A
+    client's ``x-request-id`` is never one: two requests may carry the same; it is
+    only echoed back, logged (``client_request_id``) and forwarded upstream."""
 
     __slots__ = ("_n", "_prefix")
 
@@ -53,27 +56,17 @@ class RequestIds:
         self._prefix = "req_" + os.urandom(8).hex()
         self._n = 0
 
-    def next(self, request: web.Request) -> str:
-        given = request.headers.get("x-request-id")
-        if given and _RID.match(given):
-            return given
+    def next(self) -> str:
         self._n += 1
         return f"{self._prefix}{self._n:08x}"
 
 
-async def read_body(request: web.Request, max_bytes: int, seconds: float) -> bytes:
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {max_bytes}.")
-    try:
-        if request.content.is_eof():  # the whole body came with the headers
-            return await request.read()
-        async with asyncio.timeout(seconds):
-            return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"Request body is over the limit of {max_bytes} bytes.") from None
-    except TimeoutError:
-        raise RequestTimeout(f"The request body did not arrive within {seconds:g}s.") from None
+def client_request_id(request: web.Request) -> str | None:
+    """The client's ``x-request-id`` when it is a plausible id, else None."""
+    given = request.headers.get("x-request-id")
+    if given and _RID.match(given):
+        return given
+    return None
 
 
 class Proxy:
@@ -89,7 +82,7 @@ class Proxy:
         (Azure's deployment), which replaces the body's."""
         rt = self.holder.current
         loop = asyncio.get_running_loop()
-        x = Exchange(self.ids.next(request), loop.time(), codec.endpoint)
+        x = Exchange(self.ids.next(), loop.time(), codec.endpoint, client_request_id(request))
         tracing = rt.tracing
         if tracing is not None:  # tracing hook: the request's span
             x.span = tracing.start_request(request)
@@ -101,7 +94,7 @@ class Proxy:
         except SpillwayError as exc:
             failure = exc
             x.status = exc.status
-            exc.headers.setdefault("x-request-id", x.rid)
+            exc.headers.setdefault("x-request-id", x.echo_id)
             return codec.error_response(exc)
         except asyncio.CancelledError as exc:
             failure = exc
@@ -114,7 +107,9 @@ class Proxy:
                           codec.path, x.rid)  # fmt: skip
             if x.response is not None:  # the answer has started: end it as it is
                 return x.response
-            return codec.error_response(internal_error(x.rid))
+            err = internal_error(x.rid)
+            err.headers["x-request-id"] = x.echo_id
+            return codec.error_response(err)
         finally:
             self._finish(rt, x, loop.time())
             if tracing is not None:
@@ -207,7 +202,7 @@ class Proxy:
                 series.overhead.observe(overhead)
         if rt.access.enabled:
             prompt, completion = billable(x)
-            rt.access.write({
+            fields = {
                 "request_id": x.rid, "endpoint": x.endpoint, "team": team or None,
                 "key_id": x.principal.key_id if x.principal else None,
                 "model": x.model or None, "pool": x.pool or None,
@@ -215,4 +210,7 @@ class Proxy:
                 "prompt_tokens": prompt, "completion_tokens": completion,
                 "latency_ms": round(duration * 1000, 2),
                 "ttft_ms": round(x.ttft * 1000, 2) if x.ttft is not None else None,
-            })  # fmt: skip
+            }  # fmt: skip
+            if x.client_rid is not None:
+                fields["client_request_id"] = x.client_rid
+            rt.access.write(fields)

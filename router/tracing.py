@@ -96,6 +96,8 @@ class Tracing:
             "http.response.status_code": x.status,
             "spillway.request_id": x.rid,
         }
+        if x.client_rid is not None:
+            attrs["spillway.client_request_id"] = x.client_rid
         if x.principal is not None:
             attrs["spillway.team"] = x.principal.team
             attrs["spillway.key_id"] = x.principal.key_id

@@ -28,8 +28,9 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from router.contract import ValidationError, error_param
+from router.contract import MAX_TOKENS, ValidationError, error_param
 from router.errors import InvalidRequest, SpillwayError
+from router.inbound.numbers import unreadable
 from router.streaming import error_event
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -42,6 +43,7 @@ class ClientCall:
     codec: Codec
     request: Any  # the codec's parsed model (what adapters read)
     raw: bytes  # the body as received (with the model of the path, on Azure paths)
+    doc: dict[str, Any]  # ``raw`` as parsed by orjson (do not mutate)
     model: str  # the model name the client asked for
     stream: bool
     max_output: int | None  # output tokens per output the client allows (None: pool default)
@@ -54,6 +56,18 @@ class ClientCall:
     fim: bool = False  # needs a member that fills in the middle
     translated: dict[str, tuple[Any, bytes]] | None = None  # per bridge API, made on use
     state: Any = None  # what the codec keeps about the call (its own type)
+
+    def __post_init__(self) -> None:
+        if self.max_output and self.outputs * self.max_output > MAX_TOKENS:
+            param = "max_tokens"
+            if getattr(self.request, "max_completion_tokens", None) is not None:
+                param = "max_completion_tokens"
+            raise InvalidRequest(
+                f"Invalid request: {param}: {self.outputs} outputs of up to {self.max_output} "
+                f"tokens each is {self.outputs * self.max_output} tokens; a request may "
+                f"generate at most {MAX_TOKENS}.",
+                param=param,
+            )
 
     @property
     def api(self) -> str:
@@ -116,31 +130,33 @@ class Bridge(Protocol):
         ...
 
 
-def validate(model: type[Model], raw: bytes, model_name: str | None) -> Model:
-    """``raw`` validated as ``model``; ``model_name`` (a path's deployment) replaces
-    the body's ``model``. A 400 naming the parameter on failure."""
+def validate(
+    model: type[Model], raw: bytes, model_name: str | None
+) -> tuple[Model, dict[str, Any]]:
+    """``raw`` validated as ``model``, and its JSON object; ``model_name`` (a path's
+    deployment) replaces the body's ``model``. A 400 naming the parameter on failure.
+
+    orjson reads the body first: it refuses what JSON has no number for (``NaN``,
+    ``Infinity``, a literal beyond a double such as ``1e400``), which the contract's
+    own parser would take into fields it does not check. Its object is kept for the
+    adapters (:attr:`router.providers.base.Call.body`), so a body is parsed by orjson
+    once whatever happens to it."""
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise unreadable(raw, exc) from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
         if model_name is None:
-            return model.model_validate_json(raw)
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(
-                f"We could not parse the JSON body of your request. ({exc})", code="invalid_json"
-            ) from None
-        if not isinstance(doc, dict):
-            raise InvalidRequest("The request body must be a JSON object.")
-        doc["model"] = model_name
-        return model.model_validate(doc)
+            return model.model_validate_json(raw), doc
+        checked = dict(doc)
+        checked["model"] = model_name
+        return model.model_validate(checked), doc
     except ValidationError as exc:
         param, message = error_param(exc)
-        if message.startswith("Invalid JSON"):
-            raise InvalidRequest(
-                f"We could not parse the JSON body of your request. ({message})",
-                code="invalid_json",
-            ) from None
         raise InvalidRequest(f"Invalid request: {message}", param=param) from None
 
 

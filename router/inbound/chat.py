@@ -18,9 +18,9 @@ class ChatCodec(Codec):
         return opening_key(request, limit)
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
-        req = validate(ChatCompletionRequest, raw, model)
+        req, doc = validate(ChatCompletionRequest, raw, model)
         return ClientCall(
-            codec=self, request=req, raw=raw, model=req.model, stream=bool(req.stream),
+            codec=self, request=req, raw=raw, doc=doc, model=req.model, stream=bool(req.stream),
             max_output=req.output_limit(), outputs=req.n or 1,
             prompt_bound=tokenest.bound(raw), estimate=lambda: tokenest.estimate(req),
             user=req.user, tools=bool(req.tools), wants_usage=req.wants_usage(),

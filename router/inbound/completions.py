@@ -38,13 +38,13 @@ class CompletionsCodec(Codec):
         return leading_key(request.prompt, min(limit, PROMPT_OPENING_BYTES))
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
-        req = validate(CompletionRequest, raw, model)
+        req, doc = validate(CompletionRequest, raw, model)
         fim = req.suffix is not None
         bound = tokenest.bound(raw)
         if fim:  # the template's sentinels are added to each prompt
             bound += MAX_TEMPLATE_BYTES * req.prompts()
         return ClientCall(
-            codec=self, request=req, raw=raw, model=req.model, stream=bool(req.stream),
+            codec=self, request=req, raw=raw, doc=doc, model=req.model, stream=bool(req.stream),
             max_output=req.output_limit(), outputs=req.generated() * req.prompts(),
             prompt_bound=bound, estimate=lambda: estimate(req), user=req.user,
             wants_usage=req.wants_usage(), fim=fim,

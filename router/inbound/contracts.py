@@ -18,19 +18,28 @@ from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from router.contract import FieldError, StreamOptions
+from router.contract import (
+    MAX_TOKENS,
+    Count,
+    CountOrAll,
+    FieldError,
+    Int32,
+    Int64,
+    PositiveCount,
+    StreamOptions,
+)
 
 MAX_EMBEDDING_INPUTS = 2048
 MAX_INPUT_TOKENS = 8192  # per input, for token-id inputs
 MAX_TOTAL_TOKEN_IDS = 300_000
 
-TokenIds = list[Annotated[int, Field(ge=0)]]
+TokenIds = list[Annotated[int, Field(ge=0, le=MAX_TOKENS)]]
 TextOrTokens = str | list[str] | TokenIds | list[TokenIds]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 def _texts_and_ids(value: TextOrTokens, name: str) -> tuple[list[str], list[list[int]]]:
@@ -68,28 +77,28 @@ class _VllmCompletionExtras(_Open):
 
     # vLLM extras (sampling)
     use_beam_search: bool | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: CountOrAll | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
     length_penalty: float | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Int32] | None = None
     include_stop_str_in_output: bool | None = None
     ignore_eos: bool | None = None
-    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    min_tokens: Count | None = None
     skip_special_tokens: bool | None = None
     spaces_between_special_tokens: bool | None = None
-    truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
+    truncate_prompt_tokens: CountOrAll | None = None
     truncation_side: Literal["left", "right"] | None = None
-    allowed_token_ids: list[int] | None = None
-    prompt_logprobs: Annotated[int, Field(ge=-1)] | None = None
-    logprob_token_ids: Annotated[list[int], Field(min_length=1)] | None = None
+    allowed_token_ids: list[Int32] | None = None
+    prompt_logprobs: CountOrAll | None = None
+    logprob_token_ids: Annotated[list[Int32], Field(min_length=1)] | None = None
     bad_words: list[str] | None = None
     # vLLM extras (prompt, output format and serving)
     prompt_embeds: str | list[str] | None = None
     add_special_tokens: bool | None = None
     response_format: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
-    priority: int | None = None
+    priority: Int64 | None = None
     request_id: str | None = None
     session_id: str | None = None
     return_tokens_as_token_ids: bool | None = None
@@ -99,8 +108,8 @@ class _VllmCompletionExtras(_Open):
     ec_transfer_params: dict[str, Any] | None = None
     vllm_xargs: dict[str, Any] | None = None
     repetition_detection: dict[str, Any] | None = None
-    thinking_token_budget: int | None = None
-    stream_interval: Annotated[int, Field(ge=1)] | None = None
+    thinking_token_budget: Int32 | None = None
+    stream_interval: PositiveCount | None = None
 
 
 class CompletionRequest(_VllmCompletionExtras):
@@ -110,17 +119,17 @@ class CompletionRequest(_VllmCompletionExtras):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     prompt: TextOrTokens | None = None
     suffix: str | None = None
-    max_tokens: Annotated[int, Field(ge=0)] | None = None  # OpenAI's default: 16
+    max_tokens: Count | None = None  # OpenAI's default: 16
     temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] | None = None
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     best_of: Annotated[int, Field(ge=1, le=128)] | None = None
     stop: str | Annotated[list[str], Field(max_length=64)] | None = None
     echo: bool | None = None
-    logprobs: Annotated[int, Field(ge=-1)] | None = None
+    logprobs: CountOrAll | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    seed: Int64 | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None
@@ -179,12 +188,12 @@ VLLM_COMPLETION_EXTRAS: frozenset[str] = frozenset(_VllmCompletionExtras.model_f
 class _VllmEmbeddingExtras(_Open):
     """vLLM's extras of ``EmbeddingCompletionRequest``."""
 
-    truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
+    truncate_prompt_tokens: CountOrAll | None = None
     add_special_tokens: bool | None = None
     normalize: bool | None = None
     embed_dtype: str | None = None
     endianness: str | None = None
-    priority: int | None = None
+    priority: Int64 | None = None
     request_id: str | None = None
 
 
@@ -194,7 +203,7 @@ class EmbeddingRequest(_VllmEmbeddingExtras):
     model: Annotated[str, Field(min_length=1, max_length=256)]
     input: TextOrTokens
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: Annotated[int, Field(ge=1)] | None = None
+    dimensions: PositiveCount | None = None
     user: str | None = None
 
     @model_validator(mode="after")

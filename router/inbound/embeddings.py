@@ -36,8 +36,8 @@ class EmbeddingsCodec(Codec):
         return leading_key(request.input, limit)
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
-        req = validate(EmbeddingRequest, raw, model)
+        req, doc = validate(EmbeddingRequest, raw, model)
         return ClientCall(
-            codec=self, request=req, raw=raw, model=req.model, stream=False, max_output=0,
+            codec=self, request=req, raw=raw, doc=doc, model=req.model, stream=False, max_output=0,
             outputs=0, prompt_bound=bound(req), estimate=lambda: estimate(req), user=req.user,
         )  # fmt: skip

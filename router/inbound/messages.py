@@ -162,10 +162,10 @@ class MessagesCodec(AnthropicErrors):
         return opening(request, limit)
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
-        req = validate(MessagesRequest, raw, model)
+        req, doc = validate(MessagesRequest, raw, model)
         user = (req.metadata or {}).get("user_id")
         return ClientCall(
-            codec=self, request=req, raw=raw, model=req.model, stream=bool(req.stream),
+            codec=self, request=req, raw=raw, doc=doc, model=req.model, stream=bool(req.stream),
             max_output=req.max_tokens, outputs=1, prompt_bound=bound(req, raw),
             estimate=lambda: estimate(req), user=user if isinstance(user, str) else None,
             tools=bool(req.tools),
@@ -179,7 +179,7 @@ class CountToTokenize:
         body = prompt_of(call.request)
         body["add_generation_prompt"] = True
         raw = orjson.dumps(body)
-        return validate(ChatCompletionRequest, raw, None), raw
+        return validate(ChatCompletionRequest, raw, None)[0], raw
 
     def answers(self, call: ClientCall) -> TokenizeAnswers:
         return TokenizeAnswers()
@@ -211,9 +211,9 @@ class CountTokensCodec(AnthropicErrors):
     bridges = {"tokenize": CountToTokenize()}
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
-        req = validate(CountTokensRequest, raw, model)
+        req, doc = validate(CountTokensRequest, raw, model)
         return ClientCall(
-            codec=self, request=req, raw=raw, model=req.model, stream=False, max_output=0,
+            codec=self, request=req, raw=raw, doc=doc, model=req.model, stream=False, max_output=0,
             outputs=0, prompt_bound=0, estimate=lambda: estimate(req), tools=bool(req.tools),
         )  # fmt: skip
 

@@ -299,7 +299,7 @@ class MessagesToChat:
 
     def request(self, call: ClientCall) -> tuple[Any, bytes]:
         raw = orjson.dumps(to_chat(call.request))
-        return validate(ChatCompletionRequest, raw, None), raw
+        return validate(ChatCompletionRequest, raw, None)[0], raw
 
     def answers(self, call: ClientCall) -> ChatToMessages:
         req: MessagesRequest = call.request

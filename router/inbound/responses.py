@@ -174,7 +174,7 @@ class ResponsesCodec(Codec):
         return opening(request, limit)
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
-        req = validate(ResponsesRequest, raw, model)
+        req, doc = validate(ResponsesRequest, raw, model)
         if req.background:
             raise InvalidRequest(
                 "background responses are not supported by this gateway; stream instead.",
@@ -190,7 +190,7 @@ class ResponsesCodec(Codec):
             raise InvalidRequest(STORE_OFF, param="previous_response_id", code="store_disabled")
         size = len(raw)
         return ClientCall(
-            codec=self, request=req, raw=raw, model=req.model, stream=bool(req.stream),
+            codec=self, request=req, raw=raw, doc=doc, model=req.model, stream=bool(req.stream),
             max_output=req.max_output_tokens, outputs=1, prompt_bound=bound(raw),
             estimate=lambda: estimate(req, size), user=req.user, tools=bool(req.tools),
             state=CallState(keep=self.store is not None and req.store is not False),
@@ -221,7 +221,7 @@ class ResponsesCodec(Codec):
         doc["model"] = req.model
         del doc["previous_response_id"]
         raw = orjson.dumps(doc)
-        expanded = validate(ResponsesRequest, raw, None)
+        expanded, call.doc = validate(ResponsesRequest, raw, None)
         call.request, call.raw = expanded, raw
         call.prompt_bound = bound(raw)
         call.estimate = lambda: estimate(expanded, len(raw))

@@ -312,7 +312,7 @@ class ResponsesToChat:
 
     def request(self, call: ClientCall) -> tuple[ChatCompletionRequest, bytes]:
         raw = orjson.dumps(chat_request(call.request))
-        return validate(ChatCompletionRequest, raw, None), raw
+        return validate(ChatCompletionRequest, raw, None)[0], raw
 
     def answers(self, call: ClientCall) -> Any:
         from router.inbound.responses_stream import ChatToResponses

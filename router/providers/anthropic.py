@@ -33,7 +33,7 @@ import orjson
 from yarl import URL
 
 from router.config import Backend
-from router.errors import UpstreamError
+from router.errors import InvalidRequest, UpstreamError
 from router.providers.anthropic_native import NativeAdapter
 from router.providers.anthropic_request import Policy, to_messages_request
 from router.providers.anthropic_wire import (
@@ -118,7 +118,13 @@ class AnthropicAdapter(StreamAnswers):
         call, be = self._call, self._backend
         if be.unusable is not None:
             raise UpstreamError(be.unusable)
-        body = orjson.dumps(self.request_body())
+        try:
+            body = orjson.dumps(self.request_body())
+        except TypeError:  # a free-form field (a tool's schema) holds an integer over 64 bits
+            raise InvalidRequest(
+                f"The request holds an integer beyond 64 bits, which backend {be.name!r} "
+                "cannot take.", code="invalid_number",
+            ) from None  # fmt: skip
         assert be.egress is not None
         opened = await be.upstream.post(
             be.url, be.headers, body, be.egress, extra=call.forward_headers,

@@ -112,6 +112,7 @@ class Call:
         stream: bool = False,
         wants_usage: bool = False,
         fim: FimTemplate | None = None,
+        body: dict[str, Any] | None = None,
     ) -> None:
         self.api = api  # the client API of ``request``
         self.request = request
@@ -126,7 +127,7 @@ class Call:
         self.stream = stream
         self.wants_usage = wants_usage  # the client asked for the usage chunk
         self.fim = fim  # the member's infilling template (None: none, or the backend's own)
-        self._body: dict[str, Any] | None = None
+        self._body = body  # ``raw`` parsed, when the codec parsed it already
 
     @property
     def body(self) -> dict[str, Any]:

@@ -75,6 +75,12 @@ class CompatBackend(HTTPBackend):
         }  # fmt: skip
         self.blocked_by_api["responses"] = denied
         self.blocked = self.blocked_by_api["chat"]
+        # the name of an output cap the gateway fills in: OpenAI's chat API (its reasoning
+        # models) takes only max_completion_tokens; vLLM and the completions API max_tokens
+        chat_cap = "max_tokens"
+        if self.flavour == "openai" and "max_completion_tokens" not in self.blocked:
+            chat_cap = "max_completion_tokens"
+        self.cap_param = {"chat": chat_cap, "completions": "max_tokens", "embeddings": "max_tokens"}
 
     def endpoint(self, api: str, member_model: str) -> URL:
         raise NotImplementedError
@@ -135,7 +141,9 @@ class OpenAIAdapter:
         if be.unusable is not None:
             raise UpstreamError(be.unusable)
         if self._needs_patch():
-            body = orjson.dumps(patch_body(call, be.name, self._blocked, be.unsupported))
+            body = orjson.dumps(patch_body(
+                call, be.name, self._blocked, be.unsupported, be.cap_param[call.api]
+            ))  # fmt: skip
         else:
             body = call.raw
         assert be.egress is not None

@@ -10,7 +10,11 @@ from router.providers.base import Call
 
 
 def patch_body(
-    call: Call, backend: str, blocked: frozenset[str] = frozenset(), unsupported: str = "drop"
+    call: Call,
+    backend: str,
+    blocked: frozenset[str] = frozenset(),
+    unsupported: str = "drop",
+    cap_param: str = "max_tokens",
 ) -> dict[str, Any]:
     """The client's JSON object with the gateway's changes applied (a copy).
 
@@ -22,6 +26,10 @@ def patch_body(
     400 naming it and the backend; otherwise they are dropped. Two are the
     gateway's to handle whatever the policy: ``stream_options`` is not sent
     (nor asked for usage), ``max_completion_tokens`` is sent as ``max_tokens``.
+
+    An output cap of the gateway's (``call.max_tokens``: a clamp, or the pool's cap
+    when the client set none) goes in the parameter the client used, else in
+    ``cap_param``: OpenAI's reasoning models take only ``max_completion_tokens``.
     """
     body = dict(call.body)
     body["model"] = call.member_model
@@ -39,10 +47,13 @@ def patch_body(
         if body.get("max_tokens") is None:
             body["max_tokens"] = value
     if call.max_tokens is not None:
-        if "max_completion_tokens" in body:
-            body["max_completion_tokens"] = call.max_tokens
-        if "max_tokens" in body or "max_completion_tokens" not in body:
-            body["max_tokens"] = call.max_tokens
+        named = False
+        for name in ("max_completion_tokens", "max_tokens"):
+            if name in body:
+                body[name] = call.max_tokens
+                named = True
+        if not named:
+            body[cap_param] = call.max_tokens
     if blocked:
         extras = [k for k in body if k in blocked]
         if unsupported == "reject":

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from router.config import Config
+from router.contract import MAX_TOKENS
 from router.errors import QuotaExceeded, RateLimited, ServiceUnavailable
 from router.metrics import Metrics
 from router.quota.base import ADMITTED, RATE_LIMITED, Reply, Store, StoreUnavailable
@@ -46,18 +47,30 @@ class Ticket:
 
 
 class BudgetShort(Exception):
-    """A budget cannot cover the request on this pool."""
+    """A budget cannot cover the request on this pool (``need``: the least the request
+    could reserve on it; more than the budget's whole amount can never fit)."""
 
-    def __init__(self, check: Check, used: float, now: float, fit: int) -> None:
+    def __init__(self, check: Check, used: float, now: float, fit: int, need: float) -> None:
         super().__init__(check.describe())
         self.check = check
         self.used = used
         self.now = now
         self.fit = fit
+        self.need = need
 
     def to_error(self) -> QuotaExceeded:
+        """A 429 the client should not retry: the budget is spent until it resets
+        (``Retry-After`` says when), or the request can never fit it."""
         c = self.check
-        reset = datetime.fromtimestamp(reset_at(c.window, self.now), UTC)
+        if self.need > c.limit:
+            return QuotaExceeded(
+                f"Request too large for {c.describe()}: it needs {_amount(c, self.need)}, "
+                f"more than the whole budget of {_amount(c, c.limit)} per {c.window}; it "
+                "can never fit. Send a shorter prompt or a lower max_tokens.",
+                headers=NO_RETRY,
+            )
+        reset_epoch = reset_at(c.window, self.now)
+        reset = datetime.fromtimestamp(reset_epoch, UTC)
         left = max(0.0, c.limit - self.used)
         if c.unit == "usd":
             amount = f"${c.display(left):,.2f} of ${c.display(c.limit):,.2f} left"
@@ -66,8 +79,22 @@ class BudgetShort(Exception):
         return QuotaExceeded(
             f"Budget exhausted: {c.describe()} has {amount} this {c.window}, "
             f"less than this request may use; it resets at {reset:%Y-%m-%dT%H:%M:%SZ}.",
-            headers={"x-spillway-budget-reset": f"{reset:%Y-%m-%dT%H:%M:%SZ}"},
+            headers={
+                "x-spillway-budget-reset": f"{reset:%Y-%m-%dT%H:%M:%SZ}",
+                "Retry-After": str(max(1, math.ceil(reset_epoch - self.now))),
+                **NO_RETRY,
+            },
         )
+
+
+# OpenAI's SDKs never retry an answer that says so, whatever its status
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def _amount(c: Check, amount: float) -> str:
+    if c.unit == "usd":
+        return f"${c.display(amount):,.2f}"
+    return f"{math.ceil(amount):,} {c.unit}"
 
 
 def go_duration(seconds: float) -> str:
@@ -209,10 +236,12 @@ class Quota:
             )  # fmt: skip
         check = checks[reply.failed]
         used = reply.used[reply.failed] if reply.used else 0.0
+        base, per = check.amounts(prompt, n)
         if reply.code == RATE_LIMITED:
             self.metrics.child(self.metrics.rejections, key.team, "rate", check.name).inc()
-            raise self._rate_error(check, used, reply, checks)
-        raise BudgetShort(check, used, reply.now, reply.out)
+            raise self._rate_error(check, used, reply, checks, base + per * reply.out)
+        least = min(out, 1) if self.clamp else out  # what a clamped request would still take
+        raise BudgetShort(check, used, reply.now, reply.out, base + per * least)
 
     def budget_rejected(self, team: str, short: BudgetShort) -> QuotaExceeded:
         self.metrics.child(self.metrics.rejections, team, "budget", short.check.name).inc()
@@ -237,9 +266,18 @@ class Quota:
         return self.fallback
 
     def _rate_error(
-        self, check: Check, used: float, reply: Reply, checks: Sequence[Check]
+        self, check: Check, used: float, reply: Reply, checks: Sequence[Check], cost: float
     ) -> RateLimited:
         headers = _rate_headers(checks, reply, self._resets)
+        if check.kind == "r" and cost > check.limit:  # no wait makes room: don't retry
+            headers.update(NO_RETRY)
+            return RateLimited(
+                f"Request too large for {check.scope} {check.owner!r} on {check.name}: "
+                f"limit {int(check.limit)}, requested {math.ceil(cost)} (the prompt's bound "
+                "and the output reservation); it can never fit. Send a shorter prompt or a "
+                "lower max_tokens.",
+                type=check.unit, headers=headers,
+            )  # fmt: skip
         if check.kind == "c":
             wait = 1.0
             msg = (
@@ -259,11 +297,15 @@ class Quota:
         return RateLimited(msg, type=etype, headers=headers)
 
     def settle(self, ticket: Ticket, prompt: int, completion: int, *, refund: bool = False) -> None:
-        """Charge actual usage (``refund``: the attempt is undone, request count too)."""
+        """Charge actual usage (``refund``: the attempt is undone, request count too).
+        Counts an upstream reported are untrusted: kept within 0..MAX_TOKENS, so that
+        the stores' arithmetic never leaves a counter's range."""
         if ticket.settled or not ticket.checks:
             ticket.settled = True
             return
         ticket.settled = True
+        prompt = min(max(prompt, 0), MAX_TOKENS)
+        completion = min(max(completion, 0), MAX_TOKENS)
         ticket.store.settle(ticket.rid, ticket.checks, prompt, completion, refund, self.lease)
         if ticket.store is not self.primary:  # decided in-process: write it back to Redis
             self.primary.settle(

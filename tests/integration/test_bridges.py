@@ -77,9 +77,9 @@ class ShoutCodec(Codec):
     bridges = {"chat": ShoutToChat()}
 
     def parse(self, raw: bytes, model: str | None = None) -> ClientCall:
-        req = validate(ShoutRequest, raw, model)
+        req, doc = validate(ShoutRequest, raw, model)
         return ClientCall(
-            codec=self, request=req, raw=raw, model=req.model, stream=req.stream,
+            codec=self, request=req, raw=raw, doc=doc, model=req.model, stream=req.stream,
             max_output=None, outputs=1, prompt_bound=len(raw), estimate=lambda: 1,
         )  # fmt: skip
 

@@ -10,13 +10,15 @@ import orjson
 import pytest
 
 from router.config import Backend
-from router.errors import UpstreamError, UpstreamStatus
+from router.contract import ChatCompletionRequest
+from router.errors import InvalidRequest, UpstreamError, UpstreamStatus
 from router.providers.anthropic import (
     AnthropicAdapter,
     AnthropicBackend,
     AnthropicStream,
     anthropic_status_error,
 )
+from router.providers.base import Call
 from tests.support.anthropic_types import validate_event, validate_message
 from tests.support.schema import validate
 from tests.unit.providers.helpers import make_call
@@ -57,6 +59,23 @@ def adapter() -> AnthropicAdapter:
             member_model="claude-sonnet-4-5",
         ),
     )
+
+
+async def test_an_integer_beyond_64_bits_in_a_tool_schema_is_a_400() -> None:
+    backend = AnthropicBackend("claude", Backend(provider="anthropic"), None)  # type: ignore[arg-type]
+    schema = {"type": "object", "properties": {"a": {"type": "integer", "maximum": 10**25}}}
+    raw = json.dumps({
+        "model": "chat", "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}],
+    }).encode()  # fmt: skip
+    request = ChatCompletionRequest.model_validate_json(raw)
+    call = Call(
+        request=request, raw=raw, client_model="chat", member_model="claude", max_tokens=None,
+        clamped=False, default_max_tokens=64, request_id="r", forward_headers={},
+    )  # fmt: skip
+    with pytest.raises(InvalidRequest) as err:
+        await AnthropicAdapter(backend, call).open()
+    assert err.value.status == 400 and err.value.code == "invalid_number"
 
 
 def test_fixtures_are_what_the_sdk_parses() -> None:

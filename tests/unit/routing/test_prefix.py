@@ -8,9 +8,11 @@ from collections import Counter
 from typing import Any
 
 import orjson
+import pytest
 
 from router.config import Pool
 from router.contract import ChatCompletionRequest
+from router.errors import InvalidRequest
 from router.inbound.base import ClientCall
 from router.inbound.chat import ChatCodec
 from router.inbound.completions import CompletionsCodec
@@ -240,10 +242,11 @@ def test_token_id_prompts_are_keyed_by_their_leading_ids() -> None:
     assert batch.prefix_key(65536) == one.prefix_key(65536)
     # the text of the ids is not the ids
     assert leading_key(" ".join(map(str, ids)), 65536) != one.prefix_key(65536)
-    # ids beyond 64 bits (no tokenizer has them; the backend refuses them) do not break it
+    # ids beyond 32 bits (no tokenizer has them) are refused before anything keys them
     raw = b'{"model": "m", "prompt": [%d, %d]}' % (2**70, 2**64 + 1)
-    huge = COMPLETIONS.parse(raw)
-    assert huge.prefix_key(65536) is not None
+    with pytest.raises(InvalidRequest) as err:
+        COMPLETIONS.parse(raw)
+    assert (err.value.param or "").startswith("prompt")
 
 
 def test_an_embeddings_input_is_keyed_by_its_text() -> None:
