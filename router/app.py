@@ -1,27 +1,18 @@
-"""``create_app(config)``: routes, the error middleware, cleanup_ctx. No logic."""
+"""``create_app(config)``: routes, the middleware, cleanup_ctx. No logic."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from router import handlers
+from router import handlers, logs
 from router.config import Config
-from router.errors import (
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    SpillwayError,
-)
 from router.gateway import Gateway
 from router.keys import GATEWAY
 from router.metrics import Metrics
+from router.middleware import UNMATCHED, answers
 
-log = logging.getLogger("spillway")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # each client API's paths (the bare and poolside's /openai/v1 forms too), by codec
 ENDPOINT_PATHS = {
     "chat": ("/v1/chat/completions", "/chat/completions", "/openai/v1/chat/completions"),
@@ -40,44 +31,10 @@ DEPLOYMENT_PATHS = {
 MODEL_PATHS = ("/v1/models", "/models", "/openai/v1/models")
 
 
-def error_response(exc: SpillwayError) -> web.Response:
-    return web.Response(
-        body=exc.body(), status=exc.status, headers=exc.headers, content_type="application/json"
-    )
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as OpenAI's envelope; a bug leaves as a plain 500."""
-    try:
-        return await handler(request)
-    except SpillwayError as exc:
-        return error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status == 404:
-            err: SpillwayError = NotFound(
-                f"Unknown path {request.path!r}.", code="unknown_url", type="invalid_request_error"
-            )
-        elif exc.status == 405:
-            err = MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
-            if exc.headers.get("Allow"):
-                err.headers["Allow"] = exc.headers["Allow"]
-        elif exc.status == 413:
-            err = PayloadTooLarge("The request body is over the size limit.")
-        elif exc.status < 400:
-            raise
-        else:
-            err = SpillwayError(exc.reason, code=None, type="invalid_request_error")
-            err.status = exc.status
-        return error_response(err)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(SpillwayError("The gateway failed to handle the request."))
-
-
 def make_runner(app: web.Application, cfg: Config) -> web.AppRunner:
     """An AppRunner with the server limits of ``cfg`` (header sizes, keep-alive)."""
     s = cfg.server
+    logs.quiet_protocol_errors()  # a malformed request is a rate-limited line, no traceback
     return web.AppRunner(
         app,
         access_log=None,
@@ -95,9 +52,7 @@ def create_app(
     cfg: Config, *, metrics: Metrics | None = None, config_path: str | None = None
 ) -> web.Application:
     """``config_path``: the file ``cfg`` came from, reloaded on SIGHUP and when it changes."""
-    app = web.Application(
-        middlewares=[errors_middleware], client_max_size=cfg.server.max_body_bytes
-    )
+    app = web.Application(middlewares=[answers], client_max_size=cfg.server.max_body_bytes)
     gateway = Gateway(cfg, metrics, config_path)
     app[GATEWAY] = gateway
 
@@ -107,21 +62,34 @@ def create_app(
         await gateway.stop()
 
     app.cleanup_ctx.append(lifecycle)
+    add = app.router
+    x = handlers.expect  # Expect: 100-continue, and no plain 417
     for name, paths in ENDPOINT_PATHS.items():
         handler = handlers.endpoint(name)
         for path in paths:
-            app.router.add_post(path, handler)
+            add.add_post(path, handler, expect_handler=x)
     for name, path in DEPLOYMENT_PATHS.items():
-        app.router.add_post(path, handlers.deployment(name))
+        add.add_post(path, handlers.deployment(name), expect_handler=x)
     for path in ENDPOINT_PATHS["responses"]:
-        app.router.add_get(path + "/{id}", handlers.get_response)
-        app.router.add_delete(path + "/{id}", handlers.delete_response)
+        add.add_get(path + "/{id}", handlers.get_response, expect_handler=x)
+        add.add_delete(path + "/{id}", handlers.delete_response, expect_handler=x)
     for path in MODEL_PATHS:
-        app.router.add_get(path, handlers.list_models)
-        app.router.add_get(path + "/{model:.+}", handlers.get_model)
-    app.router.add_get("/v1/quota", handlers.quota)
-    app.router.add_get("/v1/spillway/explain", handlers.explain)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics)
+        add.add_get(path, handlers.list_models, expect_handler=x)
+        add.add_get(path + "/{model:.+}", handlers.get_model, expect_handler=x)
+    add.add_get("/v1/quota", handlers.quota, expect_handler=x)
+    add.add_get("/v1/spillway/explain", handlers.explain, expect_handler=x)
+    add.add_get("/healthz", handlers.healthz, expect_handler=x)
+    add.add_get("/readyz", handlers.readyz, expect_handler=x)
+    if cfg.server.metrics_port is None:  # else on a port of its own: create_metrics_app
+        add.add_get("/metrics", handlers.metrics, expect_handler=x)
+    # last: any other path (404) or method (405), answered and recorded like the rest
+    add.add_route("*", "/{path:.*}", handlers.unmatched, name=UNMATCHED, expect_handler=x)
     return app
+
+
+def create_metrics_app(app: web.Application) -> web.Application:
+    """``/metrics`` of ``app``'s gateway, for ``server.metrics_port``."""
+    metrics_app = web.Application()
+    metrics_app[GATEWAY] = app[GATEWAY]
+    metrics_app.router.add_get("/metrics", handlers.metrics)
+    return metrics_app

@@ -35,8 +35,10 @@ from router.errors import (
     UpstreamError,
     UpstreamStatus,
     UpstreamTimeout,
+    internal_error,
 )
 from router.exchange import Exchange, billable
+from router.headers import forwarded, passed_on
 from router.metrics import status_class
 from router.providers import Adapter, Call, Usage
 from router.providers.base import Opened
@@ -48,7 +50,6 @@ from router.runtime import Runtime
 
 log = logging.getLogger("spillway.routing")
 
-_TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}  # fmt: skip
 Outcome = Literal["refund", "used", "cancelled"]
@@ -216,11 +217,7 @@ class Walk:
         cap: int | None = None
         if ticket.clamped or (ticket.checks and call.max_output is None):
             cap = ticket.out  # never let the upstream produce more than was reserved
-        fwd = {"X-Request-Id": x.echo_id}
-        for name in _TRACE_HEADERS:
-            value = self.request.headers.get(name)
-            if value is not None:
-                fwd[name] = value
+        fwd = forwarded(self.request.headers, x.echo_id)
         bal = rt.balancers[pool]
         session = None
         if bal.affinity != "none":
@@ -255,10 +252,7 @@ class Walk:
                         continue
                 headers = fwd
                 if api == call.api and call.codec.forward:  # the client API's own headers
-                    headers = fwd | {
-                        name: value for name in call.codec.forward
-                        if (value := self.request.headers.get(name)) is not None
-                    }  # fmt: skip
+                    headers = fwd | passed_on(self.request.headers, call.codec.forward)
                 attempt = Call(
                     request=request, raw=raw, client_model=call.model,
                     member_model=member.model, max_tokens=cap, clamped=ticket.clamped,
@@ -524,13 +518,18 @@ class Walk:
         ttfb: float,
     ) -> web.StreamResponse:
         """Commit (send the status line) and relay the stream."""
+        x = self.x
         try:
             headers = self._headers(member, ticket)
             headers.update(SSE_HEADERS)
             resp = web.StreamResponse(headers=headers)
-            await resp.prepare(self.request)
-            self.x.committed = True
-            await self._relay(resp, member, adapter, chunks=chunks, first=first, ttfb=ttfb)
+            try:
+                await resp.prepare(self.request)
+                x.committed, x.response = True, resp
+                await self._relay(resp, member, adapter, chunks=chunks, first=first, ttfb=ttfb)
+            except (ConnectionResetError, ClientConnectionResetError):
+                x.status = 499  # the client went away as its answer started
+                x.usage = adapter.stream_usage_so_far()
             return resp
         finally:
             await _aclose(chunks)
@@ -548,33 +547,37 @@ class Walk:
     ) -> None:
         x = self.x
         try:
-            try:
-                transform, write = adapter.transform_chunk, resp.write  # per chunk
-                out = transform(first)
+            transform, write = adapter.transform_chunk, resp.write  # per chunk
+            out = transform(first)
+            if out:
+                await write(out)
+            async for data in chunks:
+                out = transform(data)
                 if out:
                     await write(out)
-                async for data in chunks:
-                    out = transform(data)
-                    if out:
-                        await write(out)
-                tail = adapter.finish_stream()
-                assert x.call is not None
-                await x.call.codec.answered(x.call)  # before the last event goes out
-                if tail:
-                    await resp.write(tail)
-                x.usage = adapter.usage
-                member.state.record_success(ttfb)
-            except UpstreamError as exc:
-                # the stream has started: tell the client in-band, then end cleanly
-                x.status = exc.status
-                x.usage = adapter.stream_usage_so_far()
-                self._failed(member, exc)
-                assert x.call is not None
-                await resp.write(x.call.codec.stream_failure(exc, x.call))
-            await resp.write_eof()
-        except (ConnectionResetError, ClientConnectionResetError):
-            x.status = 499
+            tail = adapter.finish_stream()
+            assert x.call is not None
+            await x.call.codec.answered(x.call)  # before the last event goes out
+            if tail:
+                await resp.write(tail)
+            x.usage = adapter.usage
+            member.state.record_success(ttfb)
+        except UpstreamError as exc:
+            # the stream has started: tell the client in-band, then end cleanly
+            x.status = exc.status
             x.usage = adapter.stream_usage_so_far()
+            self._failed(member, exc)
+            assert x.call is not None
+            await resp.write(x.call.codec.stream_failure(exc, x.call))
+        except (ConnectionResetError, ClientConnectionResetError):
+            raise  # the client went away (see _stream)
+        except Exception:  # a bug mid-stream: logged once, ended in-band as a 500
+            x.status = 500
+            x.usage = adapter.stream_usage_so_far()
+            log.exception("unhandled error relaying the stream of request %s", x.rid)
+            assert x.call is not None
+            await resp.write(x.call.codec.stream_failure(internal_error(x.rid), x.call))
+        await resp.write_eof()
 
     def _headers(self, member: Member, ticket: Ticket) -> dict[str, str]:
         x = self.x

@@ -103,7 +103,13 @@ class Authenticator:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
                 code="missing_api_key",
             )
-        digest = hashlib.sha256(token.encode()).digest()
+        try:
+            raw = token.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (aiohttp keeps them escaped)
+            raise AuthenticationFailed(
+                "Incorrect API key provided.", code="invalid_api_key"
+            ) from None
+        digest = hashlib.sha256(raw).digest()
         principal = self._by_digest.get(digest)
         if principal is not None:
             return principal

@@ -24,7 +24,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from router import __version__, logs, metrics
-from router.app import create_app, make_runner
+from router.app import create_app, create_metrics_app, make_runner
 from router.config import Config, ConfigError, SimulateSettings
 from router.config_load import load_config
 from router.keys import GATEWAY
@@ -92,6 +92,12 @@ async def _serve(
         raise
     sockets = getattr(site._server, "sockets", None)  # the bound port, when 0 was asked
     bound = int(sockets[0].getsockname()[1]) if sockets else port
+    metrics_runner = web.AppRunner(create_metrics_app(app), access_log=None)
+    if cfg.server.metrics_port is not None:  # /metrics on a port of its own
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, host, cfg.server.metrics_port,
+                          reuse_port=reuse_port or None).start()  # fmt: skip
+        log.info("metrics on http://%s:%d/metrics", host, cfg.server.metrics_port)
     if banner:
         print(_banner(cfg, host, bound, path is None), flush=True)
     tune_gc()
@@ -114,6 +120,7 @@ async def _serve(
                 await asyncio.sleep(delay)
         loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
+        await metrics_runner.cleanup()
         log.info("stopped")
 
 

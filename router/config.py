@@ -550,6 +550,9 @@ class ServerSettings(_Strict):
     # poll the config file this often and reload it when it changes (0: only on SIGHUP)
     watch_config_seconds: Annotated[float, Field(ge=0)] = 2.0
     route_headers: bool = True
+    # serve /metrics on this port of its own (on the listen host), not on the API port:
+    # it lists every team's spend (None: on the API port, as /metrics)
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
 
 
 class ResponsesStoreSettings(_Strict):

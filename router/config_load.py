@@ -72,6 +72,12 @@ def _loc_path(loc: tuple[int | str, ...]) -> str:
 
 def _cross_check(cfg: Config) -> list[str]:
     problems: list[str] = []
+    metrics_port = cfg.server.metrics_port
+    taken = {cfg.listen.port: "listen.port"}
+    if cfg.admin is not None:
+        taken[cfg.admin.listen.port] = "admin.listen.port"
+    if metrics_port and metrics_port in taken:
+        problems.append(f"server.metrics_port: {metrics_port} is {taken[metrics_port]} as well")
     for name, pool in cfg.pools.items():
         for i, m in enumerate(pool.members):
             if m.backend not in cfg.backends:

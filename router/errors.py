@@ -35,6 +35,8 @@ The middleware in ``app.py`` renders any of these as
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable, Mapping
 
 import orjson
@@ -75,6 +77,14 @@ class SpillwayError(Exception):
 
     def body(self) -> bytes:
         return orjson.dumps(self.envelope())
+
+
+def internal_error(rid: str) -> SpillwayError:
+    """The answer to a failure the gateway did not expect (its traceback is logged)."""
+    return SpillwayError(
+        f"The gateway failed to handle the request (request id {rid}).",
+        headers={"x-request-id": rid},
+    )
 
 
 class InvalidRequest(SpillwayError):
@@ -176,9 +186,28 @@ MIN_SECRET = 8  # shorter values are not masked (they would match ordinary words
 
 
 def mask(text: str, secret: str) -> str:
-    if len(secret) >= MIN_SECRET and secret in text:
-        return text.replace(secret, "***")
+    """``text`` with ``secret`` masked, also where it is JSON-escaped (``\\/``,
+    ``\\uXXXX``): text that did not decode as JSON may still quote it escaped."""
+    if len(secret) < MIN_SECRET:
+        return text
+    if secret in text:
+        text = text.replace(secret, "***")
+    if "\\" in text:
+        text = _escaped(secret).sub("***", text)
     return text
+
+
+@functools.lru_cache(maxsize=64)
+def _escaped(secret: str) -> re.Pattern[str]:
+    """``secret`` with each character as itself or any JSON escape of it."""
+    parts = []
+    for c in secret:
+        forms = [re.escape(c), "\\\\u" + "".join(f"[{h.lower()}{h.upper()}]" if h.isalpha()
+                                                 else h for h in f"{ord(c):04x}")]  # fmt: skip
+        if c in '/\\"':
+            forms.append(re.escape("\\" + c))
+        parts.append("(?:" + "|".join(forms) + ")")
+    return re.compile("".join(parts))
 
 
 class UpstreamTimeout(UpstreamError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
 from router.auth import Principal
 from router.inbound.base import ClientCall
 from router.providers import Adapter, Usage
@@ -16,7 +18,7 @@ class Exchange:
     __slots__ = (
         "adapter", "backend", "call", "clamped", "client_rid", "committed", "decision",
         "endpoint", "model", "opened_at", "out", "pool", "pools", "principal", "queued",
-        "read_at", "rid", "span", "started", "status", "ttft", "usage",
+        "read_at", "response", "rid", "span", "started", "status", "ttft", "usage",
     )  # fmt: skip
 
     def __init__(
@@ -40,6 +42,7 @@ class Exchange:
         self.out = 0
         self.clamped = False
         self.committed = False  # the response has started: no retry, no refund
+        self.response: web.StreamResponse | None = None  # the one that started
         self.opened_at = 0.0
         self.read_at = 0.0
         self.queued = 0.0  # seconds spent waiting in pool queues

@@ -154,7 +154,7 @@ class Gateway:
         """Swap in ``cfg``. Listen and Redis settings need a restart and are kept."""
         if cfg.redis != self.cfg.redis:
             log.warning("redis settings changed; they take effect at the next restart")
-        if cfg.listen != self.cfg.listen:
+        if cfg.listen != self.cfg.listen or cfg.server.metrics_port != self.cfg.server.metrics_port:
             log.warning("listen address changed; it takes effect at the next restart")
         for name in ("database", "admin", "tracing", "responses"):
             if getattr(cfg, name) != getattr(self.cfg, name):

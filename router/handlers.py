@@ -6,13 +6,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from router.auth import Principal, presented_key
 from router.errors import InvalidRequest, NotFound, ServiceUnavailable
 from router.inbound.responses import ResponsesCodec
 from router.inspect import live_explain
 from router.keys import GATEWAY
+from router.middleware import PRINCIPAL, proxied
 from router.runtime import Runtime
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,7 +30,7 @@ def endpoint(name: str) -> Handler:
         proxy = request.app[GATEWAY].proxy
         return await proxy.handle(request, proxy.codecs[name])
 
-    return handle
+    return proxied(handle)
 
 
 def deployment(name: str) -> Handler:
@@ -40,13 +41,38 @@ def deployment(name: str) -> Handler:
         proxy = request.app[GATEWAY].proxy
         return await proxy.handle(request, proxy.codecs[name], request.match_info["deployment"])
 
-    return handle
+    return proxied(handle)
+
+
+async def expect(request: web.Request) -> None:
+    """``Expect: 100-continue`` (HTTP/1.1) is answered; any other expectation is
+    ignored (RFC 9110 allows it), so the request is answered like any other, never
+    with aiohttp's plain 417 (whose text repeats the header's bytes)."""
+    if request.version == HttpVersion11:
+        value = request.headers.get("Expect", "")
+        if value.lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer itself has not started
+
+
+async def unmatched(request: web.Request) -> web.StreamResponse:
+    """A path no route has (404), or a method its routes do not take (405)."""
+    own = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not own:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 async def _principal_runtime(request: web.Request) -> tuple[Runtime, Principal]:
     runtime = request.app[GATEWAY].runtime
     h = request.headers
-    return runtime, await runtime.auth.authenticate(h.get("Authorization"), presented_key(h))
+    principal = await runtime.auth.authenticate(h.get("Authorization"), presented_key(h))
+    request[PRINCIPAL] = principal  # for the access log
+    return runtime, principal
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -93,7 +119,8 @@ async def delete_response(request: web.Request) -> web.Response:
 
 async def quota(request: web.Request) -> web.Response:
     runtime, principal = await _principal_runtime(request)
-    doc = await runtime.quota.status(principal)
+    reachable = runtime.rules.pools_for(principal.team, principal.models)
+    doc = await runtime.quota.status(principal, reachable)
     doc["key_id"], doc["team"] = principal.key_id, principal.team
     return _json(doc)
 
@@ -161,8 +188,7 @@ async def explain(request: web.Request) -> web.Response:
     rt = request.app[GATEWAY].runtime
     if not rt.route_headers:
         raise NotFound(f"Unknown path {request.path!r}.", code="unknown_url")
-    h = request.headers
-    principal = await rt.auth.authenticate(h.get("Authorization"), presented_key(h))
+    rt, principal = await _principal_runtime(request)
     model = request.query.get("model")
     if not model:
         raise InvalidRequest("Query parameter `model` is required.", param="model")

@@ -16,9 +16,11 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from router.config import LoggingSettings
 
@@ -57,6 +59,63 @@ class TextFormatter(logging.Formatter):
         if isinstance(fields, dict):
             line += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
         return line
+
+
+class ProtocolErrors(logging.Filter):
+    """aiohttp's server logs every request it cannot parse (a bad request line,
+    header or chunk) at ERROR with a traceback of about 2 KB, so one client could
+    fill the logs. On the ``aiohttp.server`` logger this turns such a record into
+    one line, at WARNING at most, with the peer and the reason; at most ``burst``
+    lines, then ``per_minute`` a minute (a token bucket). The next line that is
+    written says how many were suppressed. Other records pass unchanged."""
+
+    def __init__(
+        self, per_minute: float = 10.0, burst: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self.tokens = burst
+        self.suppressed = 0
+        self._clock = clock
+        self._at = clock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = self._clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self.tokens < 1.0:
+            self.suppressed += 1
+            return False
+        self.tokens -= 1.0
+        args = record.args if isinstance(record.args, tuple) else ()
+        peer = str(args[0]) if args else "unknown"
+        lines = (exc.message or type(exc).__name__).splitlines()
+        reason = " ".join(t for t in (ln.strip() for ln in lines) if t.strip("^"))[:200]
+        suppressed, self.suppressed = self.suppressed, 0
+        record.msg = "malformed HTTP request from %s: %s (HTTP %s)%s"
+        record.args = (peer, reason, exc.code,
+                       f"; {suppressed} more suppressed" if suppressed else "")  # fmt: skip
+        record.levelno = min(record.levelno, logging.WARNING)
+        record.levelname = logging.getLevelName(record.levelno)
+        record.exc_info = None
+        record.exc_text = None
+        record.fields = {"peer": peer, "reason": reason, "suppressed": suppressed}
+        return True
+
+
+PROTOCOL_ERRORS = ProtocolErrors()
+
+
+def quiet_protocol_errors() -> None:
+    """Install :class:`ProtocolErrors` on aiohttp's server logger (once)."""
+    server = logging.getLogger("aiohttp.server")
+    if PROTOCOL_ERRORS not in server.filters:
+        server.addFilter(PROTOCOL_ERRORS)
 
 
 def setup(level: str = "INFO", fmt: str = "json") -> None:

@@ -139,6 +139,12 @@ class Metrics:
             "spillway_upstream_errors_total", "Failed upstream attempts.",
             ("backend", "kind"), registry=r,
         )  # fmt: skip
+        self.http_requests = Counter(
+            "spillway_http_requests_total",
+            "Answers outside the model endpoints (model list, quota, health, metrics, "
+            "unknown paths and methods), by route template ('unmatched': no route).",
+            ("route", "method", "status_class"), registry=r,
+        )  # fmt: skip
         self.retries = Counter(
             "spillway_retries_total", "Attempts repeated on another member.",
             ("pool", "backend"), registry=r,

@@ -22,7 +22,13 @@ from aiohttp import web
 
 from router.attempts import Walk
 from router.auth import presented_key
-from router.errors import InvalidRequest, NotFound, PermissionDenied, SpillwayError
+from router.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    SpillwayError,
+    internal_error,
+)
 from router.exchange import Exchange, billable
 from router.inbound.base import Codec
 from router.inbound.registry import served_paths
@@ -94,6 +100,16 @@ class Proxy:
             failure = exc
             x.status = 499  # the client went away
             raise
+        except Exception as exc:  # a bug: a 500 with the request id, logged here once
+            failure = exc
+            x.status = 500
+            log.exception("unhandled error on %s %s (request %s)", request.method,
+                          codec.path, x.rid)  # fmt: skip
+            if x.response is not None:  # the answer has started: end it as it is
+                return x.response
+            err = internal_error(x.rid)
+            err.headers["x-request-id"] = x.echo_id
+            return codec.error_response(err)
         finally:
             self._finish(rt, x, loop.time())
             if tracing is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from router.errors import mask
+from router.errors import MIN_SECRET, mask
 
 DONE = b"data: [DONE]\n\n"
 _USAGE = re.compile(rb'"usage":\s*\{')
@@ -41,19 +41,22 @@ class SSERelay:
       first event that carries one);
     * the usage chunk is read, and dropped unless the client asked for it;
     * data events are counted (a fallback when no usage arrives);
-    * an in-band error event is decoded and scrubbed of the backend's
-      credentials (``secrets``) before it is passed on.
+    * an in-band error event (OpenAI's ``{"error": ...}``, vLLM's
+      ``{"object": "error", ...}``, an ``event: error`` line, however escaped) is
+      decoded and scrubbed of the backend's credentials (``secrets``) before it
+      is passed on.
     """
 
     __slots__ = (
-        "_from", "_keep_usage", "_learnt", "_secrets", "_tail", "_to", "events", "usage",
+        "_from", "_keep_usage", "_learnt", "_raw", "_secrets", "_tail", "_to", "events", "usage",
     )  # fmt: skip
 
     def __init__(
         self, backend_model: str, client_model: str, keep_usage: bool,
         secrets: Sequence[str] = (),
     ) -> None:  # fmt: skip
-        self._secrets = tuple(secrets)
+        self._secrets = tuple(s for s in secrets if len(s) >= MIN_SECRET)
+        self._raw = tuple(s.encode() for s in self._secrets)
         self._to = b'"model":' + orjson.dumps(client_model)
         self._from: bytes | None = None
         if backend_model != client_model:
@@ -97,7 +100,7 @@ class SSERelay:
             head = self._to.join(parts)
         else:
             self.events += head.count(b"\n") // 2
-        if self._secrets and b'"error"' in head:
+        if self._raw and self._may_carry_secrets(head):
             head = self._scrub_errors(head)
         # the usage chunk is the last one before [DONE]: look only near the end
         pos = head.rfind(b'"usage"', max(0, len(head) - USAGE_WINDOW))
@@ -124,18 +127,40 @@ class SSERelay:
             cut_end += 1
         return head[:start] + head[cut_end:]
 
+    def _may_carry_secrets(self, head: bytes) -> bool:
+        """An error (``error`` however spelt) or a credential's raw bytes."""
+        if b"rror" in head:
+            return True
+        for raw in self._raw:  # noqa: SIM110 - per buffer: no generator
+            if raw in head:
+                return True
+        return False
+
     def _scrub_errors(self, head: bytes) -> bytes:
-        """Error events with the backend's credentials masked in every string."""
+        """Lines that may carry an error (``error`` in any spelling, ``"\\u0065rror"``
+        included) or a credential: the backend's credentials masked on the decoded
+        text (a JSON event is decoded, masked and encoded again; any other line is
+        masked in every escaped form)."""
+        secrets, raw = self._secrets, self._raw
         lines = head.split(b"\n")
         for i, line in enumerate(lines):
-            if line[:5] != b"data:" or b'"error"' not in line:
+            if b"rror" not in line and not any(r in line for r in raw):
                 continue
-            try:
-                doc = orjson.loads(line[5:])
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(doc, dict) and "error" in doc:
-                lines[i] = b"data: " + orjson.dumps(scrub_json(doc, self._secrets))
+            if line[:5] == b"data:":
+                try:
+                    doc = orjson.loads(line[5:])
+                except orjson.JSONDecodeError:
+                    pass
+                else:
+                    clean = scrub_json(doc, secrets)
+                    if clean != doc:
+                        end = b"\r" if line[-1:] == b"\r" else b""
+                        lines[i] = b"data: " + orjson.dumps(clean) + end
+                    continue
+            text = line.decode("utf-8", "surrogateescape")
+            for secret in secrets:
+                text = mask(text, secret)
+            lines[i] = text.encode("utf-8", "surrogateescape")
         return b"\n".join(lines)
 
 

@@ -196,7 +196,10 @@ class AdminApi:
             raise AuthenticationFailed(
                 "The admin API needs 'Authorization: Bearer <admin token>'.", code="missing_token"
             )
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        try:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+        except UnicodeEncodeError:  # bytes that are not UTF-8: no token is
+            raise AuthenticationFailed("Incorrect admin token.", code="invalid_token") from None
         if digest in self._tokens:
             return "admin-token:" + digest[:12]
         rule = self.settings.jwt

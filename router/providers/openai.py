@@ -28,7 +28,7 @@ from yarl import URL
 
 from router.config import Backend
 from router.contract import VLLM_EXTRAS
-from router.errors import UpstreamError
+from router.errors import UpstreamError, status_error
 from router.inbound.contracts import (
     VLLM_COMPLETION_EXTRAS,
     VLLM_EMBEDDING_EXTRAS,
@@ -160,6 +160,8 @@ class OpenAIAdapter:
     # -- non-streamed -------------------------------------------------------------
     def transform_body(self, body: bytes) -> bytes:
         doc = answer_object(self._backend.name, body)
+        if doc.get("error") and "choices" not in doc:  # an error answered as a 200
+            raise status_error(502, body, backend=f"backend {self._backend.name!r}")
         self.usage = usage_from(doc.get("usage")) or _estimate_usage(doc)
         return renamed(body, doc, self._call.client_model)
 

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -312,11 +312,17 @@ class Quota:
                 ticket.rid, ticket.checks, prompt, completion, refund, self.lease, True
             )
 
-    async def status(self, key: KeySpec | str) -> dict[str, Any]:
-        """The caller's limits and budgets with what is used and left (GET /v1/quota)."""
+    async def status(
+        self, key: KeySpec | str, pools: Collection[str] | None = None
+    ) -> dict[str, Any]:
+        """The caller's limits and budgets with what is used and left (GET /v1/quota).
+        ``pools``: the pools the caller may be routed to; another pool's budget (the
+        traffic of other teams) is not shown. None: every pool."""
         checks = list(self.planner.identity_checks(key))
         seen = {c.key for c in checks}
         for pool in self.planner.scoped_pools(key):
+            if pools is not None and pool not in pools:
+                continue
             for c in self.planner.checks(key, pool):
                 if c.key not in seen:
                     seen.add(c.key)

@@ -272,7 +272,7 @@ def _latency_cost(m: Member) -> float:
 
 def _rendezvous(members: list[Member], session: str) -> Member:
     """Weighted rendezvous (highest random weight) hashing."""
-    key = session.encode()
+    key = session.encode("utf-8", "surrogateescape")  # a header's bytes, whatever they are
     best = members[0]
     best_score = -math.inf
     for m in members:

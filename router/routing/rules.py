@@ -145,6 +145,18 @@ class Rules:
                 return decision
         return None
 
+    def pools_for(self, team: str, own: tuple[str, ...] | None = None) -> set[str]:
+        """The pools a team's requests (a caller with its own allowlist) may be routed
+        to: those of the routes of the models it may use that no ``when.teams``
+        keeps it from."""
+        out: set[str] = set()
+        for name, routes in self._routes.items():
+            if self.allowed(team, name, own):
+                for when, decision in routes:
+                    if when.teams is None or team in when.teams:
+                        out.update(decision.pools)
+        return out
+
     def visible_models(self, team: str, own: tuple[str, ...] | None = None) -> list[str]:
         """Names a team (and a caller with its own allowlist) may send (config names
         and their literal aliases)."""

@@ -87,7 +87,7 @@ async def test_body_forwarded_unchanged_with_extras(gw: Running, upstream: FakeO
         gw,
         raw,
         {
-            "traceparent": "00-abc-def-01",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "Cookie": "s=1",
             "X-Forwarded-For": "1.2.3.4",
             "x-request-id": "req-42",
@@ -98,7 +98,7 @@ async def test_body_forwarded_unchanged_with_extras(gw: Running, upstream: FakeO
     assert seen.raw == raw  # nothing had to change, so nothing did
     assert seen.headers["Authorization"] == "Bearer sk-backend-0"
     assert KEY not in json.dumps(dict(seen.headers))
-    assert seen.headers["traceparent"] == "00-abc-def-01"
+    assert seen.headers["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     assert seen.headers["X-Request-Id"] == "req-42"
     assert "Cookie" not in seen.headers and "X-Forwarded-For" not in seen.headers
 

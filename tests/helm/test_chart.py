@@ -332,8 +332,8 @@ def test_identity_admin_database_and_tracing() -> None:
     # off by default: no admin port, Service, database or tracing
     default = render({})
     assert sorted(d["metadata"]["name"] for d in default.docs if d["kind"] == "Service") == [
-        "gw-spillway", "gw-spillway-redis"]  # fmt: skip
-    assert [p["name"] for p in container(default)["ports"]] == ["http"]
+        "gw-spillway", "gw-spillway-metrics", "gw-spillway-redis"]  # fmt: skip
+    assert [p["name"] for p in container(default)["ports"]] == ["http", "metrics"]
     plain = parse_config(config_text(default), "default", env=pod_env(default))
     assert plain.admin is None and not plain.database.url and not plain.tracing.otlp_endpoint
     with pytest.raises(helm.HelmRenderError, match=r"admin\.enabled needs database"):
@@ -383,3 +383,39 @@ def test_external_redis_needs_an_address() -> None:
         render({"redis": {"mode": "external"}})
     r = render({"redis": {"mode": "external", "url": "rediss://cache.internal:6380/0"}})
     assert {"name": "REDIS_URL", "value": "rediss://cache.internal:6380/0"} in container(r)["env"]
+
+
+def test_metrics_are_served_apart_from_the_client_service() -> None:
+    """/metrics (every team's spend) has a port of its own on the pod and a Service of
+    its own that Prometheus scrapes; the client Service does not expose it."""
+    values = yaml.safe_load((CHART / "ci" / "external-redis-values.yaml").read_text())
+    values["metrics"]["ingressFrom"] = [{"namespaceSelector": {"matchLabels": {"name": "mon"}}}]
+    r = render(values)
+    cfg = yaml.safe_load(config_text(r))
+    ports = {p["name"]: p["containerPort"] for p in container(r)["ports"]}
+    assert cfg["server"]["metrics_port"] == ports["metrics"] == 9090
+    assert cfg["listen"]["port"] == ports["http"] != ports["metrics"]
+    client = r.one("Service", "gw-spillway")
+    assert [p["targetPort"] for p in client["spec"]["ports"]] == ["http"]
+    scraped = r.one("Service", "gw-spillway-metrics")
+    assert scraped["spec"]["type"] == "ClusterIP"
+    assert [p["targetPort"] for p in scraped["spec"]["ports"]] == ["metrics"]
+    assert scraped["spec"]["selector"] == client["spec"]["selector"]
+    notes = scraped["metadata"]["annotations"]
+    assert notes["prometheus.io/scrape"] == "true" and notes["prometheus.io/port"] == "9090"
+    monitor = r.one("ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert all(scraped["metadata"]["labels"].get(k) == v for k, v in selected.items())
+    assert any(client["metadata"]["labels"].get(k) != v for k, v in selected.items())
+    policy = r.one("NetworkPolicy", "gw-spillway")
+    rule = next(i for i in policy["spec"]["ingress"] if i["ports"][0]["port"] == "metrics")
+    assert {"namespaceSelector": {"matchLabels": {"name": "mon"}}} in rule["from"]
+    script = r.one("Pod")["spec"]["containers"][0]["args"][0]
+    assert 'metrics = "http://gw-spillway-metrics:9090"' in script  # the helm test scrapes it
+    moved = render({"metrics": {"port": 9500, "service": {"port": 9501}}})
+    cfg = yaml.safe_load(config_text(moved))
+    assert cfg["server"]["metrics_port"] == 9500
+    assert {"name": "metrics", "containerPort": 9500, "protocol": "TCP"} in container(moved)[
+        "ports"]  # fmt: skip
+    assert moved.one("Service", "gw-spillway-metrics")["spec"]["ports"][0]["port"] == 9501

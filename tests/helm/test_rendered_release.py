@@ -20,6 +20,7 @@ import yaml
 
 from tests.helm.chart import CHART, config_text, container, pod_env, render
 from tests.support.gateway import GatewayProcess
+from tests.support.net import free_port
 from tests.support.prometheus import Prometheus
 from tests.support.traffic import config as traffic_config
 from tests.support.traffic import drive
@@ -31,6 +32,9 @@ def start(values: dict[str, Any], redis_url: str, prefix: str) -> tuple[GatewayP
     r = render(values)
     doc = yaml.safe_load(config_text(r))
     doc["listen"]["host"] = "127.0.0.1"  # the pod listens everywhere; a test only on loopback
+    assert doc["server"]["metrics_port"] == r.one("Service", "gw-spillway-metrics")["spec"][
+        "ports"][0]["port"]  # fmt: skip
+    doc["server"]["metrics_port"] = free_port()  # the pod's port may be taken here
     if doc["redis"]["url"]:
         doc["redis"]["key_prefix"] = prefix
     env = pod_env(r)
@@ -39,10 +43,13 @@ def start(values: dict[str, Any], redis_url: str, prefix: str) -> tuple[GatewayP
     return GatewayProcess(yaml.safe_dump(doc), workers=workers, env=env), r
 
 
-def run_helm_test(r: Any, url: str) -> str:
+def run_helm_test(r: Any, gw: GatewayProcess) -> str:
     pod = r.one("Pod")
-    script, n = re.subn(r"http://gw-spillway:\d+", url, pod["spec"]["containers"][0]["args"][0])
-    assert n == 1 and "gw-spillway" not in script
+    script, n = re.subn(r"http://gw-spillway:\d+", gw.url, pod["spec"]["containers"][0]["args"][0])
+    metrics_port = yaml.safe_load(Path(gw.config_path).read_text())["server"]["metrics_port"]
+    script, m = re.subn(r"http://gw-spillway-metrics:\d+", f"http://127.0.0.1:{metrics_port}",
+                        script)  # fmt: skip
+    assert n == 1 and m == 1 and "gw-spillway" not in script
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, check=False)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
@@ -52,7 +59,7 @@ def run_helm_test(r: Any, url: str) -> str:
 def test_default_release_serves_the_demo(redis_url: str, key_prefix: str) -> None:
     gw, r = start({}, redis_url, key_prefix)
     try:
-        assert "asks for a key" in run_helm_test(r, gw.url)
+        assert "asks for a key" in run_helm_test(r, gw)
         with openai.OpenAI(base_url=gw.base_url, api_key="sk-spillway-demo", max_retries=0) as c:
             reply = c.chat.completions.create(
                 model="demo", messages=[{"role": "user", "content": "hello"}], max_tokens=5
@@ -66,7 +73,7 @@ def test_default_release_serves_the_demo(redis_url: str, key_prefix: str) -> Non
 def test_full_release_serves_with_its_secrets(redis_url: str, key_prefix: str) -> None:
     gw, r = start(FULL, redis_url, key_prefix)
     try:
-        run_helm_test(r, gw.url)
+        run_helm_test(r, gw)
         key = FULL["secrets"]["env"]["ALICE_KEY"]
         with openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0) as c:
             reply = c.chat.completions.with_raw_response.create(

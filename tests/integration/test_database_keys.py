@@ -19,6 +19,7 @@ import pytest
 from tests.support.gateway import Running, make_config, start_gateway
 from tests.support.keys import ADMIN_TOKEN, YAML_KEY, Admin, chat_status, identity_config
 from tests.support.net import eventually
+from tests.support.raw_client import raw_request
 
 
 @pytest.fixture
@@ -152,6 +153,17 @@ async def test_admin_api_refuses_bad_calls(gw: Running, admin: Admin) -> None:
     assert (await admin.call("POST", "/dup/rotate", {"grace_seconds": 10**9}))[0] == 400
     await admin.call("DELETE", "/dup")
     assert (await admin.call("PATCH", "/dup", {"description": "x"}))[0] == 409
+
+
+async def test_an_admin_token_that_is_not_utf8_is_a_401(gw: Running, admin: Admin) -> None:
+    """Raw bytes, as a hostile client sends them: never a 500 (a JWT-shaped one too)."""
+    port = gw.gateway.identity.admin_port
+    assert port is not None
+    for token in (b"\xff\xfe-admin", b"eyJ\xc3\x28.a.b"):
+        reply = await raw_request(port, b"GET", b"/admin/v1/keys",
+                                  [(b"Authorization", b"Bearer " + token)])  # fmt: skip
+        assert reply.status == 401, reply.body
+        assert reply.json()["error"]["code"] == "invalid_token"  # type: ignore[index]
 
 
 async def test_every_admin_call_is_one_audit_line_without_secrets(

@@ -113,6 +113,57 @@ async def test_the_key_never_reaches_the_client(
         await raw.stop()
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "stream"),
+    [
+        # vLLM's in-band error: no "error" key, the object says it
+        ("200 OK", CHUNK + 'data: {"object":"error","message":"bad key ' + escaped(KEY)
+         + '","type":"BadRequestError","param":null,"code":400}\n\ndata: [DONE]\n\n', True),
+        # the member name itself escaped
+        ("200 OK", CHUNK + 'data: {"\\u0065rror":{"message":"bad key ' + escaped(KEY)
+         + '"}}\n\ndata: [DONE]\n\n', True),
+        # an error event whose data is plain text, the key raw and escaped
+        ("200 OK", CHUNK + "event: error\ndata: failed for " + KEY + " and " + escaped(KEY)
+         + "\n\ndata: [DONE]\n\n", True),
+        # CRLF framing
+        ("200 OK", (CHUNK + 'data: {"error":{"message":"key ' + escaped(KEY)
+                    + '"}}\n\ndata: [DONE]\n\n').replace("\n", "\r\n"), True),
+        # an error answered with a 200
+        ("200 OK", '{"error":{"message":"key ' + escaped(KEY) + '","type":"server_error"}}',
+         False),
+        # a body that is not JSON but quotes the key JSON-escaped
+        ("500 Internal Server Error", 'oops {"message": "key ' + escaped(KEY) + '"', False),
+        # a message that is an object, a FastAPI detail list
+        ("400 Bad Request", '{"error":{"message":{"detail":"key ' + escaped(KEY) + '"}}}', False),
+        ("422 Unprocessable Entity", '{"detail":[{"msg":"key ' + escaped(KEY) + '"}]}', False),
+    ],
+)  # fmt: skip
+async def test_the_key_is_masked_however_the_error_is_shaped(
+    status: str, body: str, stream: bool
+) -> None:
+    """Whatever the shape of the error, the answer holds the key in no form: neither
+    raw, nor JSON-escaped, nor once decoded."""
+    raw = await RawUpstream(quoting(status, body, stream=stream)).start()
+    gw = await gateway_for({"provider": "openai", "url": raw.url, "api_key": KEY})
+    try:
+        async with aiohttp.ClientSession() as s:
+            r = await post(s, gw, stream=stream)
+        text = r.body.decode()
+        assert "Kq7+zz" not in text and "Kq7\\u002b" not in text.lower(), text
+        if stream:
+            assert r.status == 200 and text.rstrip().endswith("data: [DONE]"), text
+            decoded = orjson.dumps([orjson.loads(b[5:]) for b in r.body.split(b"\n")
+                                    if b.startswith(b"data: {")]).decode()  # fmt: skip
+        else:
+            assert r.status >= 400, text  # an error, even when answered with a 200
+            decoded = orjson.dumps(r.json()).decode()
+        assert KEY not in decoded and "Kq7+zz" not in decoded, decoded
+        assert "***" in text, text
+    finally:
+        await gw.stop()
+        await raw.stop()
+
+
 async def test_a_key_file_is_read_again_after_a_refusal(tmp_path: Path) -> None:
     """The provider rotated the key and the file was rewritten: the 401 makes the
     gateway read the file again and retry once with the new key; no ejection."""

@@ -4,6 +4,7 @@ default, the client's ``traceparent`` continued and a child's sent upstream."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from tests.support.fakes import Behaviour, FakeOpenAI, FakeServer
 from tests.support.gateway import Running, start_gateway
 from tests.support.net import eventually
+from tests.support.raw_client import raw_request
 
 KEY = "sk-test-tracing-0001"
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -249,3 +251,34 @@ async def test_completions_and_embeddings_attempts_send_their_span_upstream(
     for seen in upstream.seen:
         _, trace, span, _ = seen.headers["traceparent"].split("-")
         assert trace == CLIENT_TRACE and span in clients
+
+
+async def test_a_malformed_trace_context_starts_a_new_trace(
+    upstream: FakeOpenAI, receiver: OtlpReceiver
+) -> None:
+    """A ``traceparent`` that is not Latin-1 (or not W3C's shape) and a ``tracestate``
+    or ``baggage`` with such bytes are not continued nor forwarded: the request is
+    served, its span starts a trace of its own, and the backend gets the gateway's
+    well-formed ``traceparent`` only."""
+    gw = await gateway(upstream, receiver)
+    port = int(gw.url.rsplit(":", 1)[1])
+    body = b'{"model":"chat","messages":[{"role":"user","content":"hi"}],"max_tokens":3}'
+    try:
+        for garbage in ([(b"traceparent", b"00-\xe2\x82\xac-\xff-01")],
+                        [(b"traceparent", b"00-" + CLIENT_TRACE.encode() + b"-zz-01"),
+                         (b"tracestate", b"a=\xff\xfe"), (b"baggage", b"k=\x80")]):  # fmt: skip
+            reply = await raw_request(port, b"POST", b"/v1/chat/completions",
+                                      [(b"Authorization", b"Bearer " + KEY.encode()),
+                                       *garbage], body)  # fmt: skip
+            assert reply.status == 200, reply.body
+        spans = await spans_of(receiver, 4)
+    finally:
+        await gw.stop()
+    servers = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
+    assert len(servers) == 2
+    assert all(s.trace_id.hex() != CLIENT_TRACE and not s.parent_span_id for s in servers)
+    for seen in upstream.seen:
+        sent = seen.headers["traceparent"]
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", sent)
+        assert "baggage" not in seen.headers
+        assert "\xff" not in seen.headers.get("tracestate", "")

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from router.config import ConfigError
 from router.config_load import load_config, parse_config
@@ -194,3 +195,15 @@ def test_min_share_must_leave_the_top_band_something() -> None:
     parse_config(
         text.replace("min_share: 0.3", "min_share: 0.2"), "t.yaml", {"OPENAI_API_KEY": "x"}
     )
+
+
+def test_metrics_port_needs_a_port_of_its_own() -> None:
+    base = {"backends": {"s": {"provider": "simulate"}},
+            "pools": {"p": {"members": [{"backend": "s", "model": "m"}]}},
+            "models": {"m": {"routes": [{"pools": ["p"]}]}}}  # fmt: skip
+    ok = parse_config(yaml.safe_dump({**base, "server": {"metrics_port": 9090}}), "t", env={})
+    assert ok.server.metrics_port == 9090
+    assert parse_config(yaml.safe_dump(base), "t", env={}).server.metrics_port is None
+    clash = {**base, "listen": {"port": 9090}, "server": {"metrics_port": 9090}}
+    with pytest.raises(ConfigError, match=r"server.metrics_port: 9090 is listen.port"):
+        parse_config(yaml.safe_dump(clash), "t", env={})

@@ -81,6 +81,7 @@ app.kubernetes.io/component: redis
 {{- if not (hasKey $server "shutdown_grace_seconds") }}
 {{- $_ := set $server "shutdown_grace_seconds" (int .Values.drainSeconds) }}
 {{- end }}
+{{- $_ := set $server "metrics_port" (int .Values.metrics.port) }}
 {{- $_ := set $cfg "server" $server }}
 {{- if or .Values.auth.jwt .Values.auth.userLimits }}
 {{- $auth := dict "jwt" .Values.auth.jwt }}
