@@ -35,7 +35,6 @@ from router.errors import (
     UpstreamError,
     UpstreamStatus,
     UpstreamTimeout,
-    internal_error,
 )
 from router.exchange import Exchange, billable
 from router.headers import forwarded, passed_on
@@ -44,16 +43,14 @@ from router.providers import Adapter, Call, Usage
 from router.providers.base import Opened
 from router.providers.bridged import Bridged
 from router.quota import BudgetShort, Ticket
+from router.relay import SSE_HEADERS, OpenResult, aclose, open_answer, relay
 from router.routing.balance import Member
 from router.routing.retry import backoff
 from router.runtime import Runtime
 
 log = logging.getLogger("spillway.routing")
 
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-               "X-Accel-Buffering": "no"}  # fmt: skip
 Outcome = Literal["refund", "used", "cancelled"]
-_OpenResult = tuple[Opened, AsyncIterator[bytes] | None, bytes, bytes]
 
 
 class PoolFailed(Exception):
@@ -62,26 +59,6 @@ class PoolFailed(Exception):
     def __init__(self, error: UpstreamError | None) -> None:
         super().__init__(error.message if error else "no member available")
         self.error = error
-
-
-async def _first_chunk(opened: Opened, backend: str) -> tuple[AsyncIterator[bytes], bytes]:
-    """The stream's first bytes: until they arrive the attempt can still be retried."""
-    chunks = opened.chunks()
-    try:
-        first = await anext(chunks, b"")
-        if not first:
-            raise UpstreamError(f"Backend {backend!r} ended the stream before any data.")
-    except BaseException:
-        await _aclose(chunks)
-        opened.close()
-        raise
-    return chunks, first
-
-
-async def _aclose(chunks: AsyncIterator[bytes]) -> None:
-    close = getattr(chunks, "aclose", None)
-    if close is not None:
-        await close()
 
 
 class Walk:
@@ -399,15 +376,15 @@ class Walk:
             span = tracing.start_attempt(
                 x.span, member, provider, self.attempts, call.forward_headers, x.endpoint
             )
-        reading: asyncio.Task[_OpenResult] | None = None
-        opening: Awaitable[_OpenResult]
+        reading: asyncio.Task[OpenResult] | None = None
+        opening: Awaitable[OpenResult]
         if not call.stream and rt.cfg.backends[member.backend].bills_generation:
             # the upstream bills what it generates: should the client leave, the answer
             # is still read to its end and its usage charged (see _detach)
-            reading = loop.create_task(self._open(member, adapter, call))
+            reading = loop.create_task(open_answer(member, adapter, call))
             opening = asyncio.shield(reading)
         else:
-            opening = self._open(member, adapter, call)
+            opening = open_answer(member, adapter, call)
         try:
             try:
                 if limit is None:
@@ -464,7 +441,7 @@ class Walk:
                 tracing.end_attempt(span, x, member, failure)
 
     def _detach(
-        self, reading: asyncio.Task[_OpenResult], ticket: Ticket, adapter: Adapter, member: Member
+        self, reading: asyncio.Task[OpenResult], ticket: Ticket, adapter: Adapter, member: Member
     ) -> None:
         """The client left a non-streamed request to a backend that bills generation:
         read the answer in the background, up to the backend's total timeout, and settle
@@ -493,19 +470,6 @@ class Walk:
 
         quota.detached.start(settle_when_read())
 
-    @staticmethod
-    async def _open(member: Member, adapter: Adapter, call: Call) -> _OpenResult:
-        """Send, and read to the first byte (a stream) or the whole answer."""
-        opened = await adapter.open()
-        if call.stream and opened.is_stream:
-            chunks, first = await _first_chunk(opened, member.backend)
-            return opened, chunks, first, b""
-        try:
-            body = await opened.read()
-        finally:
-            opened.close()
-        return opened, None, b"", adapter.transform_body(body)
-
     async def _stream(
         self,
         member: Member,
@@ -526,58 +490,17 @@ class Walk:
             try:
                 await resp.prepare(self.request)
                 x.committed, x.response = True, resp
-                await self._relay(resp, member, adapter, chunks=chunks, first=first, ttfb=ttfb)
+                await relay(
+                    x, resp, member, adapter, chunks=chunks, first=first, ttfb=ttfb,
+                    failed=self._failed,
+                )  # fmt: skip
             except (ConnectionResetError, ClientConnectionResetError):
                 x.status = 499  # the client went away as its answer started
                 x.usage = adapter.stream_usage_so_far()
             return resp
         finally:
-            await _aclose(chunks)
+            await aclose(chunks)
             opened.close()
-
-    async def _relay(
-        self,
-        resp: web.StreamResponse,
-        member: Member,
-        adapter: Adapter,
-        *,
-        chunks: AsyncIterator[bytes],
-        first: bytes,
-        ttfb: float,
-    ) -> None:
-        x = self.x
-        try:
-            transform, write = adapter.transform_chunk, resp.write  # per chunk
-            out = transform(first)
-            if out:
-                await write(out)
-            async for data in chunks:
-                out = transform(data)
-                if out:
-                    await write(out)
-            tail = adapter.finish_stream()
-            assert x.call is not None
-            await x.call.codec.answered(x.call)  # before the last event goes out
-            if tail:
-                await resp.write(tail)
-            x.usage = adapter.usage
-            member.state.record_success(ttfb)
-        except UpstreamError as exc:
-            # the stream has started: tell the client in-band, then end cleanly
-            x.status = exc.status
-            x.usage = adapter.stream_usage_so_far()
-            self._failed(member, exc)
-            assert x.call is not None
-            await resp.write(x.call.codec.stream_failure(exc, x.call))
-        except (ConnectionResetError, ClientConnectionResetError):
-            raise  # the client went away (see _stream)
-        except Exception:  # a bug mid-stream: logged once, ended in-band as a 500
-            x.status = 500
-            x.usage = adapter.stream_usage_so_far()
-            log.exception("unhandled error relaying the stream of request %s", x.rid)
-            assert x.call is not None
-            await resp.write(x.call.codec.stream_failure(internal_error(x.rid), x.call))
-        await resp.write_eof()
 
     def _headers(self, member: Member, ticket: Ticket) -> dict[str, str]:
         x = self.x
