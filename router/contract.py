@@ -296,7 +296,22 @@ class StreamOptions(_Open):
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
-class ChatCompletionRequest(_Open):
+class VllmServingExtras(_Open):
+    """vLLM's serving extras that chat and completions share (scheduling priority,
+    ids, returned token ids, prefix-cache salt, disaggregated-serving parameters)."""
+
+    priority: Int64 | None = None
+    request_id: str | None = None
+    session_id: str | None = None
+    return_tokens_as_token_ids: bool | None = None
+    return_token_ids: bool | None = None
+    cache_salt: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    kv_transfer_params: dict[str, Any] | None = None
+    ec_transfer_params: dict[str, Any] | None = None
+    vllm_xargs: dict[str, Any] | None = None
+
+
+class ChatCompletionRequest(VllmServingExtras):
     """``POST /v1/chat/completions`` body: OpenAI's fields plus vLLM's extras."""
 
     # OpenAI
@@ -369,17 +384,8 @@ class ChatCompletionRequest(_Open):
     mm_processor_kwargs: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
     # vLLM extras (serving)
-    priority: Int64 | None = None
-    request_id: str | None = None
-    session_id: str | None = None
-    return_tokens_as_token_ids: bool | None = None
-    return_token_ids: bool | None = None
     return_weight_versions: bool | None = None
     return_prompt_text: bool | None = None
-    cache_salt: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
-    kv_transfer_params: dict[str, Any] | None = None
-    ec_transfer_params: dict[str, Any] | None = None
-    vllm_xargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ChatCompletionRequest:

@@ -27,6 +27,7 @@ from router.contract import (
     Int64,
     PositiveCount,
     StreamOptions,
+    VllmServingExtras,
 )
 
 MAX_EMBEDDING_INPUTS = 2048
@@ -72,7 +73,7 @@ def _texts_and_ids(value: TextOrTokens, name: str) -> tuple[list[str], list[list
 # ------------------------------------------------------------------- completions
 
 
-class _VllmCompletionExtras(_Open):
+class _VllmCompletionExtras(VllmServingExtras):
     """vLLM's extras of ``CompletionRequest`` (what the openai flavour does not send)."""
 
     # vLLM extras (sampling)
@@ -98,15 +99,6 @@ class _VllmCompletionExtras(_Open):
     add_special_tokens: bool | None = None
     response_format: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
-    priority: Int64 | None = None
-    request_id: str | None = None
-    session_id: str | None = None
-    return_tokens_as_token_ids: bool | None = None
-    return_token_ids: bool | None = None
-    cache_salt: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
-    kv_transfer_params: dict[str, Any] | None = None
-    ec_transfer_params: dict[str, Any] | None = None
-    vllm_xargs: dict[str, Any] | None = None
     repetition_detection: dict[str, Any] | None = None
     thinking_token_budget: Int32 | None = None
     stream_interval: PositiveCount | None = None
