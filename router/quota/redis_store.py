@@ -36,8 +36,10 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from router.config import RedisSettings
 from router.metrics import Metrics
@@ -90,6 +92,8 @@ class RedisStore:
         self._timeout = settings.socket_timeout_seconds + settings.connect_timeout_seconds
         self._connected = make_client(settings)
         self._client: Any = self._connected.client
+        self._batches = self._connected.batches
+        self._idle: list[AbstractConnection] = []  # the batcher's connections, kept
         self._metrics = metrics
         self._admit = Script("admit.lua")
         self._settle = Script("settle.lua")
@@ -246,8 +250,10 @@ class RedisStore:
             self._flush()
 
     async def _execute(self, batch: Sequence[_Item]) -> list[Any]:
-        """One pipeline on standalone Redis (or Sentinel's primary); on a Cluster one
-        call per item in parallel (each to its slot's node)."""
+        """On standalone Redis (or Sentinel's primary) one write of the batch's calls,
+        packed by hiredis, on a connection the batcher keeps (no pool checkout, no
+        pipeline object, no timer per reply), the replies read in order; on a Cluster
+        one call per item in parallel (each to its slot's node)."""
         if self._cluster:
             cluster: RedisCluster = self._client
             async with asyncio.timeout(self._timeout * 2):
@@ -258,11 +264,30 @@ class RedisStore:
                         return_exceptions=True,
                     )
                 )  # fmt: skip
-        # bounded by the client's connect and socket timeouts
-        pipe = self._client.pipeline(transaction=False)
-        for i in batch:
-            pipe.execute_command(b"EVALSHA", i.script.sha_bytes, len(i.keys), *i.keys, *i.args)
-        return list(await pipe.execute(raise_on_error=False))
+        assert self._batches is not None
+        idle = self._idle
+        conn = idle.pop() if idle else await self._batches.connection_pool.get_connection()
+        results: list[Any] = []
+        try:
+            packed = b"".join([
+                pack_command((b"EVALSHA", i.script.sha_bytes, len(i.keys), *i.keys, *i.args))
+                for i in batch
+            ])  # fmt: skip
+            async with asyncio.timeout(self._timeout):  # the batch's one deadline
+                if not conn.is_connected:  # (again) through Sentinel's choice of primary
+                    await conn.connect()
+                await conn.send_packed_command(packed)
+                for _ in batch:
+                    try:
+                        results.append(await conn.read_response())
+                    except ResponseError as exc:  # this call failed (NOSCRIPT, a bug...)
+                        results.append(exc)
+        except BaseException:
+            await conn.disconnect(nowait=True)  # replies left unread must not answer others
+            raise
+        finally:
+            idle.append(conn)  # connected again by its next send when it was dropped
+        return results
 
     async def _send(self, batch: list[_Item]) -> None:
         try:
