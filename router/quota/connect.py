@@ -47,8 +47,8 @@ class Connected:
     """The client to use, and what else to close with it (Sentinel's own clients).
 
     ``batches`` (not on a Cluster) is a second client, with its own connections, for
-    the store's batched script calls: its connections have no per-read timeout (each
-    costs a timer per reply); the store bounds each batch with one deadline."""
+    the store's batched script calls: the store keeps those connections (no pool
+    checkout per batch) without taking any from the client that serves the rest."""
 
     def __init__(
         self, client: Redis | RedisCluster, sentinels: list[Redis] | None = None,
@@ -89,9 +89,9 @@ def make_client(settings: RedisSettings) -> Connected:
         primary, batches = (
             sentinel.master_for(
                 s.service, redis_class=Redis, db=options.get("db", 0), retry=no_retry,
-                max_connections=settings.max_connections, **auth, **_tls(options), **kind,
+                max_connections=settings.max_connections, **auth, **_tls(options), **common,
             )
-            for kind in (common, {**common, "socket_timeout": None})
+            for _ in range(2)
         )  # fmt: skip
         return Connected(primary, list(sentinel.sentinels), batches)
     if settings.cluster:
@@ -107,8 +107,8 @@ def make_client(settings: RedisSettings) -> Connected:
     primary, batches = (
         Redis(
             **place, db=options.get("db", 0), retry=no_retry,
-            max_connections=settings.max_connections, **auth, **_tls(options), **kind,
+            max_connections=settings.max_connections, **auth, **_tls(options), **common,
         )
-        for kind in (common, {**common, "socket_timeout": None})
+        for _ in range(2)
     )  # fmt: skip
     return Connected(primary, batches=batches)

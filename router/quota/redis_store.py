@@ -252,7 +252,7 @@ class RedisStore:
     async def _execute(self, batch: Sequence[_Item]) -> list[Any]:
         """On standalone Redis (or Sentinel's primary) one write of the batch's calls,
         packed by hiredis, on a connection the batcher keeps (no pool checkout, no
-        pipeline object, no timer per reply), the replies read in order; on a Cluster
+        pipeline object), the replies read in order; on a Cluster
         one call per item in parallel (each to its slot's node)."""
         if self._cluster:
             cluster: RedisCluster = self._client
@@ -266,22 +266,22 @@ class RedisStore:
                 )  # fmt: skip
         assert self._batches is not None
         idle = self._idle
-        conn = idle.pop() if idle else await self._batches.connection_pool.get_connection()
+        pool = self._batches.connection_pool
+        conn = idle.pop() if idle else await pool.get_connection()  # type: ignore[no-untyped-call]
         results: list[Any] = []
         try:
             packed = b"".join([
                 pack_command((b"EVALSHA", i.script.sha_bytes, len(i.keys), *i.keys, *i.args))
                 for i in batch
             ])  # fmt: skip
-            async with asyncio.timeout(self._timeout):  # the batch's one deadline
-                if not conn.is_connected:  # (again) through Sentinel's choice of primary
-                    await conn.connect()
-                await conn.send_packed_command(packed)
-                for _ in batch:
-                    try:
-                        results.append(await conn.read_response())
-                    except ResponseError as exc:  # this call failed (NOSCRIPT, a bug...)
-                        results.append(exc)
+            if not conn.is_connected:  # (again) through Sentinel's choice of primary
+                await conn.connect()
+            await conn.send_packed_command(packed)  # each read bounded by socket_timeout
+            for _ in batch:
+                try:
+                    results.append(await conn.read_response())
+                except ResponseError as exc:  # this call failed (NOSCRIPT, a bug...)
+                    results.append(exc)
         except BaseException:
             await conn.disconnect(nowait=True)  # replies left unread must not answer others
             raise
