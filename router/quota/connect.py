@@ -48,7 +48,9 @@ class Connected:
 
     ``batches`` (not on a Cluster) is a second client, with its own connections, for
     the store's batched script calls: the store keeps those connections (no pool
-    checkout per batch) without taking any from the client that serves the rest."""
+    checkout per batch) without taking any from the client that serves the rest, and
+    they have no timeout per read (a timer per reply); the store gives each batch one
+    deadline of ``socket_timeout_seconds``."""
 
     def __init__(
         self, client: Redis | RedisCluster, sentinels: list[Redis] | None = None,
@@ -89,9 +91,9 @@ def make_client(settings: RedisSettings) -> Connected:
         primary, batches = (
             sentinel.master_for(
                 s.service, redis_class=Redis, db=options.get("db", 0), retry=no_retry,
-                max_connections=settings.max_connections, **auth, **_tls(options), **common,
+                max_connections=settings.max_connections, **auth, **_tls(options), **kind,
             )
-            for _ in range(2)
+            for kind in (common, {**common, "socket_timeout": None})
         )  # fmt: skip
         return Connected(primary, list(sentinel.sentinels), batches)
     if settings.cluster:
@@ -107,8 +109,8 @@ def make_client(settings: RedisSettings) -> Connected:
     primary, batches = (
         Redis(
             **place, db=options.get("db", 0), retry=no_retry,
-            max_connections=settings.max_connections, **auth, **_tls(options), **common,
+            max_connections=settings.max_connections, **auth, **_tls(options), **kind,
         )
-        for _ in range(2)
+        for kind in (common, {**common, "socket_timeout": None})
     )  # fmt: skip
     return Connected(primary, batches=batches)

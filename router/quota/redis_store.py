@@ -90,6 +90,7 @@ class RedisStore:
         self._prefix = settings.key_prefix
         self._cluster = settings.cluster
         self._timeout = settings.socket_timeout_seconds + settings.connect_timeout_seconds
+        self._read_timeout = settings.socket_timeout_seconds  # a batch's, sent and answered
         self._connected = make_client(settings)
         self._client: Any = self._connected.client
         self._batches = self._connected.batches
@@ -252,7 +253,7 @@ class RedisStore:
     async def _execute(self, batch: Sequence[_Item]) -> list[Any]:
         """On standalone Redis (or Sentinel's primary) one write of the batch's calls,
         packed by hiredis, on a connection the batcher keeps (no pool checkout, no
-        pipeline object), the replies read in order; on a Cluster
+        pipeline object, no timer per reply), the replies read in order; on a Cluster
         one call per item in parallel (each to its slot's node)."""
         if self._cluster:
             cluster: RedisCluster = self._client
@@ -275,13 +276,15 @@ class RedisStore:
                 for i in batch
             ])  # fmt: skip
             if not conn.is_connected:  # (again) through Sentinel's choice of primary
-                await conn.connect()
-            await conn.send_packed_command(packed)  # each read bounded by socket_timeout
-            for _ in batch:
-                try:
-                    results.append(await conn.read_response())
-                except ResponseError as exc:  # this call failed (NOSCRIPT, a bug...)
-                    results.append(exc)
+                async with asyncio.timeout(self._timeout):
+                    await conn.connect()
+            async with asyncio.timeout(self._read_timeout):  # the batch's one deadline
+                await conn.send_packed_command(packed)
+                for _ in batch:
+                    try:
+                        results.append(await conn.read_response())
+                    except ResponseError as exc:  # this call failed (NOSCRIPT, a bug...)
+                        results.append(exc)
         except BaseException:
             await conn.disconnect(nowait=True)  # replies left unread must not answer others
             raise
