@@ -45,7 +45,7 @@ from router.config import RedisSettings
 from router.metrics import Metrics
 from router.quota.base import ADMITTED, Reply, StoreUnavailable
 from router.quota.connect import make_client
-from router.quota.plan import Check
+from router.quota.plan import Check, Checks
 
 log = logging.getLogger("spillway.quota")
 
@@ -117,7 +117,6 @@ class RedisStore:
         self._client: Any = self._connected.client
         self._batches = self._connected.batches
         self._idle: list[AbstractConnection] = []  # the batcher's connections, kept
-        self._plans: dict[int, tuple[Sequence[Check], list[_Group]]] = {}  # id(checks) ->
         self._metrics = metrics
         self._admit = Script("admit.lua")
         self._settle = Script("settle.lua")
@@ -150,15 +149,15 @@ class RedisStore:
         return list(groups.values())
 
     def _plan(self, checks: Sequence[Check]) -> list[_Group]:
-        """The script calls of ``checks`` (one per hash tag on a Cluster), made once
-        per plan (the planner hands out the same tuple for a key and pool)."""
-        hit = self._plans.get(id(checks))
-        if hit is not None and hit[0] is checks:
-            return hit[1]
-        if len(self._plans) >= 4096:
-            self._plans.clear()
+        """The script calls of ``checks`` (one per hash tag on a Cluster), encoded once
+        per plan and kept on it (the planner hands out the same plan for a caller and
+        pool until the config changes)."""
+        encoded = getattr(checks, "encoded", None)
+        if encoded is not None and encoded[0] is self:
+            return encoded[1]  # type: ignore[no-any-return]
         groups = [_Group(self._prefix, g) for g in self._groups(checks)]
-        self._plans[id(checks)] = (checks, groups)
+        if isinstance(checks, Checks):
+            checks.encoded = (self, groups)
         return groups
 
     # ---------------------------------------------------------------- admission
