@@ -44,14 +44,26 @@ def _tls(options: dict[str, Any]) -> dict[str, Any]:
 
 
 class Connected:
-    """The client to use, and what else to close with it (Sentinel's own clients)."""
+    """The client to use, and what else to close with it (Sentinel's own clients).
 
-    def __init__(self, client: Redis | RedisCluster, sentinels: list[Redis] | None = None):
+    ``batches`` (not on a Cluster) is a second client, with its own connections, for
+    the store's batched script calls: the store keeps those connections (no pool
+    checkout per batch) without taking any from the client that serves the rest, and
+    they have no timeout per read (a timer per reply); the store gives each batch one
+    deadline of ``socket_timeout_seconds``."""
+
+    def __init__(
+        self, client: Redis | RedisCluster, sentinels: list[Redis] | None = None,
+        batches: Redis | None = None,
+    ) -> None:  # fmt: skip
         self.client = client
+        self.batches = batches
         self._sentinels = sentinels or []
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        if self.batches is not None:
+            await self.batches.aclose()
         for sentinel in self._sentinels:
             await sentinel.aclose()
 
@@ -76,11 +88,14 @@ def make_client(settings: RedisSettings) -> Connected:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             hosts, sentinel_kwargs=sentinel_options, min_other_sentinels=0
         )
-        primary: Redis = sentinel.master_for(
-            s.service, redis_class=Redis, db=options.get("db", 0), retry=no_retry,
-            max_connections=settings.max_connections, **auth, **_tls(options), **common,
+        primary, batches = (
+            sentinel.master_for(
+                s.service, redis_class=Redis, db=options.get("db", 0), retry=no_retry,
+                max_connections=settings.max_connections, **auth, **_tls(options), **kind,
+            )
+            for kind in (common, {**common, "socket_timeout": None})
         )  # fmt: skip
-        return Connected(primary, list(sentinel.sentinels))
+        return Connected(primary, list(sentinel.sentinels), batches)
     if settings.cluster:
         return Connected(RedisCluster(
             host=options.get("host", "localhost"), port=int(options.get("port", 6379)),
@@ -91,7 +106,11 @@ def make_client(settings: RedisSettings) -> Connected:
         if options.get("unix")
         else {"host": options.get("host", "localhost"), "port": int(options.get("port", 6379))}
     )
-    return Connected(Redis(
-        **place, db=options.get("db", 0), retry=no_retry,
-        max_connections=settings.max_connections, **auth, **_tls(options), **common,
-    ))  # fmt: skip
+    primary, batches = (
+        Redis(
+            **place, db=options.get("db", 0), retry=no_retry,
+            max_connections=settings.max_connections, **auth, **_tls(options), **kind,
+        )
+        for kind in (common, {**common, "socket_timeout": None})
+    )  # fmt: skip
+    return Connected(primary, batches=batches)

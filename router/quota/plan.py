@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from router.config import Budget, Config, Limits, Pool, Price
 
@@ -88,6 +88,14 @@ class Check:
     def display(self, amount: float) -> float | int:
         """Stored units -> the config's units (nano-USD -> USD; counts as integers)."""
         return amount / NANO_PER_USD if self.unit == "usd" else int(amount)
+
+
+class Checks(tuple[Check, ...]):
+    """A plan's checks, as the planner hands them out (one per caller and pool, until
+    the config changes). ``encoded``: what a store derives from them once (the Redis
+    store: its script keys and values), kept with the plan so it lives as long."""
+
+    encoded: Any = None
 
 
 def bucket_start(window: str, now: float) -> datetime:
@@ -208,7 +216,7 @@ class Planner:
             return hit[1]
         if len(self._cache) >= CACHE_LIMIT:
             self._cache.clear()
-        checks = tuple(self._build(key, pool))
+        checks = Checks(self._build(key, pool))
         self._cache[(key.key_id, pool)] = (key, checks)
         return checks
 

@@ -36,14 +36,16 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from router.config import RedisSettings
 from router.metrics import Metrics
 from router.quota.base import ADMITTED, Reply, StoreUnavailable
 from router.quota.connect import make_client
-from router.quota.plan import Check
+from router.quota.plan import Check, Checks
 
 log = logging.getLogger("spillway.quota")
 
@@ -66,21 +68,43 @@ class Script:
         self.sha_bytes = self.sha.encode()
 
 
+class _Group:
+    """The checks of one hash tag, as one script call takes them, encoded once per
+    plan: the record key's prefix, the other keys, the checks' values."""
+
+    __slots__ = ("checks", "keys", "record", "spec")
+
+    def __init__(self, prefix: str, checks: Sequence[Check]) -> None:
+        tag = checks[0].tag
+        self.checks = checks
+        self.record = f"{prefix}:{tag}:rec:"
+        self.keys: tuple[str | bytes, ...] = (f"{prefix}:{tag}:pending",
+                                              *(c.key_bytes for c in checks))  # fmt: skip
+        self.spec = b";".join([c.spec for c in checks])
+
+
 class _Item:
     """One queued script call. An admission has a future (its waiter); a settlement
     has a deadline (its lease's end) until which it is retried."""
 
-    __slots__ = ("args", "attempts", "checks", "deadline", "future", "keys", "lease", "rid",
+    __slots__ = ("attempts", "deadline", "future", "group", "lease", "numbers", "rid",
                  "script")  # fmt: skip
 
     def __init__(
-        self, script: Script, keys: list[str | bytes], args: list[Any], rid: str,
-        checks: Sequence[Check], lease: int, future: asyncio.Future[Any] | None,
+        self, script: Script, group: _Group, numbers: str, rid: str, lease: int,
+        future: asyncio.Future[Any] | None,
     ) -> None:  # fmt: skip
-        self.script, self.keys, self.args, self.future = script, keys, args, future
-        self.rid, self.checks, self.lease = rid, checks, lease
+        self.script, self.group, self.numbers, self.future = script, group, numbers, future
+        self.rid, self.lease = rid, lease
         self.attempts = 0
         self.deadline = 0.0
+
+    def command(self) -> tuple[Any, ...]:
+        """``EVALSHA`` with its keys and arguments."""
+        group = self.group
+        keys = group.keys
+        return (b"EVALSHA", self.script.sha_bytes, len(keys) + 1, group.record + self.rid,
+                *keys, self.numbers, group.spec)  # fmt: skip
 
 
 class RedisStore:
@@ -88,8 +112,11 @@ class RedisStore:
         self._prefix = settings.key_prefix
         self._cluster = settings.cluster
         self._timeout = settings.socket_timeout_seconds + settings.connect_timeout_seconds
+        self._read_timeout = settings.socket_timeout_seconds  # a batch's, sent and answered
         self._connected = make_client(settings)
         self._client: Any = self._connected.client
+        self._batches = self._connected.batches
+        self._idle: list[AbstractConnection] = []  # the batcher's connections, kept
         self._metrics = metrics
         self._admit = Script("admit.lua")
         self._settle = Script("settle.lua")
@@ -126,12 +153,17 @@ class RedisStore:
             groups.setdefault(c.tag, []).append(c)
         return list(groups.values())
 
-    def _keys(self, checks: Sequence[Check], rid: str) -> list[str | bytes]:
-        tag = checks[0].tag
-        keys: list[str | bytes] = [f"{self._prefix}:{tag}:rec:{rid}",
-                                   f"{self._prefix}:{tag}:pending"]  # fmt: skip
-        keys += [c.key_bytes for c in checks]
-        return keys
+    def _plan(self, checks: Sequence[Check]) -> list[_Group]:
+        """The script calls of ``checks`` (one per hash tag on a Cluster), encoded once
+        per plan and kept on it (the planner hands out the same plan for a caller and
+        pool until the config changes)."""
+        encoded = getattr(checks, "encoded", None)
+        if encoded is not None and encoded[0] is self:
+            return encoded[1]  # type: ignore[no-any-return]
+        groups = [_Group(self._prefix, g) for g in self._groups(checks)]
+        if isinstance(checks, Checks):
+            checks.encoded = (self, groups)
+        return groups
 
     # ---------------------------------------------------------------- admission
     async def admit(
@@ -142,13 +174,11 @@ class RedisStore:
             return Reply(ADMITTED, out, -1, 0.0, 0.0, ())
         loop = asyncio.get_running_loop()
         numbers = f"{lease},{out},{min_out},{prompt},{n},{rid}"
-        groups = self._groups(checks)
+        groups = self._plan(checks)
         futures: list[asyncio.Future[Any]] = []
         for group in groups:
-            args: list[Any] = [numbers, b";".join([c.spec for c in group])]
             future = loop.create_future()
-            self._queue.append(_Item(self._admit, self._keys(group, rid), args, rid, group,
-                                     lease, future))  # fmt: skip
+            self._queue.append(_Item(self._admit, group, numbers, rid, lease, future))
             futures.append(future)
         self._schedule(soon=True)
         raw: list[Any] = []
@@ -165,24 +195,22 @@ class RedisStore:
             return _parse(raw[0])
         return self._merge(rid, groups, raw, checks, lease)
 
-    def _give_back(
-        self, future: asyncio.Future[Any], checks: Sequence[Check], rid: str, lease: int
-    ) -> None:
+    def _give_back(self, future: asyncio.Future[Any], group: _Group, rid: str, lease: int) -> None:
         if not future.done():
             future.cancel()  # its answer is refunded when it comes (see _deliver)
         elif (
             not future.cancelled() and future.exception() is None and _admitted(future.result())
         ):  # answered, but nobody took the answer
-            self._enqueue_settle(checks, rid, 0, 0, True, lease, False)
+            self._enqueue_settle(group, rid, 0, 0, True, lease, False)
 
     def _merge(
-        self, rid: str, groups: list[Sequence[Check]], raw: list[Any], checks: Sequence[Check],
+        self, rid: str, groups: list[_Group], raw: list[Any], checks: Sequence[Check],
         lease: int,
     ) -> Reply:  # fmt: skip
         replies = [_parse(r) for r in raw]
         used: dict[int, float] = {}
         for reply, group in zip(replies, groups, strict=True):
-            for c, u in zip(group, reply.used, strict=False):
+            for c, u in zip(group.checks, reply.used, strict=False):
                 used[id(c)] = u
         bad = next((r for r in replies if r.code != ADMITTED), None)
         all_used = tuple(used.get(id(c), 0.0) for c in checks)
@@ -193,7 +221,7 @@ class RedisStore:
             if reply.code == ADMITTED:
                 self._enqueue_settle(group, rid, 0, 0, True, lease, False)
         group = groups[replies.index(bad)]
-        failed = checks.index(group[bad.failed])
+        failed = checks.index(group.checks[bad.failed])
         return Reply(bad.code, bad.out, failed, bad.now, bad.wait, all_used)
 
     # --------------------------------------------------------------- settlement
@@ -201,16 +229,15 @@ class RedisStore:
         self, rid: str, checks: Sequence[Check], prompt: int, completion: int, refund: bool,
         lease: int, orphan: bool = False,
     ) -> None:  # fmt: skip
-        for group in self._groups(checks) if checks else ():
+        for group in self._plan(checks) if checks else ():
             self._enqueue_settle(group, rid, prompt, completion, refund, lease, orphan)
 
     def _enqueue_settle(
-        self, checks: Sequence[Check], rid: str, prompt: int, completion: int, refund: bool,
+        self, group: _Group, rid: str, prompt: int, completion: int, refund: bool,
         lease: int, orphan: bool,
     ) -> None:  # fmt: skip
         numbers = f"{lease},{prompt},{completion},{int(refund)},{int(orphan)},{rid}"
-        args: list[Any] = [numbers, b";".join([c.spec for c in checks])]
-        item = _Item(self._settle, self._keys(checks, rid), args, rid, checks, lease, None)
+        item = _Item(self._settle, group, numbers, rid, lease, None)
         item.deadline = time.monotonic() + lease
         self._queue.append(item)
         self._schedule(soon=False)
@@ -251,23 +278,42 @@ class RedisStore:
             self._flush()
 
     async def _execute(self, batch: Sequence[_Item]) -> list[Any]:
-        """One pipeline on standalone Redis (or Sentinel's primary); on a Cluster one
-        call per item in parallel (each to its slot's node)."""
+        """On standalone Redis (or Sentinel's primary) one write of the batch's calls,
+        packed by hiredis, on a connection the batcher keeps (no pool checkout, no
+        pipeline object, no timer per reply), the replies read in order; on a Cluster
+        one call per item in parallel (each to its slot's node)."""
         if self._cluster:
             cluster: RedisCluster = self._client
             async with asyncio.timeout(self._timeout * 2):
                 return list(
                     await asyncio.gather(
-                        *(cluster.evalsha(i.script.sha, len(i.keys), *i.keys, *i.args)
-                          for i in batch),
+                        *(cluster.evalsha(i.script.sha, *i.command()[2:]) for i in batch),
                         return_exceptions=True,
                     )
                 )  # fmt: skip
-        # bounded by the client's connect and socket timeouts
-        pipe = self._client.pipeline(transaction=False)
-        for i in batch:
-            pipe.execute_command(b"EVALSHA", i.script.sha_bytes, len(i.keys), *i.keys, *i.args)
-        return list(await pipe.execute(raise_on_error=False))
+        assert self._batches is not None
+        idle = self._idle
+        pool = self._batches.connection_pool
+        conn = idle.pop() if idle else await pool.get_connection()  # type: ignore[no-untyped-call]
+        results: list[Any] = []
+        try:
+            packed = b"".join([pack_command(i.command()) for i in batch])
+            if not conn.is_connected:  # (again) through Sentinel's choice of primary
+                async with asyncio.timeout(self._timeout):
+                    await conn.connect()
+            async with asyncio.timeout(self._read_timeout):  # the batch's one deadline
+                await conn.send_packed_command(packed)
+                for _ in batch:
+                    try:
+                        results.append(await conn.read_response())
+                    except ResponseError as exc:  # this call failed (NOSCRIPT, a bug...)
+                        results.append(exc)
+        except BaseException:
+            await conn.disconnect(nowait=True)  # replies left unread must not answer others
+            raise
+        finally:
+            idle.append(conn)  # connected again by its next send when it was dropped
+        return results
 
     async def _send(self, batch: list[_Item]) -> None:
         try:
@@ -308,7 +354,7 @@ class RedisStore:
                 self._gauge()
         elif future.cancelled():  # the request left while waiting: give it back
             if _admitted(result):
-                self._enqueue_settle(item.checks, item.rid, 0, 0, True, item.lease, False)
+                self._enqueue_settle(item.group, item.rid, 0, 0, True, item.lease, False)
         elif not future.done():
             future.set_result(result)
 
@@ -322,7 +368,7 @@ class RedisStore:
             if item.future is not None:
                 if not item.future.done():
                     item.future.set_exception(StoreUnavailable(f"redis: {exc}"))
-                self._enqueue_settle(item.checks, item.rid, 0, 0, True, item.lease, True)
+                self._enqueue_settle(item.group, item.rid, 0, 0, True, item.lease, True)
                 continue
             if self._metrics is not None:
                 self._metrics.child(self._metrics.redis_errors, "settle").inc()
