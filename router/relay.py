@@ -42,6 +42,10 @@ async def aclose(chunks: AsyncIterator[bytes]) -> None:
         await close()
 
 
+def _unknown() -> bool:
+    return False
+
+
 async def open_answer(member: Member, adapter: Adapter, call: Call) -> OpenResult:
     """Send, and read to the first byte (a stream) or the whole answer."""
     opened = await adapter.open()
@@ -70,18 +74,23 @@ async def relay(
     in-band in the client API's form (``failed`` records an upstream failure)."""
     try:
         transform, write = adapter.transform_chunk, resp.write  # per chunk
-        out = transform(first)
-        if out:
-            await write(out)
-        async for data in chunks:
-            out = transform(data)
-            if out:
-                await write(out)
+        ended = getattr(chunks, "ended", _unknown)  # the upstream's body is all in
+        last = transform(first)
+        if not ended():
+            if last:
+                await write(last)
+            last = b""
+            async for data in chunks:
+                out = transform(data)
+                if ended():  # held back: it goes out with the end, in one write
+                    last = out
+                    break
+                if out:
+                    await write(out)
         tail = adapter.finish_stream()
         assert x.call is not None
         await x.call.codec.answered(x.call)  # before the last event goes out
-        if tail:
-            await resp.write(tail)
+        await resp.write_eof(last + tail if tail else last)
         x.usage = adapter.usage
         member.state.record_success(ttfb)
     except UpstreamError as exc:
