@@ -72,6 +72,7 @@ async def relay(
 ) -> None:
     """Relay a started stream to the client; an upstream failure or a bug ends it
     in-band in the client API's form (``failed`` records an upstream failure)."""
+    last = b""  # relayed, not yet written: it goes out before a failure's event
     try:
         transform, write = adapter.transform_chunk, resp.write  # per chunk
         ended = getattr(chunks, "ended", _unknown)  # the upstream's body is all in
@@ -99,7 +100,7 @@ async def relay(
         x.usage = adapter.stream_usage_so_far()
         failed(member, exc)
         assert x.call is not None
-        await resp.write(x.call.codec.stream_failure(exc, x.call))
+        await resp.write(last + x.call.codec.stream_failure(exc, x.call))
     except (ConnectionResetError, ClientConnectionResetError):
         raise  # the client went away (see _stream)
     except Exception:  # a bug mid-stream: logged once, ended in-band as a 500
@@ -107,5 +108,5 @@ async def relay(
         x.usage = adapter.stream_usage_so_far()
         log.exception("unhandled error relaying the stream of request %s", x.rid)
         assert x.call is not None
-        await resp.write(x.call.codec.stream_failure(internal_error(x.rid), x.call))
+        await resp.write(last + x.call.codec.stream_failure(internal_error(x.rid), x.call))
     await resp.write_eof()
