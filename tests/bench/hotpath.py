@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,10 @@ class _Sink(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.received += len(data)
         self.done = self.done or b"[DONE]" in data[-40:]  # the stream's end went out
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:  # no join: uvloop's transport writes the pieces as they are
+            self.write(data)
 
     def is_closing(self) -> bool:
         return False
