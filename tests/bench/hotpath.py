@@ -13,6 +13,10 @@ aiohttp client). Requests go 32 at a time, as with 32 connections.
 floats; ``--base64`` the same vector base64-encoded), on
 ``embeddings-bench.yaml``.
 
+``--stream`` asks for a streamed chat completion: the upstream answers with
+``stream.sse`` (256 chunks, ``text/event-stream``), relayed through aiohttp's
+real writer to a client socket that takes it whole.
+
 ``--profile`` prints where the time goes, by function and by module.
 
 ``--rounds R`` measures R rounds of REQUESTS each. Instruction counts are steady
