@@ -42,6 +42,10 @@ async def aclose(chunks: AsyncIterator[bytes]) -> None:
         await close()
 
 
+def _unknown() -> bool:
+    return False
+
+
 async def open_answer(member: Member, adapter: Adapter, call: Call) -> OpenResult:
     """Send, and read to the first byte (a stream) or the whole answer."""
     opened = await adapter.open()
@@ -68,20 +72,26 @@ async def relay(
 ) -> None:
     """Relay a started stream to the client; an upstream failure or a bug ends it
     in-band in the client API's form (``failed`` records an upstream failure)."""
+    last = b""  # relayed, not yet written: it goes out before a failure's event
     try:
         transform, write = adapter.transform_chunk, resp.write  # per chunk
-        out = transform(first)
-        if out:
-            await write(out)
-        async for data in chunks:
-            out = transform(data)
-            if out:
-                await write(out)
+        ended = getattr(chunks, "ended", _unknown)  # the upstream's body is all in
+        last = transform(first)
+        if not ended():
+            if last:
+                await write(last)
+            last = b""
+            async for data in chunks:
+                out = transform(data)
+                if ended():  # held back: it goes out with the end, in one write
+                    last = out
+                    break
+                if out:
+                    await write(out)
         tail = adapter.finish_stream()
         assert x.call is not None
         await x.call.codec.answered(x.call)  # before the last event goes out
-        if tail:
-            await resp.write(tail)
+        await resp.write_eof(last + tail if tail else last)
         x.usage = adapter.usage
         member.state.record_success(ttfb)
     except UpstreamError as exc:
@@ -90,7 +100,7 @@ async def relay(
         x.usage = adapter.stream_usage_so_far()
         failed(member, exc)
         assert x.call is not None
-        await resp.write(x.call.codec.stream_failure(exc, x.call))
+        await resp.write(last + x.call.codec.stream_failure(exc, x.call))
     except (ConnectionResetError, ClientConnectionResetError):
         raise  # the client went away (see _stream)
     except Exception:  # a bug mid-stream: logged once, ended in-band as a 500
@@ -98,5 +108,5 @@ async def relay(
         x.usage = adapter.stream_usage_so_far()
         log.exception("unhandled error relaying the stream of request %s", x.rid)
         assert x.call is not None
-        await resp.write(x.call.codec.stream_failure(internal_error(x.rid), x.call))
+        await resp.write(last + x.call.codec.stream_failure(internal_error(x.rid), x.call))
     await resp.write_eof()

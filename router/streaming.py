@@ -94,21 +94,26 @@ class SSERelay:
                 self._learnt = True
                 served = found.group(0)
                 self._from = None if served == self._to else served
+        # the usage chunk is the last one before [DONE]: look only near the end
+        pos = head.rfind(b'"usage"', max(0, len(head) - USAGE_WINDOW))
+        cut = None if pos < 0 or _USAGE.match(head, pos) is None else self._take_usage(head, pos)
         if self._from is not None:
             parts = head.split(self._from)  # one pass: swap, and count the chunks
             self.events += len(parts) - 1
+            if cut is not None:  # dropped from the pieces: no copy of the whole buffer
+                _drop(parts, len(self._from), len(head), *cut)
             head = self._to.join(parts)
         else:
             self.events += head.count(b"\n") // 2
+            if cut is not None:
+                view = memoryview(head)
+                head = b"".join((view[: cut[0]], view[cut[1] :]))
         if self._raw and self._may_carry_secrets(head):
             head = self._scrub_errors(head)
-        # the usage chunk is the last one before [DONE]: look only near the end
-        pos = head.rfind(b'"usage"', max(0, len(head) - USAGE_WINDOW))
-        if pos < 0 or _USAGE.match(head, pos) is None:
-            return head
-        return self._take_usage(head, pos)
+        return head
 
-    def _take_usage(self, head: bytes, pos: int) -> bytes:
+    def _take_usage(self, head: bytes, pos: int) -> tuple[int, int] | None:
+        """Read the usage chunk at ``pos``; the span of ``head`` to drop (None: keep)."""
         start = head.rfind(b"data:", 0, pos)
         end = head.find(b"\n", pos)
         if end < 0:
@@ -116,16 +121,16 @@ class SSERelay:
         try:
             doc = orjson.loads(head[start + 5 : end])
         except orjson.JSONDecodeError:
-            return head
+            return None
         if not isinstance(doc, dict) or not isinstance(doc.get("usage"), dict):
-            return head
+            return None
         self.usage = doc["usage"]
         if self._keep_usage or doc.get("choices"):
-            return head
+            return None
         cut_end = end + 1
         if head[cut_end : cut_end + 1] == b"\n":
             cut_end += 1
-        return head[:start] + head[cut_end:]
+        return start, cut_end
 
     def _may_carry_secrets(self, head: bytes) -> bool:
         """An error (``error`` however spelt) or a credential's raw bytes."""
@@ -162,6 +167,23 @@ class SSERelay:
                 text = mask(text, secret)
             lines[i] = text.encode("utf-8", "surrogateescape")
         return b"\n".join(lines)
+
+
+def _drop(parts: list[bytes], gap: int, size: int, start: int, end: int) -> None:
+    """Drop ``[start, end)`` (near the end) of the ``size`` bytes that ``parts`` came
+    from, split on a separator ``gap`` bytes long; only the pieces it touches are copied."""
+    i = len(parts) - 1
+    at = size  # where parts[i] ends in the buffer
+    while at - len(parts[i]) > end:  # parts[i] starts after the span
+        at -= len(parts[i]) + gap
+        i -= 1
+    last, last_at = i, at - len(parts[i])  # the piece the span ends in (or before)
+    while at - len(parts[i]) > start:
+        at -= len(parts[i]) + gap
+        i -= 1
+    first_at = at - len(parts[i])
+    keep = parts[i][: max(0, start - first_at)] + parts[last][max(0, end - last_at) :]
+    parts[i : last + 1] = [keep]
 
 
 def scrub_json(node: Any, secrets: Sequence[str]) -> Any:

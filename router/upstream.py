@@ -221,6 +221,10 @@ class _Body:
             raise StopAsyncIteration
         return data
 
+    def ended(self) -> bool:
+        """The whole body is read: the last piece has been returned."""
+        return self._content.at_eof()
+
 
 def _too_large(backend: str, limit: int) -> UpstreamError:
     return UpstreamError(f"Backend {backend!r} answered more than {limit} bytes.")

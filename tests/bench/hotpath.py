@@ -13,6 +13,10 @@ aiohttp client). Requests go 32 at a time, as with 32 connections.
 floats; ``--base64`` the same vector base64-encoded), on
 ``embeddings-bench.yaml``.
 
+``--stream`` asks for a streamed chat completion: the upstream answers with
+``stream.sse`` (256 chunks, ``text/event-stream``), relayed through aiohttp's
+real writer to a client socket that takes it whole.
+
 ``--profile`` prints where the time goes, by function and by module.
 
 ``--rounds R`` measures R rounds of REQUESTS each. Instruction counts are steady
@@ -41,11 +45,13 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import streams, web
+from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import make_mocked_request
 
 import router.upstream as upstream_module
@@ -67,6 +73,12 @@ ANSWER = (
     b'tokens in length, give or take."},"logprobs":null,"finish_reason":"stop"}],'
     b'"usage":{"prompt_tokens":25,"completion_tokens":30,"total_tokens":55}}'
 )
+
+STREAM_BODY = (
+    b'{"model":"bench-stream","stream":true,"messages":[{"role":"user","content":"Tell me '
+    b'a story."}],"max_tokens":300}'
+)
+STREAM = (HERE / "stream.sse").read_bytes()
 
 EMBED_BODY = b'{"model":"bench-embed","input":"Say hello in one short sentence, please."}'
 _VECTOR = [random.Random(7).uniform(-0.1, 0.1) for _ in range(1536)]
@@ -93,8 +105,20 @@ class _Canned:
         return None
 
 
+class _CannedStream(_Canned):
+    """The benchmark's SSE stream, in one buffer (as a static file arrives)."""
+
+    is_stream = True
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        yield STREAM
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+
 async def _canned_post(self: Any, *args: Any, **kwargs: Any) -> _Canned:
-    return _Canned()
+    return _CannedStream() if b'"stream":true' in args[2] else _Canned()
 
 
 class _Protocol:
@@ -109,24 +133,68 @@ class _Protocol:
 
 
 def _request(
-    app: web.Application, loop: asyncio.AbstractEventLoop, path: str, body: bytes
-) -> web.Request:
+    app: web.Application, loop: asyncio.AbstractEventLoop, path: str, body: bytes,
+    sink: _Sink | None = None,
+) -> web.Request:  # fmt: skip
     payload = streams.StreamReader(_Protocol(), 2**16, loop=loop)  # type: ignore[arg-type]
     payload.feed_data(body)
     payload.feed_eof()
     headers = {"Authorization": "Bearer sk-bench-0001", "Content-Type": "application/json",
                "Content-Length": str(len(body))}  # fmt: skip
-    return make_mocked_request("POST", path, headers=headers, payload=payload, app=app, loop=loop)
+    if sink is None:  # the answer is returned, not written
+        return make_mocked_request(
+            "POST", path, headers=headers, payload=payload, app=app, loop=loop
+        )
+    writer = StreamWriter(_SinkProtocol(sink), loop)  # type: ignore[arg-type]
+    return make_mocked_request(
+        "POST", path, headers=headers, payload=payload, app=app, loop=loop, writer=writer,
+        transport=sink,
+    )  # fmt: skip
+
+
+class _Sink(asyncio.Transport):
+    """The client's socket: takes every byte of the answer (as a client reading it whole)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received = 0
+        self.done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.received += len(data)
+        self.done = self.done or b"[DONE]" in data[-40:]  # the stream's end went out
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:  # no join: uvloop's transport writes the pieces as they are
+            self.write(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _SinkProtocol:
+    """What aiohttp's StreamWriter asks of the server protocol."""
+
+    _paused = False
+
+    def __init__(self, transport: _Sink) -> None:
+        self.transport = transport
+
+    async def _drain_helper(self) -> None:
+        return None
 
 
 class _Answers(asyncio.Protocol):
     """The child process's upstream: every request gets ``answer``, kept alive."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, media: bytes = b"application/json") -> None:
         self.buf = b""
         self.transport: asyncio.Transport | None = None
-        self.reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: %d\r\n\r\n%b" % (len(answer), answer))  # fmt: skip
+        self.reply = (b"HTTP/1.1 200 OK\r\nContent-Type: %b\r\n"
+                      b"Content-Length: %d\r\n\r\n%b" % (media, len(answer), answer))  # fmt: skip
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -147,10 +215,10 @@ class _Answers(asyncio.Protocol):
             self.transport.write(self.reply)
 
 
-def serve_answers(port: int, answer: bytes) -> None:
+def serve_answers(port: int, answer: bytes, media: bytes = b"application/json") -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Answers(answer), "127.0.0.1", port)
+        server = await loop.create_server(lambda: _Answers(answer, media), "127.0.0.1", port)
         async with server:
             await server.serve_forever()
 
@@ -197,10 +265,10 @@ def _by_module(prof: cProfile.Profile, n: int) -> None:
 
 async def run(
     config: Path, n: int, profile: bool, upstream: str, rounds: int, marks: bool,
-    endpoint: str, encoded: bool,
+    endpoint: str, encoded: bool, stream: bool,
 ) -> None:  # fmt: skip
     cfg = load_config(config)
-    path, body = "/v1/chat/completions", BODY
+    path, body = "/v1/chat/completions", STREAM_BODY if stream else BODY
     if endpoint == "embeddings":
         path, body = "/v1/embeddings", EMBED_BODY
         _Canned.answer = embeddings_answer(encoded)
@@ -210,6 +278,7 @@ async def run(
     else:
         port = _free_port()
         answers = ["--endpoint", endpoint, *(["--base64"] if encoded else [])]
+        answers += ["--stream"] if stream else []
         child = subprocess.Popen(  # noqa: ASYNC220 - before the measurement starts
             [sys.executable, __file__, "--serve-answers", str(port), *answers]
         )
@@ -218,8 +287,8 @@ async def run(
         cfg = cfg.model_copy(update={"backends": backends})
         _wait_listening(port)
     try:
-        name = f"{config.name} {path}"
-        await _run(cfg, name, n, profile, rounds, marks, endpoint, path, body)
+        name = f"{config.name} {path}{' stream' if stream else ''}"
+        await _run(cfg, name, n, profile, rounds, marks, endpoint, path, body, stream)
     finally:
         if child is not None:
             child.kill()
@@ -228,7 +297,7 @@ async def run(
 
 async def _run(
     cfg: Any, name: str, n: int, profile: bool, rounds: int, marks: bool, endpoint: str,
-    path: str, body: bytes,
+    path: str, body: bytes, stream: bool,
 ) -> None:  # fmt: skip
     app = create_app(cfg)
     gateway = app[GATEWAY]
@@ -238,11 +307,12 @@ async def _run(
     codec = proxy.codecs[endpoint]
     try:
         for _ in range(200):  # warm up: scripts loaded, children bound
-            await proxy.handle(_request(app, loop, path, body), codec)
+            await proxy.handle(_request(app, loop, path, body, _Sink() if stream else None), codec)
         tune_gc()  # as `spillway serve` does once it listens
         prof = cProfile.Profile() if profile else None
         for _ in range(rounds):
-            requests = [_request(app, loop, path, body) for _ in range(n)]
+            sinks = [_Sink() if stream else None for _ in range(n)]
+            requests = [_request(app, loop, path, body, sink) for sink in sinks]
             if marks:
                 os.getppid()  # a callgrind dump point (--dump-before=getppid)
             began = time.process_time()
@@ -256,6 +326,8 @@ async def _run(
             if marks:
                 os.getppid()
             print(f"{name}: {spent / n * 1e6:.1f} µs of CPU per request")
+            for sink in sinks:  # every stream relayed to its end
+                assert sink is None or (sink.done and sink.received > len(STREAM)), sink
         if prof:
             rows = int(os.environ.get("HOTPATH_ROWS", "25"))
             pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
@@ -274,10 +346,14 @@ def main() -> None:
     ap.add_argument("--marks", action="store_true", help="call os.getppid() around rounds")
     ap.add_argument("--endpoint", choices=("chat", "embeddings"), default="chat")
     ap.add_argument("--base64", action="store_true", help="embeddings answered in base64")
+    ap.add_argument("--stream", action="store_true", help="a streamed chat completion (stream.sse)")
     ap.add_argument("--serve-answers", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_answers:
         answer = embeddings_answer(args.base64) if args.endpoint == "embeddings" else ANSWER
+        if args.stream:
+            serve_answers(args.serve_answers, STREAM, b"text/event-stream")
+            return
         serve_answers(args.serve_answers, answer)
         return
     if args.config is None:
@@ -299,6 +375,7 @@ def main() -> None:
             args.marks,
             args.endpoint,
             args.base64,
+            args.stream,
         )
     )
 

@@ -74,3 +74,26 @@ def test_continuous_usage_takes_the_last() -> None:
     assert out == data  # chunks with choices are never dropped
     assert relay.usage == {"prompt_tokens": 2, "completion_tokens": 3}
     assert orjson.loads(out.split(b"\n\n")[0][6:])["usage"]["completion_tokens"] == 1
+
+
+def test_usage_dropped_from_whole_buffers_swapped_or_not() -> None:
+    """The usage chunk is cut out of a buffer of many events (with a model swap, from
+    the split pieces; without one, from the buffer), whatever else is around it."""
+    usage = {"prompt_tokens": 5, "completion_tokens": 40, "total_tokens": 45}
+    tail = event({"id": "x", "choices": [], "usage": usage}) + DONE  # no model in it
+    cases = [
+        (stream("backend", 40, usage=True), stream("chat", 40, usage=False), 41),
+        (stream("backend", 40, False)[: -len(DONE)] + tail, stream("chat", 40, False), 40),
+    ]  # fmt: skip
+    for data, expected, events in cases:
+        for to, want in (
+            ("chat", expected),
+            ("backend", expected.replace(b'"chat"', b'"backend"')),
+        ):
+            for size in (len(data), 1000, 333):
+                relay = SSERelay("backend", to, keep_usage=False)
+                out = b"".join(relay.feed(data[i : i + size]) for i in range(0, len(data), size))
+                assert out + relay.flush() == want, (to, size)
+                assert relay.usage == usage
+                if to == "chat":
+                    assert relay.events == events
