@@ -364,8 +364,8 @@ class Walk:
         state = member.state
         state.inflight += 1
         m = rt.metrics
-        inflight = m.child(m.inflight, member.backend)
-        inflight.inc()
+        inflight = m.adder(m.inflight, member.backend)
+        inflight(1)
         self.attempts += 1
         limit = rt.cfg.routing.retries.attempt_timeout_seconds
         loop = self.loop
@@ -436,7 +436,7 @@ class Walk:
             raise
         finally:
             state.inflight -= 1
-            inflight.dec()
+            inflight(-1)
             if span is not None:
                 assert tracing is not None
                 tracing.end_attempt(span, x, member, failure)
