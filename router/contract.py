@@ -101,7 +101,7 @@ def type_tag(known: Iterable[str]) -> Callable[[Any], str]:
 
     def tag(value: Any) -> str:
         kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-        return kind if kind in names else "other"
+        return kind if isinstance(kind, str) and kind in names else "other"  # a list: no tag
 
     return tag
 
@@ -179,7 +179,7 @@ _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 def _role_tag(value: Any) -> str | None:
     role = value.get("role") if isinstance(value, dict) else getattr(value, "role", None)
-    return role if role in _ROLES else None
+    return role if isinstance(role, str) and role in _ROLES else None  # a list: no role
 
 
 Message = Annotated[

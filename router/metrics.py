@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import os
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -227,6 +228,7 @@ class Metrics:
             ("store",), registry=r, multiprocess_mode="livemin",
         )  # fmt: skip
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._adders: dict[tuple[Any, ...], Callable[[float], None]] = {}
         self._series: dict[tuple[str, str, str, str, str], Series] = {}
         self._queue_series: dict[tuple[str, str, str], QueueSeries] = {}
         for result in RELOAD_RESULTS:
@@ -259,8 +261,19 @@ class Metrics:
             c = self._children[key] = metric.labels(*labels)
         return c
 
+    def adder(self, metric: Any, *labels: str) -> Callable[[float], None]:
+        """A counter's or gauge's child's ``inc`` straight on its value (a gauge goes
+        down by a negative amount), cached: without prometheus-client's per-call checks
+        (the child is known to be valid)."""
+        key = (id(metric), *labels)
+        add = self._adders.get(key)
+        if add is None:
+            add = self._adders[key] = self.child(metric, *labels)._value.inc
+        return add
+
     def forget(self, metric: Any, *labels: str) -> None:
         """Remove one series (single-process mode only)."""
+        self._adders.pop((id(metric), *labels), None)
         if self._children.pop((id(metric), *labels), None) is not None:
             metric.remove(*labels)
 

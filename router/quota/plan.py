@@ -40,14 +40,12 @@ class Check:
     # as the scripts get them, encoded once: the check's values, its key
     spec: bytes = field(init=False, repr=False, compare=False)
     key_bytes: bytes = field(init=False, repr=False, compare=False)
+    limit_text: str = field(init=False, repr=False, compare=False)  # x-ratelimit-limit-*
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", ",".join(self.script_args()).encode())
         object.__setattr__(self, "key_bytes", self.key.encode())
-
-    @property
-    def limit_text(self) -> str:
-        return str(int(self.limit))
+        object.__setattr__(self, "limit_text", str(int(self.limit)))
 
     @property
     def pool_specific(self) -> bool:

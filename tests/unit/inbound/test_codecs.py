@@ -125,3 +125,18 @@ def test_the_path_model_replaces_the_body_model() -> None:
     with pytest.raises(InvalidRequest) as err:
         EmbeddingsCodec().parse(b"", None)
     assert "empty" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        ({"role": ["user"], "content": "hi"}, "messages[0]"),
+        ({"role": {"a": 1}, "content": "hi"}, "messages[0]"),
+        ({"role": "user", "content": [{"type": ["text"], "text": "hi"}]}, "messages[0].content"),
+    ],
+)
+def test_a_tag_that_is_not_a_string_is_a_400(message: dict[str, Any], param: str) -> None:
+    """A role or part type given as a list or object is refused like an unknown one
+    (a 400 naming the message), not a failure of the discriminator itself."""
+    err = bad(ChatCodec(), {"model": "m", "messages": [message]})
+    assert err.param is not None and err.param.startswith(param)
