@@ -25,7 +25,7 @@ from router.providers.anthropic_wire import (
     StreamAnswers,
     anthropic_status_error,
 )
-from router.providers.base import Call, Opened, Usage
+from router.providers.base import Call, Opened, Usage, answer_object
 
 if TYPE_CHECKING:
     from router.providers.anthropic import AnthropicBackend
@@ -68,12 +68,7 @@ class NativeAdapter(StreamAnswers):
 
     def transform_body(self, body: bytes) -> bytes:
         call, name = self._call, self._backend.name
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"Backend {name!r} answered with invalid JSON.") from None
-        if not isinstance(doc, dict):
-            raise UpstreamError(f"Backend {name!r} answered an unexpected body.")
+        doc = answer_object(name, body)
         if call.api == "count_tokens":
             self.usage = Usage(0, 0, reported=True)  # counting generates nothing
             return body
