@@ -43,7 +43,14 @@ from router.providers import Adapter, Call, Usage
 from router.providers.base import Opened
 from router.providers.bridged import Bridged
 from router.quota import BudgetShort, Ticket
-from router.relay import SSE_HEADERS, OpenResult, aclose, open_answer, relay
+from router.relay import (
+    SSE_HEADERS,
+    OpenResult,
+    aclose,
+    open_answer,
+    relay,
+    settle_when_read,
+)
 from router.routing.balance import Member
 from router.routing.retry import backoff
 from router.runtime import Runtime
@@ -444,32 +451,13 @@ class Walk:
     def _detach(
         self, reading: asyncio.Task[OpenResult], ticket: Ticket, adapter: Adapter, member: Member
     ) -> None:
-        """The client left a non-streamed request to a backend that bills generation:
-        read the answer in the background, up to the backend's total timeout, and settle
-        with the usage it reports, else with the reserved bound."""
+        """The client left a non-streamed request to a backend that bills generation
+        (see :func:`router.relay.settle_when_read`)."""
         self.detached = ticket
-        quota = self.rt.quota
         limit = self.rt.cfg.backends[member.backend].timeouts.total
-
-        async def settle_when_read() -> None:
-            prompt, completion, refund = ticket.prompt, ticket.out, False  # the bound
-            try:
-                async with asyncio.timeout(limit):
-                    await reading
-                usage = adapter.usage
-                if usage is not None and usage.reported:
-                    prompt, completion = usage.prompt_tokens, usage.completion_tokens
-            except UpstreamError:
-                refund = True  # refused: nothing was generated
-            except TimeoutError:
-                log.warning("cancelled request to %s: no answer within %gs; charged the "
-                            "reserved bound", member.backend, limit)  # fmt: skip
-            finally:
-                if not reading.done():
-                    reading.cancel()
-                quota.settle(ticket, prompt, completion, refund=refund)
-
-        quota.detached.start(settle_when_read())
+        self.rt.quota.detached.start(
+            settle_when_read(self.rt.quota, reading, ticket, adapter, member.backend, limit)
+        )
 
     async def _stream(
         self,

@@ -1,8 +1,10 @@
 """One attempt's answer, from the upstream to the client: reading it to its first byte
-(or whole), and relaying a started stream (part of :mod:`router.attempts`)."""
+(or whole), relaying a started stream, and settling an answer the client left (part
+of :mod:`router.attempts`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -13,6 +15,7 @@ from router.errors import UpstreamError, internal_error
 from router.exchange import Exchange
 from router.providers import Adapter, Call
 from router.providers.base import Opened
+from router.quota import Quota, Ticket
 from router.routing.balance import Member
 
 log = logging.getLogger("spillway.routing")
@@ -110,3 +113,32 @@ async def relay(
         assert x.call is not None
         await resp.write(last + x.call.codec.stream_failure(internal_error(x.rid), x.call))
     await resp.write_eof()
+
+
+async def settle_when_read(
+    quota: Quota,
+    reading: asyncio.Task[OpenResult],
+    ticket: Ticket,
+    adapter: Adapter,
+    backend: str,
+    limit: float,
+) -> None:
+    """The client left a non-streamed request to a backend that bills generation: read
+    the answer in the background, up to the backend's total timeout (``limit``), and
+    settle with the usage it reports, else with the reserved bound."""
+    prompt, completion, refund = ticket.prompt, ticket.out, False  # the bound
+    try:
+        async with asyncio.timeout(limit):
+            await reading
+        usage = adapter.usage
+        if usage is not None and usage.reported:
+            prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    except UpstreamError:
+        refund = True  # refused: nothing was generated
+    except TimeoutError:
+        log.warning("cancelled request to %s: no answer within %gs; charged the "
+                    "reserved bound", backend, limit)  # fmt: skip
+    finally:
+        if not reading.done():
+            reading.cancel()
+        quota.settle(ticket, prompt, completion, refund=refund)
